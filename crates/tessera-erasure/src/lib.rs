@@ -1,0 +1,1 @@
+//! Stripe math, Reed-Solomon codec and shard checksums (no I/O).

@@ -1,0 +1,1 @@
+//! Metadata node: openraft + sled.

@@ -1,0 +1,1 @@
+//! Weighted rendezvous placement over zones (no I/O).
