@@ -1,0 +1,52 @@
+//! Channels between nodes: the only place that sets connect timeouts,
+//! keepalives and message limits, and keeps one pooled HTTP/2 connection
+//! per peer address.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::RpcError;
+
+/// Connect timeout for every internode connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A lazily connecting channel to `addr` (`host:port` or a URL).
+pub fn lazy_channel(addr: &str) -> Result<Channel, RpcError> {
+    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint =
+        Endpoint::from_shared(uri).map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .connect_lazy())
+}
+
+/// One channel per peer address, created on first use and shared by every
+/// caller (tonic channels multiplex requests over one HTTP/2 connection).
+#[derive(Default)]
+pub struct ChannelPool {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl ChannelPool {
+    pub fn get(&self, addr: &str) -> Result<Channel, RpcError> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = lazy_channel(addr)?;
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}

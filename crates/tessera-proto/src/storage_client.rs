@@ -1,0 +1,183 @@
+//! The client of storage nodes: one pooled connection per node, shard data
+//! streamed in ~1 MiB frames, a timeout on every call.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tessera_types::StripeId;
+
+use crate::channel::ChannelPool;
+use crate::storage::storage_client::StorageClient;
+use crate::storage::{
+    put_shard_request, GetShardRequest, NodeInfoRequest, NodeInfoResponse, PutShardHeader,
+    PutShardRequest, ShardRef, StatShardResponse,
+};
+use crate::{RpcError, FRAME_BYTES, MAX_MESSAGE_BYTES};
+
+/// Timeout of one shard transfer (a shard is at most a few MiB).
+pub const SHARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Timeout of small calls (stat, delete, info).
+pub const SMALL_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections to storage nodes, shared by all requests of a process.
+#[derive(Default)]
+pub struct StoragePool {
+    pool: ChannelPool,
+}
+
+fn shard_ref(stripe: StripeId, index: u8) -> ShardRef {
+    ShardRef {
+        stripe_id: Bytes::copy_from_slice(&stripe.0),
+        shard_index: index as u32,
+    }
+}
+
+async fn timed<T>(
+    addr: &str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, RpcError>>,
+) -> Result<T, RpcError> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(RpcError::Timeout {
+            addr: addr.to_string(),
+        })
+    })
+}
+
+impl StoragePool {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn client(&self, addr: &str) -> Result<StorageClient<tonic::transport::Channel>, RpcError> {
+        let ch = self.pool.get(addr)?;
+        Ok(StorageClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Writes one shard; returns when the node has made it durable.
+    pub async fn put_shard(
+        &self,
+        addr: &str,
+        stripe: StripeId,
+        index: u8,
+        data: Bytes,
+        blake3: [u8; 32],
+    ) -> Result<(), RpcError> {
+        let mut client = self.client(addr)?;
+        let header = PutShardRequest {
+            msg: Some(put_shard_request::Msg::Header(PutShardHeader {
+                shard: Some(shard_ref(stripe, index)),
+                length: data.len() as u64,
+                blake3: Bytes::copy_from_slice(&blake3),
+            })),
+        };
+        let mut frames = vec![header];
+        let mut off = 0;
+        while off < data.len() {
+            let end = (off + FRAME_BYTES).min(data.len());
+            frames.push(PutShardRequest {
+                msg: Some(put_shard_request::Msg::Data(data.slice(off..end))),
+            });
+            off = end;
+        }
+        timed(addr, SHARD_TIMEOUT, async {
+            client
+                .put_shard(futures::stream::iter(frames))
+                .await
+                .map(|_| ())
+                .map_err(|s| RpcError::from_status(addr, s))
+        })
+        .await
+    }
+
+    /// Reads one shard, verified by the node against `blake3` (when given)
+    /// before it sends a byte. The caller verifies again on receipt.
+    pub async fn get_shard(
+        &self,
+        addr: &str,
+        stripe: StripeId,
+        index: u8,
+        blake3: Option<[u8; 32]>,
+    ) -> Result<Bytes, RpcError> {
+        let mut client = self.client(addr)?;
+        let req = GetShardRequest {
+            shard: Some(shard_ref(stripe, index)),
+            blake3: blake3
+                .map(|h| Bytes::copy_from_slice(&h))
+                .unwrap_or_default(),
+        };
+        timed(addr, SHARD_TIMEOUT, async {
+            let mut stream = client
+                .get_shard(req)
+                .await
+                .map_err(|s| RpcError::from_status(addr, s))?
+                .into_inner();
+            let first = match stream.next().await {
+                None => return Ok(Bytes::new()),
+                Some(r) => r.map_err(|s| RpcError::from_status(addr, s))?.data,
+            };
+            let Some(second) = stream.next().await else {
+                // One frame: hand it over without a copy.
+                return Ok(first);
+            };
+            let mut buf = BytesMut::with_capacity(first.len() * 2);
+            buf.extend_from_slice(&first);
+            buf.extend_from_slice(&second.map_err(|s| RpcError::from_status(addr, s))?.data);
+            while let Some(chunk) = stream.next().await {
+                buf.extend_from_slice(&chunk.map_err(|s| RpcError::from_status(addr, s))?.data);
+            }
+            Ok(buf.freeze())
+        })
+        .await
+    }
+
+    /// Deletes a shard; `Ok(false)` if it did not exist.
+    pub async fn delete_shard(
+        &self,
+        addr: &str,
+        stripe: StripeId,
+        index: u8,
+    ) -> Result<bool, RpcError> {
+        let mut client = self.client(addr)?;
+        timed(addr, SMALL_CALL_TIMEOUT, async {
+            client
+                .delete_shard(shard_ref(stripe, index))
+                .await
+                .map(|r| r.into_inner().existed)
+                .map_err(|s| RpcError::from_status(addr, s))
+        })
+        .await
+    }
+
+    pub async fn stat_shard(
+        &self,
+        addr: &str,
+        stripe: StripeId,
+        index: u8,
+    ) -> Result<StatShardResponse, RpcError> {
+        let mut client = self.client(addr)?;
+        timed(addr, SMALL_CALL_TIMEOUT, async {
+            client
+                .stat_shard(shard_ref(stripe, index))
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| RpcError::from_status(addr, s))
+        })
+        .await
+    }
+
+    pub async fn node_info(&self, addr: &str) -> Result<NodeInfoResponse, RpcError> {
+        let mut client = self.client(addr)?;
+        timed(addr, SMALL_CALL_TIMEOUT, async {
+            client
+                .node_info(NodeInfoRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| RpcError::from_status(addr, s))
+        })
+        .await
+    }
+}
