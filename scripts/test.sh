@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The test command (README): formatting, lints, every Rust test, then the
+# end-to-end suite that drives a real `tessera dev` cluster with the aws cli
+# and boto3. Installs what it needs (a Python venv with pinned clients).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
+export CARGO_TERM_COLOR=never
+VENV="${TESSERA_VENV:-$HOME/.cache/tessera-venv}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "python venv with the aws cli v1, boto3 and pytest ($VENV)"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "build"
+cargo build --workspace --all-targets --quiet
+
+step "rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+step "end-to-end: tessera dev + aws cli + boto3"
+export TESSERA_BIN="$CARGO_TARGET_DIR/debug/tessera"
+"$VENV/bin/python" -m pytest -v -s tests/e2e
