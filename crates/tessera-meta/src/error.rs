@@ -1,0 +1,23 @@
+//! The one error type of the meta node.
+
+/// Why the meta node could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaNodeError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("config: {0}")]
+    Config(String),
+    /// The sled database failed (open, read, write or flush).
+    #[error("storage: {0}")]
+    Storage(#[from] sled::Error),
+    /// A persisted value could not be decoded: the data directory is
+    /// corrupt or was written by an incompatible version.
+    #[error("corrupt {what}: {message}")]
+    Corrupt { what: &'static str, message: String },
+    /// Openraft refused to start or stopped with a fatal error.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The gRPC server failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}

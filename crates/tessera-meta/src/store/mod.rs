@@ -1,0 +1,115 @@
+//! Raft storage in one sled database: the log store ([`LogStore`]) and the
+//! state machine ([`StateMachineStore`]) live in separate trees of the same
+//! database, so one `flush` makes both durable.
+//!
+//! Every value is written with [`tessera_types::codec`] (version byte +
+//! bincode), openraft's own types included.
+
+pub mod log;
+pub mod query;
+pub mod state_machine;
+
+use std::path::Path;
+use std::time::Duration;
+
+use openraft::{AnyError, StorageError, StorageIOError};
+use serde::{de::DeserializeOwned, Serialize};
+use tessera_types::codec;
+use tessera_types::meta::{MetaCommand, MetaReply};
+
+pub use log::LogStore;
+pub use state_machine::{SmTrees, StateMachineStore};
+
+use crate::MetaNodeError;
+
+/// Raft node id of a meta node.
+pub type RaftNodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Openraft type configuration of the meta group.
+    pub TypeConfig:
+        D = MetaCommand,
+        R = MetaReply,
+        NodeId = RaftNodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Storage error as openraft wants it.
+pub type StoreError = StorageError<RaftNodeId>;
+
+/// Opens (or creates) the database under `dir` and returns its two halves.
+/// Retries for a few seconds while a previous instance in this process
+/// still holds the file lock (a restarted node).
+pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), MetaNodeError> {
+    let dir = dir.to_path_buf();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        let d = dir.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&d)?;
+            sled::Config::new()
+                .path(&d)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+                .map_err(MetaNodeError::from)
+        })
+        .await
+        .map_err(|e| MetaNodeError::Io(std::io::Error::other(e)))?;
+        match res {
+            Ok(db) => break db,
+            Err(MetaNodeError::Storage(sled::Error::Io(e)))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(error = %e, "sled open failed, retrying (lock held?)");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    open_db(db)
+}
+
+/// Builds both halves over an already opened database.
+pub fn open_db(db: sled::Db) -> Result<(LogStore, StateMachineStore), MetaNodeError> {
+    let log = LogStore::new(db.clone())?;
+    let sm = StateMachineStore::new(db)?;
+    Ok((log, sm))
+}
+
+/// Flushes the whole database on the blocking pool.
+pub(crate) async fn flush(db: &sled::Db) -> Result<(), sled::Error> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
+        .await
+        .map_err(|e| sled::Error::Io(std::io::Error::other(e)))?
+}
+
+/// Encodes a value for sled.
+pub(crate) fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    codec::encode(v)
+}
+
+/// Decodes a value from sled.
+pub(crate) fn dec<T: DeserializeOwned>(buf: &[u8]) -> Result<T, codec::CodecError> {
+    codec::decode(buf)
+}
+
+pub(crate) fn read_err(e: impl std::error::Error + 'static) -> StoreError {
+    StorageIOError::read(AnyError::new(&e)).into()
+}
+
+pub(crate) fn write_err(e: impl std::error::Error + 'static) -> StoreError {
+    StorageIOError::write(AnyError::new(&e)).into()
+}
+
+/// Big-endian index key, so sled's byte order is log order.
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub(crate) fn key_index(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}

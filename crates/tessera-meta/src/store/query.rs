@@ -1,0 +1,155 @@
+//! Answers to [`MetaQuery`], read straight from the state machine trees
+//! (the service has already done the read-index check).
+
+use std::ops::Bound;
+
+use tessera_types::meta::{
+    BucketStats, ListObjectsPage, ListObjectsQuery, MetaError, MetaQuery, ObjectSummary,
+    QueryReply,
+};
+use tessera_types::{AccessKey, Bucket, ClusterMap, ObjectManifest};
+
+use super::state_machine::{bucket_prefix, object_key, SmTrees};
+use super::{dec, read_err, StoreError};
+
+/// Largest page of a listing (S3's limit).
+pub const MAX_LIST_KEYS: u32 = 1000;
+
+/// Answers one query.
+pub fn query(t: &SmTrees, q: &MetaQuery) -> Result<QueryReply, StoreError> {
+    Ok(match q {
+        MetaQuery::GetBucket { name } => QueryReply::Bucket(t.bucket(name)?),
+        MetaQuery::ListBuckets => {
+            // sled iterates in byte order of names.
+            let mut out: Vec<Bucket> = Vec::new();
+            for item in t.buckets.iter() {
+                let (_, v) = item.map_err(read_err)?;
+                out.push(dec(&v).map_err(read_err)?);
+            }
+            QueryReply::Buckets(out)
+        }
+        MetaQuery::BucketStats { name } => {
+            if t.bucket(name)?.is_none() {
+                return Ok(QueryReply::Err(MetaError::NoSuchBucket));
+            }
+            let mut stats = BucketStats::default();
+            for item in t.objects.scan_prefix(bucket_prefix(name)) {
+                let (_, v) = item.map_err(read_err)?;
+                let m: ObjectManifest = dec(&v).map_err(read_err)?;
+                stats.objects += 1;
+                stats.bytes += m.size;
+            }
+            QueryReply::BucketStats(stats)
+        }
+        MetaQuery::GetObject { bucket, key } => {
+            if t.bucket(bucket)?.is_none() {
+                return Ok(QueryReply::Err(MetaError::NoSuchBucket));
+            }
+            QueryReply::Object(t.object(bucket, key)?.map(Box::new))
+        }
+        MetaQuery::ListObjects(lq) => {
+            if t.bucket(&lq.bucket)?.is_none() {
+                return Ok(QueryReply::Err(MetaError::NoSuchBucket));
+            }
+            QueryReply::Listing(list_objects(t, lq)?)
+        }
+        MetaQuery::GetAccessKey { id } => QueryReply::AccessKey(t.access_key(id)?),
+        MetaQuery::ListAccessKeys => {
+            let mut out: Vec<AccessKey> = Vec::new();
+            for item in t.access_keys.iter() {
+                let (_, v) = item.map_err(read_err)?;
+                out.push(dec(&v).map_err(read_err)?);
+            }
+            QueryReply::AccessKeys(out)
+        }
+        MetaQuery::ClusterMap => QueryReply::ClusterMap(ClusterMap {
+            epoch: t.epoch()?,
+            nodes: t.all_nodes()?,
+        }),
+    })
+}
+
+/// The smallest byte string greater than every string starting with
+/// `prefix`, or `None` if there is none (all 0xff).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut s = prefix.to_vec();
+    while let Some(last) = s.pop() {
+        if last < 0xff {
+            s.push(last + 1);
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// One page of a bucket listing. With a delimiter, every key that has the
+/// delimiter after the prefix collapses into a common prefix, and the scan
+/// seeks past the whole common prefix instead of walking its keys.
+pub fn list_objects(t: &SmTrees, q: &ListObjectsQuery) -> Result<ListObjectsPage, StoreError> {
+    let max = match q.max_keys {
+        0 => MAX_LIST_KEYS,
+        n => n.min(MAX_LIST_KEYS),
+    } as usize;
+    let base = bucket_prefix(&q.bucket);
+    let full_prefix = object_key(&q.bucket, &q.prefix);
+    let mut lower: Bound<Vec<u8>> = if q.start_after.as_str() >= q.prefix.as_str() {
+        Bound::Excluded(object_key(&q.bucket, &q.start_after))
+    } else {
+        Bound::Included(full_prefix.clone())
+    };
+    let mut page = ListObjectsPage::default();
+    let mut returned = 0usize;
+    let mut last: Option<String> = None;
+    'scan: loop {
+        let iter = t.objects.range((lower.clone(), Bound::Unbounded));
+        for item in iter {
+            let (k, v) = item.map_err(read_err)?;
+            if !k.starts_with(&full_prefix) {
+                break 'scan;
+            }
+            let key = std::str::from_utf8(&k[base.len()..]).map_err(read_err)?;
+            if !q.delimiter.is_empty() {
+                let rest = &key[q.prefix.len()..];
+                if let Some(pos) = rest.find(q.delimiter.as_str()) {
+                    let cp = &key[..q.prefix.len() + pos + q.delimiter.len()];
+                    // A common prefix at or before the marker was returned
+                    // on an earlier page.
+                    if cp > q.start_after.as_str() {
+                        if returned == max {
+                            page.is_truncated = true;
+                            break 'scan;
+                        }
+                        page.common_prefixes.push(cp.to_string());
+                        returned += 1;
+                        last = Some(cp.to_string());
+                    }
+                    match prefix_successor(&object_key(&q.bucket, cp)) {
+                        Some(next) => {
+                            lower = Bound::Included(next);
+                            continue 'scan;
+                        }
+                        None => break 'scan,
+                    }
+                }
+            }
+            if returned == max {
+                page.is_truncated = true;
+                break 'scan;
+            }
+            let m: ObjectManifest = dec(&v).map_err(read_err)?;
+            page.objects.push(ObjectSummary {
+                key: key.to_string(),
+                size: m.size,
+                etag: m.etag,
+                last_modified: m.created,
+            });
+            returned += 1;
+            last = Some(key.to_string());
+        }
+        break;
+    }
+    if page.is_truncated {
+        page.next_marker = last;
+    }
+    Ok(page)
+}

@@ -1,0 +1,630 @@
+//! The replicated state machine in sled.
+//!
+//! Trees (all values codec-encoded, so versioned):
+//! - `sm_buckets`: bucket name -> [`Bucket`]
+//! - `sm_objects`: `bucket \0 key` -> [`ObjectManifest`] (bucket names hold
+//!   no NUL, so a prefix scan of `bucket\0` lists one bucket in UTF-8 byte
+//!   order of keys)
+//! - `sm_access_keys`: key id -> [`AccessKey`]
+//! - `sm_nodes`: storage node id -> [`NodeInfo`]
+//! - `sm_gc`: commit time (sortable) + log index + seq -> [`GcItem`]
+//! - `sm_meta`: last applied log id, last membership, cluster map epoch,
+//!   state machine clock
+//! - `sm_snapshot`: the current snapshot (meta and data)
+//!
+//! Each log entry is applied in one sled transaction over all state trees
+//! (its effects and `last_applied` together), and every applied batch is
+//! flushed before it is reported, so a restart resumes from a consistent,
+//! durable state. Application is deterministic: times come from commands.
+
+use std::collections::HashSet;
+use std::io::Cursor;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{TransactionError, Transactional};
+use tessera_types::meta::{MetaCommand, MetaError, MetaReply, WriteCondition};
+use tessera_types::{
+    AccessKey, Bucket, NodeId, NodeInfo, NodeState, ObjectManifest, Stripe, UnixMillis,
+};
+
+use super::{dec, enc, flush, read_err, RaftNodeId, StoreError, TypeConfig};
+use crate::MetaNodeError;
+
+pub(crate) const META_LAST_APPLIED: &[u8] = b"last_applied";
+pub(crate) const META_MEMBERSHIP: &[u8] = b"last_membership";
+pub(crate) const META_EPOCH: &[u8] = b"epoch";
+pub(crate) const META_CLOCK: &[u8] = b"clock";
+const SNAP_META: &[u8] = b"meta";
+const SNAP_DATA: &[u8] = b"data";
+
+/// Stripes of a replaced or deleted object, waiting for the GC worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GcItem {
+    /// State machine time of the replacement (the new manifest's creation
+    /// time, or the latest time seen in the log for a delete).
+    pub at: UnixMillis,
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    pub stripes: Vec<Stripe>,
+}
+
+/// Serialized form of a snapshot: every state tree, key/value pairs as
+/// stored (values are themselves versioned).
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    trees: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+}
+
+/// Key of an object: `bucket \0 key`.
+pub fn object_key(bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bucket.len() + 1 + key.len());
+    k.extend_from_slice(bucket.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Prefix of all objects of a bucket.
+pub fn bucket_prefix(bucket: &str) -> Vec<u8> {
+    object_key(bucket, "")
+}
+
+/// Sortable big-endian encoding of a signed time.
+fn time_key(t: UnixMillis) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// Handles on the state machine trees; cheap to clone, shared by the
+/// state machine (writer) and the query path (readers).
+#[derive(Clone)]
+pub struct SmTrees {
+    pub(crate) db: sled::Db,
+    pub(crate) buckets: sled::Tree,
+    pub(crate) objects: sled::Tree,
+    pub(crate) access_keys: sled::Tree,
+    pub(crate) nodes: sled::Tree,
+    pub(crate) gc: sled::Tree,
+    pub(crate) meta: sled::Tree,
+    snapshot: sled::Tree,
+}
+
+/// Pending writes of one entry, committed atomically.
+#[derive(Default)]
+struct Writes {
+    buckets: sled::Batch,
+    objects: sled::Batch,
+    access_keys: sled::Batch,
+    nodes: sled::Batch,
+    gc: sled::Batch,
+    meta: sled::Batch,
+}
+
+impl SmTrees {
+    fn open(db: sled::Db) -> Result<Self, sled::Error> {
+        Ok(SmTrees {
+            buckets: db.open_tree("sm_buckets")?,
+            objects: db.open_tree("sm_objects")?,
+            access_keys: db.open_tree("sm_access_keys")?,
+            nodes: db.open_tree("sm_nodes")?,
+            gc: db.open_tree("sm_gc")?,
+            meta: db.open_tree("sm_meta")?,
+            snapshot: db.open_tree("sm_snapshot")?,
+            db,
+        })
+    }
+
+    /// The trees that make up the replicated state, by snapshot name.
+    fn state_trees(&self) -> [(&'static str, &sled::Tree); 6] {
+        [
+            ("buckets", &self.buckets),
+            ("objects", &self.objects),
+            ("access_keys", &self.access_keys),
+            ("nodes", &self.nodes),
+            ("gc", &self.gc),
+            ("meta", &self.meta),
+        ]
+    }
+
+    pub(crate) fn get<T: serde::de::DeserializeOwned>(
+        tree: &sled::Tree,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match tree.get(key).map_err(read_err)? {
+            None => Ok(None),
+            Some(v) => dec(&v).map(Some).map_err(read_err),
+        }
+    }
+
+    pub fn bucket(&self, name: &str) -> Result<Option<Bucket>, StoreError> {
+        Self::get(&self.buckets, name.as_bytes())
+    }
+
+    pub fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectManifest>, StoreError> {
+        Self::get(&self.objects, &object_key(bucket, key))
+    }
+
+    pub fn access_key(&self, id: &str) -> Result<Option<AccessKey>, StoreError> {
+        Self::get(&self.access_keys, id.as_bytes())
+    }
+
+    pub fn node(&self, id: &NodeId) -> Result<Option<NodeInfo>, StoreError> {
+        Self::get(&self.nodes, id.as_str().as_bytes())
+    }
+
+    /// All storage nodes, by id.
+    pub fn all_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.nodes.iter() {
+            let (_, v) = item.map_err(read_err)?;
+            out.push(dec(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+
+    pub fn epoch(&self) -> Result<u64, StoreError> {
+        Ok(Self::get(&self.meta, META_EPOCH)?.unwrap_or(0))
+    }
+
+    fn clock(&self) -> Result<UnixMillis, StoreError> {
+        Ok(Self::get(&self.meta, META_CLOCK)?.unwrap_or(0))
+    }
+
+    /// Entries of the GC queue, oldest first (for tests and the future GC
+    /// lease API).
+    pub fn gc_items(&self) -> Result<Vec<GcItem>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.gc.iter() {
+            let (_, v) = item.map_err(read_err)?;
+            out.push(dec(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+
+    pub fn applied_state(
+        &self,
+    ) -> Result<
+        (
+            Option<LogId<RaftNodeId>>,
+            StoredMembership<RaftNodeId, openraft::BasicNode>,
+        ),
+        StoreError,
+    > {
+        let last: Option<Option<LogId<RaftNodeId>>> = Self::get(&self.meta, META_LAST_APPLIED)?;
+        let membership = Self::get(&self.meta, META_MEMBERSHIP)?.unwrap_or_default();
+        Ok((last.flatten(), membership))
+    }
+
+    /// Commits `w` atomically over all state trees.
+    fn commit(&self, w: &Writes) -> Result<(), sled::Error> {
+        (
+            &self.buckets,
+            &self.objects,
+            &self.access_keys,
+            &self.nodes,
+            &self.gc,
+            &self.meta,
+        )
+            .transaction(|(b, o, k, n, g, m)| {
+                b.apply_batch(&w.buckets)?;
+                o.apply_batch(&w.objects)?;
+                k.apply_batch(&w.access_keys)?;
+                n.apply_batch(&w.nodes)?;
+                g.apply_batch(&w.gc)?;
+                m.apply_batch(&w.meta)?;
+                Ok(())
+            })
+            .map_err(|e: TransactionError<()>| match e {
+                TransactionError::Storage(e) => e,
+                TransactionError::Abort(()) => {
+                    sled::Error::ReportableBug("state machine transaction aborted".into())
+                }
+            })
+    }
+
+    /// Computes the effects of one command into `w` and its reply. Reads
+    /// see the state before this entry; the single applier makes that
+    /// consistent.
+    fn apply_command(
+        &self,
+        cmd: &MetaCommand,
+        index: u64,
+        w: &mut Writes,
+    ) -> Result<MetaReply, StoreError> {
+        let clock = self.clock()?;
+        let mut new_clock = clock;
+        let mut bump_epoch = false;
+        let reply = match cmd {
+            MetaCommand::CreateBucket(bucket) => {
+                if bucket.name.is_empty() || bucket.name.contains('\0') {
+                    MetaReply::Err(MetaError::Invalid("bad bucket name".into()))
+                } else if let Some(existing) = self.bucket(&bucket.name)? {
+                    MetaReply::Err(MetaError::BucketAlreadyExists {
+                        owner: existing.owner,
+                    })
+                } else {
+                    new_clock = new_clock.max(bucket.created);
+                    w.buckets.insert(bucket.name.as_bytes(), enc(bucket));
+                    MetaReply::Ok
+                }
+            }
+            MetaCommand::DeleteBucket { name } => {
+                if self.bucket(name)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchBucket)
+                } else if self
+                    .objects
+                    .scan_prefix(bucket_prefix(name))
+                    .next()
+                    .transpose()
+                    .map_err(read_err)?
+                    .is_some()
+                {
+                    MetaReply::Err(MetaError::BucketNotEmpty)
+                } else {
+                    w.buckets.remove(name.as_bytes());
+                    MetaReply::Ok
+                }
+            }
+            MetaCommand::PutObject {
+                manifest,
+                condition,
+            } => {
+                if self.bucket(&manifest.bucket)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchBucket)
+                } else {
+                    let old = self.object(&manifest.bucket, &manifest.key)?;
+                    let ok = match (condition, &old) {
+                        (WriteCondition::None, _) => true,
+                        (WriteCondition::IfNoneMatch, existing) => existing.is_none(),
+                        (WriteCondition::IfMatch(etag), Some(o)) => etag_matches(etag, &o.etag),
+                        (WriteCondition::IfMatch(_), None) => false,
+                    };
+                    if !ok {
+                        MetaReply::Err(MetaError::PreconditionFailed)
+                    } else {
+                        new_clock = new_clock.max(manifest.created);
+                        w.objects.insert(
+                            object_key(&manifest.bucket, &manifest.key),
+                            enc(manifest),
+                        );
+                        if let Some(old) = &old {
+                            let keep: HashSet<_> = manifest.stripes().map(|s| s.id).collect();
+                            push_gc(w, index, new_clock, old, &keep);
+                        }
+                        MetaReply::Replaced(old.map(Box::new))
+                    }
+                }
+            }
+            MetaCommand::DeleteObject { bucket, key } => {
+                if self.bucket(bucket)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchBucket)
+                } else {
+                    let old = self.object(bucket, key)?;
+                    if let Some(old) = &old {
+                        w.objects.remove(object_key(bucket, key));
+                        push_gc(w, index, clock, old, &HashSet::new());
+                    }
+                    MetaReply::Replaced(old.map(Box::new))
+                }
+            }
+            MetaCommand::PutAccessKey(key) => {
+                new_clock = new_clock.max(key.created);
+                w.access_keys.insert(key.id.as_bytes(), enc(key));
+                MetaReply::Ok
+            }
+            MetaCommand::DeleteAccessKey { id } => {
+                if self.access_key(id)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchAccessKey)
+                } else {
+                    w.access_keys.remove(id.as_bytes());
+                    MetaReply::Ok
+                }
+            }
+            MetaCommand::UpsertNode(info) => {
+                let mut node = info.clone();
+                match self.node(&info.id)? {
+                    None => bump_epoch = true,
+                    Some(old) => {
+                        // A node that heartbeats again is up, unless an
+                        // operator is draining it.
+                        node.state = if old.state == NodeState::Draining {
+                            NodeState::Draining
+                        } else {
+                            NodeState::Up
+                        };
+                        bump_epoch = old.addr != node.addr
+                            || old.zone != node.zone
+                            || old.weight != node.weight
+                            || old.state != node.state;
+                    }
+                }
+                new_clock = new_clock.max(node.last_heartbeat);
+                w.nodes.insert(node.id.as_str().as_bytes(), enc(&node));
+                MetaReply::Ok
+            }
+            MetaCommand::SetNodeState { id, state, at } => match self.node(id)? {
+                None => MetaReply::Err(MetaError::NoSuchNode),
+                Some(mut node) => {
+                    new_clock = new_clock.max(*at);
+                    if node.state != *state {
+                        node.state = *state;
+                        bump_epoch = true;
+                        w.nodes.insert(id.as_str().as_bytes(), enc(&node));
+                    }
+                    MetaReply::Ok
+                }
+            },
+            MetaCommand::RemoveNode { id } => {
+                if self.node(id)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchNode)
+                } else {
+                    w.nodes.remove(id.as_str().as_bytes());
+                    bump_epoch = true;
+                    MetaReply::Ok
+                }
+            }
+        };
+        if bump_epoch {
+            w.meta.insert(META_EPOCH, enc(&(self.epoch()? + 1)));
+        }
+        if new_clock != clock {
+            w.meta.insert(META_CLOCK, enc(&new_clock));
+        }
+        Ok(reply)
+    }
+}
+
+/// `If-Match` compares ETags without quotes; `*` matches any object.
+fn etag_matches(cond: &str, etag: &str) -> bool {
+    let c = cond.trim().trim_matches('"');
+    c == "*" || c == etag.trim_matches('"')
+}
+
+/// Queues the stripes of `old` that `keep` does not reuse.
+fn push_gc(w: &mut Writes, index: u64, at: UnixMillis, old: &ObjectManifest, keep: &HashSet<tessera_types::StripeId>) {
+    let stripes: Vec<Stripe> = old
+        .stripes()
+        .filter(|s| !keep.contains(&s.id))
+        .cloned()
+        .collect();
+    if stripes.is_empty() {
+        return;
+    }
+    let item = GcItem {
+        at,
+        bucket: old.bucket.clone(),
+        key: old.key.clone(),
+        version_id: old.version_id.clone(),
+        stripes,
+    };
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&time_key(at));
+    key.extend_from_slice(&index.to_be_bytes());
+    w.gc.insert(key, enc(&item));
+}
+
+/// The state machine half of the Raft storage.
+pub struct StateMachineStore {
+    trees: SmTrees,
+}
+
+impl StateMachineStore {
+    pub(crate) fn new(db: sled::Db) -> Result<Self, MetaNodeError> {
+        Ok(StateMachineStore {
+            trees: SmTrees::open(db)?,
+        })
+    }
+
+    /// Read handles for queries.
+    pub fn trees(&self) -> SmTrees {
+        self.trees.clone()
+    }
+
+    /// Applies one entry atomically and returns its reply.
+    fn apply_entry(&self, entry: &Entry<TypeConfig>) -> Result<MetaReply, StoreError> {
+        let log_id = entry.log_id;
+        let mut w = Writes::default();
+        let reply = match &entry.payload {
+            EntryPayload::Blank => MetaReply::Ok,
+            EntryPayload::Normal(cmd) => self.trees.apply_command(cmd, log_id.index, &mut w)?,
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(log_id), m.clone());
+                w.meta.insert(META_MEMBERSHIP, enc(&stored));
+                MetaReply::Ok
+            }
+        };
+        w.meta.insert(META_LAST_APPLIED, enc(&Some(log_id)));
+        self.trees
+            .commit(&w)
+            .map_err(|e| StorageIOError::apply(log_id, &e))?;
+        Ok(reply)
+    }
+
+    /// Copies the whole state into snapshot bytes (a consistent view: the
+    /// applier is not running while this is called).
+    fn dump(&self) -> Result<Vec<u8>, StoreError> {
+        let mut trees = Vec::new();
+        for (name, tree) in self.trees.state_trees() {
+            let mut kvs = Vec::new();
+            for item in tree.iter() {
+                let (k, v) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
+                kvs.push((k.to_vec(), v.to_vec()));
+            }
+            trees.push((name.to_string(), kvs));
+        }
+        Ok(enc(&SnapshotBody { trees }))
+    }
+
+    async fn save_snapshot(
+        trees: &SmTrees,
+        meta: &SnapshotMeta<RaftNodeId, openraft::BasicNode>,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAP_META, enc(meta));
+        batch.insert(SNAP_DATA, data);
+        let sig = Some(meta.signature());
+        trees
+            .snapshot
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        flush(&trees.db)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
+        Ok(())
+    }
+}
+
+/// Builds a snapshot from a state copied when the builder was made.
+pub struct SnapshotBuilder {
+    trees: SmTrees,
+    last_applied: Option<LogId<RaftNodeId>>,
+    membership: StoredMembership<RaftNodeId, openraft::BasicNode>,
+    data: Result<Vec<u8>, StoreError>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let data = std::mem::replace(&mut self.data, Ok(Vec::new()))?;
+        let unique = self
+            .trees
+            .db
+            .generate_id()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let snapshot_id = match &self.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, unique),
+            None => format!("0-0-{unique}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        StateMachineStore::save_snapshot(&self.trees, &meta, &data).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<RaftNodeId>>,
+            StoredMembership<RaftNodeId, openraft::BasicNode>,
+        ),
+        StoreError,
+    > {
+        self.trees.applied_state()
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<MetaReply>, StoreError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        for entry in entries {
+            replies.push(self.apply_entry(&entry)?);
+        }
+        if !replies.is_empty() {
+            flush(&self.trees.db)
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let (last_applied, membership) = match self.trees.applied_state() {
+            Ok(s) => s,
+            Err(e) => {
+                return SnapshotBuilder {
+                    trees: self.trees.clone(),
+                    last_applied: None,
+                    membership: StoredMembership::default(),
+                    data: Err(e),
+                }
+            }
+        };
+        SnapshotBuilder {
+            trees: self.trees.clone(),
+            last_applied,
+            membership,
+            data: self.dump(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StoreError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<RaftNodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        let sig = Some(meta.signature());
+        let data = snapshot.into_inner();
+        let body: SnapshotBody =
+            dec(&data).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        let mut w = Writes::default();
+        {
+            let t = &self.trees;
+            let targets: [(&str, &sled::Tree, &mut sled::Batch); 6] = [
+                ("buckets", &t.buckets, &mut w.buckets),
+                ("objects", &t.objects, &mut w.objects),
+                ("access_keys", &t.access_keys, &mut w.access_keys),
+                ("nodes", &t.nodes, &mut w.nodes),
+                ("gc", &t.gc, &mut w.gc),
+                ("meta", &t.meta, &mut w.meta),
+            ];
+            for (name, tree, batch) in targets {
+                for item in tree.iter() {
+                    let (k, _) = item.map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+                    batch.remove(k);
+                }
+                if let Some((_, kvs)) = body.trees.iter().find(|(n, _)| n == name) {
+                    for (k, v) in kvs {
+                        batch.insert(k.as_slice(), v.as_slice());
+                    }
+                }
+            }
+        }
+        w.meta.insert(META_LAST_APPLIED, enc(&meta.last_log_id));
+        w.meta.insert(META_MEMBERSHIP, enc(&meta.last_membership));
+        self.trees
+            .commit(&w)
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        Self::save_snapshot(&self.trees, meta, &data).await?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let t = &self.trees.snapshot;
+        let meta: Option<SnapshotMeta<RaftNodeId, openraft::BasicNode>> =
+            SmTrees::get(t, SNAP_META)?;
+        let Some(meta) = meta else {
+            return Ok(None);
+        };
+        let data = t
+            .get(SNAP_DATA)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?
+            .map(|v| v.to_vec())
+            .unwrap_or_default();
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
