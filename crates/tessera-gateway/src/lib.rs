@@ -1,60 +1,66 @@
-//! Tessera S3 gateway. (Contract stub: the implementation replaces the
-//! bodies, keeping these signatures.)
+//! Tessera S3 gateway: the S3 API over HTTP, SigV4 authentication against
+//! access keys kept in meta, and the streaming erasure-coded write and read
+//! pipelines between clients and storage nodes.
+//!
+//! The gateway holds no state that matters: objects become visible only
+//! when their manifest is committed in meta, so it can be killed at any
+//! moment. It talks to meta and storage only through `tessera-proto`
+//! clients and never touches sled, openraft or disks.
+//!
+//! - [`config`]: [`GatewayConfig`] and its validation.
+//! - [`error`]: the error types, and the one mapping to S3 error codes.
+//! - [`auth`]: secret-key lookup (cached) and the no-anonymous rule.
+//! - [`names`]: bucket-name and key rules.
+//! - [`cluster`]: the cached cluster map and placement.
+//! - [`pipeline`]: stripe writer, stripe reader, deferred shard deletion.
+//! - [`s3`]: the S3 operations, one file per family.
+//! - `server`: the hyper server, connection limits, graceful shutdown.
 
-use serde::{Deserialize, Serialize};
+pub mod auth;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod names;
+pub mod pipeline;
+pub mod s3;
+mod server;
+
+use std::sync::Arc;
+
+use tessera_proto::{MetaClient, StoragePool};
 use tokio_util::sync::CancellationToken;
 
-/// Gateway configuration (TOML, kebab-case).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", default)]
-pub struct GatewayConfig {
-    /// Meta node addresses (`host:port`).
-    pub meta: Vec<String>,
-    /// S3 region name clients sign for.
-    pub region: String,
-    /// Data shards per stripe.
-    pub k: u8,
-    /// Parity shards per stripe.
-    pub m: u8,
-    /// Bytes per shard of a full stripe.
-    pub shard_size: u32,
-    /// Objects up to this size are stored inline in the manifest.
-    pub inline_threshold: u64,
-    /// Stripes being encoded or sent at once per request (bounds memory).
-    pub stripes_in_flight: usize,
-    /// Shards that must be durable for a write to succeed (default k + 1).
-    pub write_quorum: Option<u8>,
-}
+pub use config::GatewayConfig;
+pub use error::{ApiError, GatewayError};
 
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        GatewayConfig {
-            meta: vec![],
-            region: "us-east-1".into(),
-            k: 4,
-            m: 2,
-            shard_size: 1 << 20,
-            inline_threshold: 64 << 10,
-            stripes_in_flight: 4,
-            write_quorum: None,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("config: {0}")]
-    Config(String),
-}
-
-/// Serves S3 on `listener` until `shutdown` is cancelled.
+/// Serves S3 on `listener` until `shutdown` is cancelled; returns once the
+/// open connections have drained (or `shutdown-grace-ms` has passed).
 pub async fn serve(
     config: GatewayConfig,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    let _ = (config, listener, shutdown);
-    Err(GatewayError::Config("not yet implemented".into()))
+    config.validate()?;
+    let meta = MetaClient::new(config.meta.clone());
+    let storage = Arc::new(StoragePool::new());
+    let cluster = Arc::new(cluster::ClusterView::new(meta.clone()));
+    let background = shutdown.child_token();
+    tokio::spawn(cluster.clone().run(
+        GatewayConfig::ms(config.cluster_refresh_ms),
+        background.clone(),
+    ));
+    let dp = Arc::new(pipeline::DataPlane::new(
+        &config,
+        storage,
+        cluster,
+        background.clone(),
+    ));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, region = %config.region, k = config.k, m = config.m,
+            "S3 gateway listening");
+    }
+    let service = server::build_service(&config, s3::Tessera::new(config.clone(), meta, dp));
+    server::serve_http(listener, service, &config, shutdown).await;
+    background.cancel();
+    Ok(())
 }

@@ -1,0 +1,166 @@
+//! Gateway configuration: a serde struct in kebab-case (every field has a
+//! default, so `tessera dev` needs none) and its `validate()`.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tessera_types::StorageClass;
+
+use crate::GatewayError;
+
+/// Gateway configuration (TOML, kebab-case).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct GatewayConfig {
+    /// Meta node addresses (`host:port`).
+    pub meta: Vec<String>,
+    /// S3 region name clients sign for.
+    pub region: String,
+    /// Data shards per stripe.
+    pub k: u8,
+    /// Parity shards per stripe.
+    pub m: u8,
+    /// Bytes per shard of a full stripe.
+    pub shard_size: u32,
+    /// Objects up to this size are stored inline in the manifest. Must be
+    /// smaller than one stripe (`k * shard_size`).
+    pub inline_threshold: u64,
+    /// Stripes being encoded or sent at once per request (bounds memory).
+    pub stripes_in_flight: usize,
+    /// Shards that must be durable for a write to succeed (default k + 1).
+    pub write_quorum: Option<u8>,
+    /// Stripe buffers held by all requests of this gateway together
+    /// (writes and reads); a request waits for a free one. Bounds the
+    /// gateway's data memory to about this many stripes (plus parity).
+    pub max_buffered_stripes: usize,
+    /// Stripes a GET reads ahead of the one being sent to the client.
+    pub read_ahead_stripes: usize,
+    /// Base domain for virtual-hosted-style requests (`bucket.<domain>`);
+    /// unset = path-style only.
+    pub domain: Option<String>,
+    /// Largest object a single PutObject may upload, in bytes.
+    pub max_object_size: u64,
+    /// Time a client has to send a request's headers (slowloris guard).
+    pub header_read_timeout_ms: u64,
+    /// Most concurrent client connections; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub shutdown_grace_ms: u64,
+    /// Timeout of one shard read before it counts as failed.
+    pub shard_read_timeout_ms: u64,
+    /// A data shard slower than this makes the reader fetch parity too
+    /// (hedged read).
+    pub hedge_after_ms: u64,
+    /// How often the cached cluster map is refreshed from meta.
+    pub cluster_refresh_ms: u64,
+    /// How long a looked-up access key is cached.
+    pub auth_cache_ttl_ms: u64,
+    /// How long an unknown access key is remembered as unknown.
+    pub auth_negative_ttl_ms: u64,
+    /// Delay before the shards of a replaced or deleted object are deleted
+    /// (reads that started before the change may still need them).
+    pub gc_grace_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            meta: vec![],
+            region: "us-east-1".into(),
+            k: 4,
+            m: 2,
+            shard_size: 1 << 20,
+            inline_threshold: 64 << 10,
+            stripes_in_flight: 4,
+            write_quorum: None,
+            max_buffered_stripes: 64,
+            read_ahead_stripes: 2,
+            domain: None,
+            max_object_size: 5 << 30,
+            header_read_timeout_ms: 10_000,
+            max_connections: 4096,
+            shutdown_grace_ms: 10_000,
+            shard_read_timeout_ms: 3_000,
+            hedge_after_ms: 1_000,
+            cluster_refresh_ms: 2_000,
+            auth_cache_ttl_ms: 10_000,
+            auth_negative_ttl_ms: 1_000,
+            gc_grace_ms: 30_000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The storage class new objects are written with.
+    pub fn storage_class(&self) -> StorageClass {
+        StorageClass::rs(self.k, self.m, self.shard_size)
+    }
+
+    /// Shards that must be durable per stripe.
+    pub fn quorum(&self) -> usize {
+        let n = self.k as usize + self.m as usize;
+        match self.write_quorum {
+            Some(q) => q as usize,
+            None => (self.k as usize + 1).min(n),
+        }
+    }
+
+    /// Checks the values; every error names the offending key.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        let err = |msg: String| Err(GatewayError::Config(msg));
+        if self.meta.is_empty() {
+            return err("meta: at least one meta address is required".into());
+        }
+        if self.region.is_empty() {
+            return err("region must not be empty".into());
+        }
+        if let Err(e) = tessera_erasure::check_class(&self.storage_class()) {
+            return err(format!("k/m/shard-size: {e}"));
+        }
+        let n = self.k as usize + self.m as usize;
+        let q = self.quorum();
+        if q < self.k as usize || q > n {
+            return err(format!("write-quorum must be in {}..={n}, got {q}", self.k));
+        }
+        if self.inline_threshold >= self.storage_class().stripe_data_size() {
+            return err("inline-threshold must be smaller than k * shard-size".into());
+        }
+        if self.stripes_in_flight == 0 || self.read_ahead_stripes == 0 {
+            return err("stripes-in-flight and read-ahead-stripes must be at least 1".into());
+        }
+        if self.max_buffered_stripes < self.stripes_in_flight + 1 {
+            return err("max-buffered-stripes must exceed stripes-in-flight".into());
+        }
+        if self.max_connections == 0 {
+            return err("max-connections must be at least 1".into());
+        }
+        if let Some(d) = &self.domain {
+            if d.is_empty() || d.contains(':') || d.contains('/') {
+                return err(format!("domain: not a host name: {d:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_with_meta() {
+        let mut c = GatewayConfig::default();
+        assert!(c.validate().is_err(), "no meta address");
+        c.meta = vec!["127.0.0.1:1".into()];
+        c.validate().unwrap();
+        assert_eq!(c.quorum(), 5);
+        c.write_quorum = Some(3);
+        assert!(c.validate().is_err());
+        c.write_quorum = None;
+        c.inline_threshold = 4 << 20;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,359 @@
+//! The stripe writer: streams a body into stripe buffers of `k * shard_size`
+//! bytes, hashes it (MD5) on the way, and for each full stripe encodes
+//! parity (on the blocking pool), picks nodes by placement and sends all
+//! k + m shards concurrently. At most `stripes_in_flight` stripes are being
+//! encoded or sent at once; the next stripe is filled while they are.
+//!
+//! Small bodies (at most `inline_threshold` bytes) are returned inline.
+//! Every shard sent is recorded in a ledger; unless the caller commits the
+//! manifest and then calls [`WriteGuard::disarm`], the shards are deleted in
+//! the background.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use tessera_erasure::encode_stripe_bytes;
+use tessera_types::{NodeId, ShardEntry, Stripe, StripeId};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{join_error, AbortOnDrop, DataPlane};
+use crate::error::ApiError;
+
+/// Delay before the shards of a failed write are deleted, so that puts cut
+/// off mid-flight have finished (or failed) on the storage nodes.
+const FAILED_WRITE_CLEANUP_DELAY: Duration = Duration::from_secs(2);
+
+/// Where the bytes of a written body are.
+#[derive(Debug)]
+pub enum WrittenBody {
+    Inline(Bytes),
+    Stripes(Vec<Stripe>),
+}
+
+/// A body written by [`write_body`].
+#[derive(Debug)]
+pub struct WriteOutcome {
+    pub size: u64,
+    pub md5: [u8; 16],
+    pub body: WrittenBody,
+}
+
+/// Limits of one write.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteLimits {
+    /// Declared length (Content-Length or x-amz-decoded-content-length);
+    /// the body must have exactly this many bytes.
+    pub expected: Option<u64>,
+    pub max_size: u64,
+    pub inline_threshold: u64,
+}
+
+/// One shard sent (or being sent) to a node.
+#[derive(Clone, Debug)]
+struct ShardLoc {
+    addr: String,
+    stripe: StripeId,
+    index: u8,
+}
+
+/// The shards a write has sent, deleted unless the write is committed.
+pub struct WriteGuard {
+    dp: Arc<DataPlane>,
+    ledger: Arc<Mutex<Vec<ShardLoc>>>,
+    armed: bool,
+}
+
+impl WriteGuard {
+    fn new(dp: Arc<DataPlane>) -> Self {
+        WriteGuard {
+            dp,
+            ledger: Arc::new(Mutex::new(Vec::new())),
+            armed: true,
+        }
+    }
+
+    /// The manifest that references the shards is committed: keep them.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let shards = std::mem::take(&mut *self.ledger.lock().unwrap_or_else(|p| p.into_inner()));
+        if shards.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        tracing::info!(
+            shards = shards.len(),
+            "deleting the shards of a failed write"
+        );
+        let dp = self.dp.clone();
+        rt.spawn(async move {
+            tokio::select! {
+                _ = dp.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(FAILED_WRITE_CLEANUP_DELAY) => {}
+            }
+            futures::stream::iter(shards)
+                .for_each_concurrent(8, |s| {
+                    let dp = dp.clone();
+                    async move {
+                        if let Err(e) = dp.storage.delete_shard(&s.addr, s.stripe, s.index).await {
+                            tracing::debug!(stripe = %s.stripe, index = s.index, error = %e,
+                                "cleanup of a failed write's shard failed (GC will retry)");
+                        }
+                    }
+                })
+                .await;
+        });
+    }
+}
+
+/// Writes `body` (inline or as erasure-coded stripes). On success the
+/// caller commits a manifest and then disarms the returned guard; on error
+/// the shards already written are deleted in the background.
+pub async fn write_body<S>(
+    dp: &Arc<DataPlane>,
+    mut body: S,
+    limits: WriteLimits,
+) -> Result<(WriteOutcome, WriteGuard), ApiError>
+where
+    S: Stream<Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>> + Unpin,
+{
+    if let Some(exp) = limits.expected {
+        if exp > limits.max_size {
+            return Err(ApiError::EntityTooLarge {
+                max: limits.max_size,
+            });
+        }
+    }
+    let guard = WriteGuard::new(dp.clone());
+    let stripe_size = usize::try_from(dp.class.stripe_data_size())
+        .map_err(|_| ApiError::Internal("stripe size exceeds memory".into()))?;
+    let mut md5 = Md5::new();
+    let mut total: u64 = 0;
+    let mut buf = BytesMut::new();
+    let mut permit: Option<OwnedSemaphorePermit> = None;
+    let mut inflight = FuturesOrdered::new();
+    let mut stripes: Vec<Stripe> = Vec::new();
+    let mut striped = false;
+
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(ApiError::from_body_error)?;
+        total += chunk.len() as u64;
+        if total > limits.max_size {
+            return Err(ApiError::EntityTooLarge {
+                max: limits.max_size,
+            });
+        }
+        if let Some(exp) = limits.expected {
+            if total > exp {
+                return Err(ApiError::IncompleteBody {
+                    expected: exp,
+                    got: total,
+                });
+            }
+        }
+        while !chunk.is_empty() {
+            if buf.is_empty() && buf.capacity() == 0 {
+                // Size the buffer for what is coming, never over a stripe.
+                let hint = limits
+                    .expected
+                    .map(|e| e.saturating_sub(total - chunk.len() as u64))
+                    .unwrap_or(chunk.len() as u64);
+                buf.reserve(hint.min(stripe_size as u64) as usize);
+            }
+            let take = (stripe_size - buf.len()).min(chunk.len());
+            buf.extend_from_slice(&chunk.split_to(take));
+            if permit.is_none() && (striped || buf.len() as u64 > limits.inline_threshold) {
+                // Past the inline size: this buffer counts against the pool.
+                permit = Some(dp.buffer().await?);
+            }
+            if buf.len() == stripe_size {
+                let data = buf.split().freeze();
+                striped = true;
+                md5 = hash_md5(md5, data.clone()).await?;
+                while inflight.len() >= dp.stripes_in_flight {
+                    if let Some(r) = inflight.next().await {
+                        stripes.push(stripe_result(r)?);
+                    }
+                }
+                inflight.push_back(spawn_stripe(dp, data, permit.take(), &guard));
+            }
+        }
+    }
+
+    if let Some(exp) = limits.expected {
+        if total != exp {
+            return Err(ApiError::IncompleteBody {
+                expected: exp,
+                got: total,
+            });
+        }
+    }
+    if !striped && total <= limits.inline_threshold {
+        let data = buf.freeze();
+        md5.update(&data);
+        let outcome = WriteOutcome {
+            size: total,
+            md5: md5.finalize().into(),
+            body: WrittenBody::Inline(data),
+        };
+        return Ok((outcome, guard));
+    }
+    if !buf.is_empty() {
+        let data = buf.split().freeze();
+        md5 = hash_md5(md5, data.clone()).await?;
+        inflight.push_back(spawn_stripe(dp, data, permit.take(), &guard));
+    }
+    while let Some(r) = inflight.next().await {
+        stripes.push(stripe_result(r)?);
+    }
+    let outcome = WriteOutcome {
+        size: total,
+        md5: md5.finalize().into(),
+        body: WrittenBody::Stripes(stripes),
+    };
+    Ok((outcome, guard))
+}
+
+fn stripe_result(
+    r: Result<Result<Stripe, ApiError>, tokio::task::JoinError>,
+) -> Result<Stripe, ApiError> {
+    r.map_err(join_error)?
+}
+
+/// MD5 is sequential over the body; a stripe's worth is hashed on the
+/// blocking pool, not on the executor.
+async fn hash_md5(mut md5: Md5, data: Bytes) -> Result<Md5, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        md5.update(&data);
+        md5
+    })
+    .await
+    .map_err(join_error)
+}
+
+fn spawn_stripe(
+    dp: &Arc<DataPlane>,
+    data: Bytes,
+    permit: Option<OwnedSemaphorePermit>,
+    guard: &WriteGuard,
+) -> AbortOnDrop<Result<Stripe, ApiError>> {
+    let dp = dp.clone();
+    let ledger = guard.ledger.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        let r = write_stripe(&dp, data, &ledger).await;
+        drop(permit);
+        r
+    }))
+}
+
+/// Encodes one stripe and makes at least `quorum` of its shards durable,
+/// replacing failed nodes by the next placement candidates.
+async fn write_stripe(
+    dp: &Arc<DataPlane>,
+    data: Bytes,
+    ledger: &Arc<Mutex<Vec<ShardLoc>>>,
+) -> Result<Stripe, ApiError> {
+    let class = dp.class;
+    let len = data.len() as u64;
+    let enc = tokio::task::spawn_blocking(move || encode_stripe_bytes(&class, data))
+        .await
+        .map_err(join_error)??;
+    let id = StripeId::random();
+    let snap = dp.cluster.ready().await?;
+    let (k, m) = (class.k as usize, class.m as usize);
+    let n = k + m;
+    let candidates = snap.placement.place_ordered(&id, k, m);
+    if candidates.len() < dp.quorum {
+        dp.cluster.request_refresh();
+        return Err(ApiError::NotEnoughNodes {
+            available: candidates.len(),
+            needed: dp.quorum,
+        });
+    }
+
+    let put = |index: usize, node: NodeId| {
+        let addr = snap.any_addr(&node).map(str::to_string);
+        let shard = enc.shards.get(index).cloned().unwrap_or_default();
+        let hash = enc.hashes.get(index).copied().unwrap_or_default();
+        let storage = dp.storage.clone();
+        if let Some(addr) = &addr {
+            ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(ShardLoc {
+                    addr: addr.clone(),
+                    stripe: id,
+                    index: index as u8,
+                });
+        }
+        async move {
+            let r = match addr {
+                Some(addr) => storage
+                    .put_shard(&addr, id, index as u8, shard, hash)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("node has no address in the cluster map".to_string()),
+            };
+            (index, node, r)
+        }
+    };
+
+    let mut puts = FuturesUnordered::new();
+    let first = n.min(candidates.len());
+    for (index, node) in candidates.iter().take(first).enumerate() {
+        puts.push(put(index, node.clone()));
+    }
+    let mut next = first;
+    let mut written: Vec<ShardEntry> = Vec::with_capacity(n);
+    while let Some((index, node, r)) = puts.next().await {
+        match r {
+            Ok(()) => written.push(ShardEntry {
+                index: index as u8,
+                node,
+                blake3: enc.hashes.get(index).copied().unwrap_or_default(),
+            }),
+            Err(e) => {
+                tracing::warn!(stripe = %id, index, node = %node, error = %e,
+                    "shard write failed; trying the next candidate");
+                dp.cluster.request_refresh();
+                if let Some(replacement) = candidates.get(next) {
+                    next += 1;
+                    puts.push(put(index, replacement.clone()));
+                }
+            }
+        }
+    }
+    if written.len() < dp.quorum {
+        return Err(ApiError::WriteQuorum {
+            stripe: id,
+            ok: written.len(),
+            needed: dp.quorum,
+        });
+    }
+    if written.len() < n {
+        // Repair (a later issue) restores the missing shards.
+        tracing::warn!(stripe = %id, written = written.len(), total = n,
+            "stripe written with fewer than k + m shards");
+    }
+    written.sort_by_key(|s| s.index);
+    Ok(Stripe {
+        id,
+        len,
+        shard_len: enc.shard_len,
+        class,
+        shards: written,
+    })
+}

@@ -1,0 +1,258 @@
+//! GetObject and HeadObject: the manifest from meta (a linearizable read,
+//! so read-after-write holds across gateways), conditional headers, Range,
+//! and the body streamed from the stripe reader.
+
+use std::ops::Range as ByteRange;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use s3s::dto::*;
+use s3s::S3Request;
+use tessera_types::meta::{MetaError, MetaQuery, QueryReply};
+use tessera_types::{ObjectData, ObjectManifest};
+
+use super::{timestamp, Tessera};
+use crate::error::ApiError;
+use crate::names::check_key;
+use crate::pipeline::read::read_range;
+
+/// What GET and HEAD need to answer.
+struct Conditions {
+    if_match: Option<ETagCondition>,
+    if_none_match: Option<ETagCondition>,
+    if_modified_since: Option<Timestamp>,
+    if_unmodified_since: Option<Timestamp>,
+}
+
+/// The object's standard response headers.
+struct ObjectHeaders {
+    etag: ETag,
+    last_modified: Timestamp,
+    content_type: Option<String>,
+    metadata: Option<Metadata>,
+    cache_control: Option<String>,
+    content_disposition: Option<String>,
+    content_encoding: Option<String>,
+    content_language: Option<String>,
+    expires: Option<Timestamp>,
+}
+
+impl ObjectHeaders {
+    fn of(m: &ObjectManifest) -> Self {
+        let h = |name: &str| m.headers.get(name).cloned();
+        ObjectHeaders {
+            etag: ETag::Strong(m.etag.clone()),
+            last_modified: timestamp(m.created),
+            content_type: m.content_type.clone(),
+            metadata: (!m.user_metadata.is_empty()).then(|| {
+                m.user_metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
+            cache_control: h("cache-control"),
+            content_disposition: h("content-disposition"),
+            content_encoding: h("content-encoding"),
+            content_language: h("content-language"),
+            expires: h("expires")
+                .and_then(|v| Timestamp::parse(TimestampFormat::HttpDate, &v).ok()),
+        }
+    }
+}
+
+/// Loads the manifest of an object the caller may read.
+async fn load(
+    s: &Tessera,
+    caller: &str,
+    bucket: &str,
+    key: &str,
+) -> Result<ObjectManifest, ApiError> {
+    check_key(key)?;
+    s.authorize(caller, bucket).await?;
+    let q = MetaQuery::GetObject {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+    };
+    match s.query(&q).await? {
+        QueryReply::Object(Some(m)) => Ok(*m),
+        QueryReply::Object(None) => Err(MetaError::NoSuchKey.into()),
+        _ => Err(ApiError::UnexpectedReply("GetObject")),
+    }
+}
+
+fn unix_secs(t: &Timestamp) -> i64 {
+    time::OffsetDateTime::from(t.clone()).unix_timestamp()
+}
+
+/// RFC 9110 conditional request evaluation, in its order of precedence.
+fn check_conditions(m: &ObjectManifest, c: &Conditions) -> Result<(), ApiError> {
+    let etag = ETag::Strong(m.etag.clone());
+    let modified = m.created.div_euclid(1000);
+    let matches = |cond: &ETagCondition| match cond {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == etag.value(),
+    };
+    if let Some(cond) = &c.if_match {
+        if !matches(cond) {
+            return Err(MetaError::PreconditionFailed.into());
+        }
+    } else if let Some(t) = &c.if_unmodified_since {
+        if modified > unix_secs(t) {
+            return Err(MetaError::PreconditionFailed.into());
+        }
+    }
+    if let Some(cond) = &c.if_none_match {
+        if matches(cond) {
+            return Err(ApiError::NotModified);
+        }
+    } else if let Some(t) = &c.if_modified_since {
+        if modified <= unix_secs(t) {
+            return Err(ApiError::NotModified);
+        }
+    }
+    Ok(())
+}
+
+/// The byte range to send, and the Content-Range header if partial.
+fn resolve_range(
+    range: Option<Range>,
+    size: u64,
+) -> Result<(ByteRange<u64>, Option<String>), ApiError> {
+    match range {
+        None => Ok((0..size, None)),
+        Some(r) => {
+            let r = r.check(size).map_err(|_| ApiError::InvalidRange)?;
+            let header = format!("bytes {}-{}/{}", r.start, r.end - 1, size);
+            Ok((r, Some(header)))
+        }
+    }
+}
+
+pub(super) async fn get_object(
+    s: &Tessera,
+    req: S3Request<GetObjectInput>,
+) -> Result<GetObjectOutput, ApiError> {
+    let caller = s.caller(&req)?;
+    let input = req.input;
+    let m = load(s, &caller, &input.bucket, &input.key).await?;
+    check_conditions(
+        &m,
+        &Conditions {
+            if_match: input.if_match,
+            if_none_match: input.if_none_match,
+            if_modified_since: input.if_modified_since,
+            if_unmodified_since: input.if_unmodified_since,
+        },
+    )?;
+    let (range, content_range) = resolve_range(input.range, m.size)?;
+    let h = ObjectHeaders::of(&m);
+    let len = range.end - range.start;
+    let body = match &m.data {
+        ObjectData::Inline(data) => {
+            let (from, to) = (range.start as usize, range.end as usize);
+            let bytes = data
+                .get(from..to)
+                .map(|_| data.slice(from..to))
+                .ok_or_else(|| ApiError::Internal("inline data shorter than the object".into()))?;
+            StreamingBlob::wrap(futures::stream::once(futures::future::ready(Ok::<
+                Bytes,
+                ApiError,
+            >(
+                bytes
+            ))))
+        }
+        ObjectData::Parts(_) => StreamingBlob::wrap(read_range(s.dp.clone(), Arc::new(m), range)),
+    };
+    Ok(GetObjectOutput {
+        body: Some(body),
+        accept_ranges: Some("bytes".to_string()),
+        content_length: Some(len as i64),
+        content_range,
+        e_tag: Some(h.etag),
+        last_modified: Some(h.last_modified),
+        content_type: h.content_type,
+        metadata: h.metadata,
+        cache_control: h.cache_control,
+        content_disposition: h.content_disposition,
+        content_encoding: h.content_encoding,
+        content_language: h.content_language,
+        expires: h.expires,
+        ..Default::default()
+    })
+}
+
+pub(super) async fn head_object(
+    s: &Tessera,
+    req: S3Request<HeadObjectInput>,
+) -> Result<HeadObjectOutput, ApiError> {
+    let caller = s.caller(&req)?;
+    let input = req.input;
+    let m = load(s, &caller, &input.bucket, &input.key).await?;
+    check_conditions(
+        &m,
+        &Conditions {
+            if_match: input.if_match,
+            if_none_match: input.if_none_match,
+            if_modified_since: input.if_modified_since,
+            if_unmodified_since: input.if_unmodified_since,
+        },
+    )?;
+    let (range, content_range) = resolve_range(input.range, m.size)?;
+    let h = ObjectHeaders::of(&m);
+    Ok(HeadObjectOutput {
+        accept_ranges: Some("bytes".to_string()),
+        content_length: Some((range.end - range.start) as i64),
+        content_range,
+        e_tag: Some(h.etag),
+        last_modified: Some(h.last_modified),
+        content_type: h.content_type,
+        metadata: h.metadata,
+        cache_control: h.cache_control,
+        content_disposition: h.content_disposition,
+        content_encoding: h.content_encoding,
+        content_language: h.content_language,
+        expires: h.expires,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let r = |first, last| Some(Range::Int { first, last });
+        assert_eq!(resolve_range(None, 10).unwrap(), (0..10, None));
+        assert_eq!(
+            resolve_range(r(2, Some(5)), 10).unwrap(),
+            (2..6, Some("bytes 2-5/10".to_string()))
+        );
+        assert_eq!(resolve_range(r(2, None), 10).unwrap().0, 2..10);
+        assert_eq!(resolve_range(r(2, Some(100)), 10).unwrap().0, 2..10);
+        assert_eq!(
+            resolve_range(Some(Range::Suffix { length: 3 }), 10)
+                .unwrap()
+                .0,
+            7..10
+        );
+        assert_eq!(
+            resolve_range(Some(Range::Suffix { length: 30 }), 10)
+                .unwrap()
+                .0,
+            0..10
+        );
+        assert!(matches!(
+            resolve_range(r(10, None), 10),
+            Err(ApiError::InvalidRange)
+        ));
+        assert!(matches!(
+            resolve_range(r(0, None), 0),
+            Err(ApiError::InvalidRange)
+        ));
+        assert!(matches!(
+            resolve_range(Some(Range::Suffix { length: 0 }), 10),
+            Err(ApiError::InvalidRange)
+        ));
+    }
+}

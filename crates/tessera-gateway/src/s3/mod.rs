@@ -1,0 +1,194 @@
+//! The S3 API: one file per operation family, and the one `impl S3` that
+//! dispatches to them. s3s has already authenticated the request (see
+//! `auth.rs`); every handler starts from [`Tessera::caller`] (the verified
+//! access key) and [`Tessera::authorize`] (bucket ownership).
+
+mod bucket;
+mod delete;
+mod get;
+mod list;
+mod put;
+
+use std::sync::Arc;
+
+use s3s::dto::*;
+use s3s::{S3Error, S3Request, S3Response, S3Result, S3};
+use tessera_proto::MetaClient;
+use tessera_types::meta::{MetaCommand, MetaQuery, MetaReply, QueryReply};
+
+use crate::config::GatewayConfig;
+use crate::error::ApiError;
+use crate::pipeline::DataPlane;
+
+pub use list::{decode_token, encode_token};
+
+/// The S3 service: shared state of all requests.
+pub struct Tessera {
+    pub(crate) config: GatewayConfig,
+    pub(crate) meta: MetaClient,
+    pub(crate) dp: Arc<DataPlane>,
+}
+
+impl Tessera {
+    pub fn new(config: GatewayConfig, meta: MetaClient, dp: Arc<DataPlane>) -> Self {
+        Tessera { config, meta, dp }
+    }
+
+    /// The verified access key of the request. Requests without one never
+    /// get here (see `auth::RequireAuth`); this is the second lock.
+    fn caller<T>(&self, req: &S3Request<T>) -> Result<String, ApiError> {
+        let creds = req
+            .credentials
+            .as_ref()
+            .ok_or(ApiError::AccessDenied("anonymous access is not allowed"))?;
+        if let Some(region) = &req.region {
+            if region.as_str() != self.config.region {
+                return Err(ApiError::WrongRegion {
+                    got: region.as_str().to_string(),
+                    expected: self.config.region.clone(),
+                });
+            }
+        }
+        Ok(creds.access_key.clone())
+    }
+
+    /// The bucket, if it exists and `caller` owns it (linearizable read).
+    async fn authorize(
+        &self,
+        caller: &str,
+        bucket: &str,
+    ) -> Result<tessera_types::Bucket, ApiError> {
+        match self
+            .query(&MetaQuery::GetBucket {
+                name: bucket.to_string(),
+            })
+            .await?
+        {
+            QueryReply::Bucket(Some(b)) if b.owner == caller => Ok(b),
+            QueryReply::Bucket(Some(_)) => Err(ApiError::AccessDenied(
+                "the bucket belongs to another access key",
+            )),
+            QueryReply::Bucket(None) => Err(tessera_types::meta::MetaError::NoSuchBucket.into()),
+            _ => Err(ApiError::UnexpectedReply("GetBucket")),
+        }
+    }
+
+    /// A linearizable meta query; refusals become `ApiError::Meta`.
+    async fn query(&self, q: &MetaQuery) -> Result<QueryReply, ApiError> {
+        match self.meta.query(q).await.map_err(ApiError::from_rpc)? {
+            QueryReply::Err(e) => Err(e.into()),
+            r => Ok(r),
+        }
+    }
+
+    /// A meta command through Raft; refusals become `ApiError::Meta`.
+    async fn write(&self, cmd: &MetaCommand) -> Result<MetaReply, ApiError> {
+        match self.meta.write(cmd).await.map_err(ApiError::from_rpc)? {
+            MetaReply::Err(e) => Err(e.into()),
+            r => Ok(r),
+        }
+    }
+}
+
+/// Logs server-side failures and converts to the S3 error.
+fn fail(op: &'static str, e: ApiError) -> S3Error {
+    if e.is_server_side() {
+        tracing::warn!(op, error = %e, "request failed");
+    } else {
+        tracing::debug!(op, error = %e, "request refused");
+    }
+    e.into()
+}
+
+/// Milliseconds since the epoch as an S3 timestamp.
+fn timestamp(ms: i64) -> Timestamp {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    Timestamp::from(t)
+}
+
+macro_rules! dispatch {
+    ($name:literal, $e:expr) => {
+        $e.await.map(S3Response::new).map_err(|e| fail($name, e))
+    };
+}
+
+#[async_trait::async_trait]
+impl S3 for Tessera {
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        dispatch!("ListBuckets", bucket::list_buckets(self, req))
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        dispatch!("CreateBucket", bucket::create_bucket(self, req))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        dispatch!("HeadBucket", bucket::head_bucket(self, req))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        dispatch!("DeleteBucket", bucket::delete_bucket(self, req))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        dispatch!("GetBucketLocation", bucket::get_bucket_location(self, req))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        dispatch!("PutObject", put::put_object(self, req))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        dispatch!("GetObject", get::get_object(self, req))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        dispatch!("HeadObject", get::head_object(self, req))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        dispatch!("DeleteObject", delete::delete_object(self, req))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        dispatch!("ListObjectsV2", list::list_objects_v2(self, req))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        dispatch!("ListObjects", list::list_objects(self, req))
+    }
+}

@@ -1,0 +1,255 @@
+//! PutObject: stream the body through the stripe writer, then commit the
+//! manifest. The object becomes visible only at the commit; a failed PUT
+//! deletes the shards it wrote (in the background).
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures::StreamExt;
+use s3s::dto::*;
+use s3s::S3Request;
+use tessera_types::manifest::MANIFEST_LAYOUT;
+use tessera_types::meta::{MetaCommand, MetaReply, WriteCondition};
+use tessera_types::{ObjectData, ObjectManifest, Part};
+
+use super::Tessera;
+use crate::error::ApiError;
+use crate::names::check_key;
+use crate::pipeline::gc;
+use crate::pipeline::write::{write_body, WriteLimits, WrittenBody};
+
+/// Largest total size of user metadata (names and values), as in S3.
+const MAX_USER_METADATA_BYTES: usize = 2048;
+
+type BodyStream =
+    futures::stream::BoxStream<'static, Result<Bytes, Box<dyn std::error::Error + Send + Sync>>>;
+
+pub(super) async fn put_object(
+    s: &Tessera,
+    req: S3Request<PutObjectInput>,
+) -> Result<PutObjectOutput, ApiError> {
+    let caller = s.caller(&req)?;
+    let mut input = req.input;
+    check_key(&input.key)?;
+    let user_metadata = user_metadata(input.metadata.take())?;
+    let content_md5 = input.content_md5.as_deref().map(parse_md5).transpose()?;
+    let expected = match input.content_length {
+        Some(n) if n < 0 => {
+            return Err(ApiError::InvalidArgument("negative Content-Length".into()))
+        }
+        Some(n) => Some(n as u64),
+        None => None,
+    };
+    let condition = match (&input.if_none_match, &input.if_match) {
+        (Some(ETagCondition::Any), _) => WriteCondition::IfNoneMatch,
+        (Some(ETagCondition::ETag(_)), _) => {
+            return Err(ApiError::InvalidArgument(
+                "If-None-Match on PUT supports only '*'".into(),
+            ))
+        }
+        (None, Some(ETagCondition::ETag(e))) => WriteCondition::IfMatch(e.value().to_string()),
+        _ => WriteCondition::None,
+    };
+    // Authorization before a single body byte is read.
+    s.authorize(&caller, &input.bucket).await?;
+
+    let body: BodyStream = match input.body.take() {
+        Some(b) => b.boxed(),
+        None => futures::stream::empty().boxed(),
+    };
+    let limits = WriteLimits {
+        expected,
+        max_size: s.config.max_object_size,
+        inline_threshold: s.config.inline_threshold,
+    };
+    let (outcome, guard) = write_body(&s.dp, body, limits).await?;
+    if let Some(want) = content_md5 {
+        if want != outcome.md5 {
+            return Err(ApiError::BadDigest);
+        }
+    }
+    let etag = hex::encode(outcome.md5);
+    let data = match outcome.body {
+        WrittenBody::Inline(b) => ObjectData::Inline(b),
+        WrittenBody::Stripes(stripes) => ObjectData::Parts(vec![Part {
+            number: 1,
+            size: outcome.size,
+            etag: etag.clone(),
+            stripes,
+        }]),
+    };
+    let manifest = ObjectManifest {
+        layout: MANIFEST_LAYOUT,
+        bucket: input.bucket,
+        key: input.key,
+        version_id: hex::encode(rand::random::<[u8; 16]>()),
+        size: outcome.size,
+        etag: etag.clone(),
+        content_type: input.content_type.filter(|c| !c.is_empty()),
+        headers: standard_headers(
+            input.cache_control,
+            input.content_disposition,
+            input.content_encoding,
+            input.content_language,
+            input.expires,
+        ),
+        user_metadata,
+        checksums: BTreeMap::new(),
+        created: tessera_types::now_millis(),
+        data,
+    };
+    let (bucket, key, version) = (
+        manifest.bucket.clone(),
+        manifest.key.clone(),
+        manifest.version_id.clone(),
+    );
+    let cmd = MetaCommand::PutObject {
+        manifest,
+        condition,
+    };
+    match s.meta.write(&cmd).await {
+        Ok(MetaReply::Err(e)) => {
+            // The meta client retries a write whose answer was lost, so a
+            // refusal (e.g. If-None-Match) may follow our own commit.
+            if committed(s, &bucket, &key, &version).await {
+                guard.disarm();
+            } else {
+                // Nothing references the shards; the dropped guard
+                // deletes them.
+                return Err(e.into());
+            }
+        }
+        Ok(reply) => {
+            guard.disarm();
+            if let MetaReply::Replaced(Some(old)) = reply {
+                gc::delete_later(&s.dp, &old);
+            }
+        }
+        Err(e) => {
+            // The outcome is unknown: the manifest may be committed, so its
+            // shards must not be deleted here (GC finds them if not).
+            guard.disarm();
+            return Err(ApiError::from_rpc(e));
+        }
+    }
+    Ok(PutObjectOutput {
+        e_tag: Some(ETag::Strong(etag)),
+        ..Default::default()
+    })
+}
+
+/// Whether the current version of `bucket/key` is `version` (when in
+/// doubt, true: keeping stray shards is safe, deleting live ones is not).
+async fn committed(s: &Tessera, bucket: &str, key: &str, version: &str) -> bool {
+    let q = tessera_types::meta::MetaQuery::GetObject {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+    };
+    match s.meta.query(&q).await {
+        Ok(tessera_types::meta::QueryReply::Object(Some(m))) => m.version_id == version,
+        Ok(_) => false,
+        Err(_) => true,
+    }
+}
+
+/// Decodes Content-MD5 (base64 of 16 bytes).
+fn parse_md5(v: &str) -> Result<[u8; 16], ApiError> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(v.trim())
+        .map_err(|_| ApiError::InvalidDigest)?;
+    <[u8; 16]>::try_from(raw.as_slice()).map_err(|_| ApiError::InvalidDigest)
+}
+
+/// `x-amz-meta-*` with lower-cased names, capped at 2 KiB in total.
+fn user_metadata(
+    meta: Option<std::collections::HashMap<String, String>>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let out: BTreeMap<String, String> = meta
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    let size: usize = out.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_USER_METADATA_BYTES {
+        return Err(ApiError::MetadataTooLarge);
+    }
+    Ok(out)
+}
+
+/// Standard headers kept verbatim. `aws-chunked` is a transfer detail of
+/// the upload, never part of the stored Content-Encoding.
+fn standard_headers(
+    cache_control: Option<String>,
+    content_disposition: Option<String>,
+    content_encoding: Option<String>,
+    content_language: Option<String>,
+    expires: Option<Timestamp>,
+) -> BTreeMap<String, String> {
+    let mut h = BTreeMap::new();
+    let encoding = content_encoding.map(|e| {
+        e.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    for (name, value) in [
+        ("cache-control", cache_control),
+        ("content-disposition", content_disposition),
+        ("content-encoding", encoding),
+        ("content-language", content_language),
+    ] {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            h.insert(name.to_string(), v);
+        }
+    }
+    if let Some(t) = expires {
+        let mut buf = Vec::new();
+        if t.format(TimestampFormat::HttpDate, &mut buf).is_ok() {
+            if let Ok(s) = String::from_utf8(buf) {
+                h.insert("expires".to_string(), s);
+            }
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_md5_parsing() {
+        // MD5("") = d41d8cd98f00b204e9800998ecf8427e
+        let v = parse_md5("1B2M2Y8AsgTpgAmY7PhCfg==").unwrap();
+        assert_eq!(hex::encode(v), "d41d8cd98f00b204e9800998ecf8427e");
+        assert!(matches!(
+            parse_md5("not base64!"),
+            Err(ApiError::InvalidDigest)
+        ));
+        assert!(matches!(parse_md5("AAAA"), Err(ApiError::InvalidDigest)));
+    }
+
+    #[test]
+    fn aws_chunked_is_not_stored() {
+        let h = standard_headers(None, None, Some("aws-chunked".into()), None, None);
+        assert!(!h.contains_key("content-encoding"));
+        let h = standard_headers(None, None, Some("gzip, aws-chunked".into()), None, None);
+        assert_eq!(h.get("content-encoding").map(String::as_str), Some("gzip"));
+    }
+
+    #[test]
+    fn metadata_cap() {
+        let mut m = std::collections::HashMap::new();
+        m.insert("Color".to_string(), "blue".to_string());
+        let out = user_metadata(Some(m)).unwrap();
+        assert_eq!(out.get("color").map(String::as_str), Some("blue"));
+        let mut big = std::collections::HashMap::new();
+        big.insert("k".to_string(), "v".repeat(2048));
+        assert!(matches!(
+            user_metadata(Some(big)),
+            Err(ApiError::MetadataTooLarge)
+        ));
+    }
+}
