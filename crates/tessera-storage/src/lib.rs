@@ -1,57 +1,145 @@
-//! Tessera storage node. (Contract stub: the implementation replaces the
-//! bodies, keeping these signatures.)
+//! Tessera storage node: keeps shards (the erasure-coded pieces of stripes)
+//! as files on one or more local disks, verifies a BLAKE3 checksum on every
+//! read and quarantines what fails it, serves them over the storage gRPC
+//! service, and heartbeats its identity and disk usage to the meta leader.
+//!
+//! It talks to other nodes only through `tessera-proto` over gRPC: it never
+//! touches sled, openraft or S3.
+//!
+//! - [`config`]: the node's configuration.
+//! - [`store`]: the shard store on disk (layout, file format, durability).
+//! - [`service`]: the gRPC service; the only module that speaks protobuf.
+//! - `heartbeat`: the liveness and usage reports to meta.
+//! - [`error`]: the crate's error type.
 
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+pub mod config;
+mod durable;
+pub mod error;
+mod heartbeat;
+pub mod service;
+pub mod store;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use tessera_proto::storage::storage_server::StorageServer;
+use tessera_proto::{MetaClient, MAX_MESSAGE_BYTES};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-/// Storage node configuration (TOML, kebab-case).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", default)]
-pub struct StorageConfig {
-    /// One or more data directories (one per disk). The node id is kept in
-    /// the first one.
-    pub data_dirs: Vec<PathBuf>,
-    /// Address other nodes use to reach this node (`host:port`); defaults
-    /// to the bound listen address.
-    pub advertise: Option<String>,
-    /// Failure domain (rack, room, availability zone).
-    pub zone: String,
-    /// Relative placement weight.
-    pub weight: f64,
-    /// Meta node addresses (`host:port`).
-    pub meta: Vec<String>,
-    /// Heartbeat period in milliseconds.
-    pub heartbeat_ms: u64,
-}
+pub use config::StorageConfig;
+pub use error::{ShardKey, StorageError};
+pub use service::StorageService;
+pub use store::{ShardStore, StoreOptions};
 
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            data_dirs: vec![PathBuf::from("data/storage")],
-            advertise: None,
-            zone: "default".into(),
-            weight: 1.0,
-            meta: vec![],
-            heartbeat_ms: 1000,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("config: {0}")]
-    Config(String),
-}
+use heartbeat::Heartbeat;
 
 /// Serves the storage node on `listener` until `shutdown` is cancelled.
+///
+/// Opens the data directories (creating them and the node id on first
+/// start), serves the storage gRPC service and heartbeats to meta. Returns
+/// once shutdown was requested and the server and background tasks have
+/// stopped, or the `shutdown-grace-ms` deadline passed.
 pub async fn serve(
     config: StorageConfig,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StorageError> {
-    let _ = (config, listener, shutdown);
-    Err(StorageError::Config("not yet implemented".into()))
+    config.validate()?;
+    let store = ShardStore::open(
+        config.data_dirs.clone(),
+        StoreOptions {
+            max_shard_bytes: config.max_shard_bytes,
+            read_buffer_bytes: config.read_buffer_bytes,
+        },
+    )
+    .await?;
+    let local = listener.local_addr()?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    if config.advertise.is_none() && local.ip().is_unspecified() {
+        tracing::warn!(%local, "listening on a wildcard address without `advertise`: other nodes cannot reach this one");
+    }
+    tracing::info!(node_id = %store.node_id(), %local, %advertise, zone = %config.zone, "storage node serving");
+
+    let tasks = shutdown.child_token();
+    let heartbeat = if config.meta.is_empty() {
+        tracing::warn!("no meta addresses configured: not sending heartbeats");
+        None
+    } else {
+        let period = config.heartbeat_period();
+        let hb = Heartbeat {
+            store: store.clone(),
+            meta: MetaClient::with_deadline(config.meta.clone(), Heartbeat::call_deadline(period)),
+            advertise,
+            zone: config.zone.clone(),
+            weight: config.weight,
+            period,
+        };
+        Some(tokio::spawn(hb.run(tasks.clone())))
+    };
+
+    let service = StorageServer::new(StorageService::new(store, config.zone.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(s) = &conn {
+            // Shard frames are latency-sensitive; never wait for Nagle.
+            let _ = s.set_nodelay(true);
+        }
+        conn
+    });
+    let stop = tasks.clone();
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
+    );
+
+    let early = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = &mut server => Some(r),
+    };
+    tasks.cancel();
+    let grace = config.shutdown_grace();
+    let result = match early {
+        // The server stopped on its own: report why.
+        Some(r) => flatten(r),
+        None => match tokio::time::timeout(grace, &mut server).await {
+            Ok(r) => flatten(r),
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "in-flight requests did not finish in time; aborting them"
+                );
+                server.abort();
+                Ok(())
+            }
+        },
+    };
+    if let Some(hb) = heartbeat {
+        stop_task(hb, grace).await;
+    }
+    tracing::info!("storage node stopped");
+    result
+}
+
+fn flatten(
+    r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), StorageError> {
+    match r {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(StorageError::Task(e.to_string())),
+    }
+}
+
+async fn stop_task(mut task: tokio::task::JoinHandle<()>, grace: Duration) {
+    if tokio::time::timeout(grace, &mut task).await.is_err() {
+        task.abort();
+    }
 }

@@ -1,0 +1,217 @@
+//! The storage gRPC service: the only module that speaks protobuf. It
+//! validates requests, converts them into [`ShardKey`]s and hashes, calls
+//! the [`ShardStore`], and maps [`StorageError`]s to gRPC statuses.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tessera_proto::storage::storage_server::Storage;
+use tessera_proto::storage::{
+    put_shard_request, DeleteShardResponse, GetShardRequest, NodeInfoRequest, NodeInfoResponse,
+    PutShardRequest, PutShardResponse, ShardChunk, ShardRef, StatShardResponse,
+};
+use tessera_proto::FRAME_BYTES;
+use tessera_types::StripeId;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::instrument;
+
+use crate::error::{ShardKey, StorageError};
+use crate::store::ShardStore;
+
+/// Serves [`Storage`] from a [`ShardStore`].
+pub struct StorageService {
+    store: Arc<ShardStore>,
+    zone: String,
+}
+
+impl StorageService {
+    pub fn new(store: Arc<ShardStore>, zone: String) -> Self {
+        StorageService { store, zone }
+    }
+}
+
+impl From<StorageError> for Status {
+    fn from(e: StorageError) -> Status {
+        let msg = e.to_string();
+        match e {
+            StorageError::InvalidRequest(_) | StorageError::Mismatch { .. } => {
+                Status::invalid_argument(msg)
+            }
+            StorageError::NotFound { .. } => Status::not_found(msg),
+            StorageError::Corrupt { .. } => Status::data_loss(msg),
+            StorageError::Conflict { .. } => Status::already_exists(msg),
+            StorageError::NoSpace(_) => Status::resource_exhausted(msg),
+            StorageError::Meta(_) => Status::unavailable(msg),
+            StorageError::Io(_)
+            | StorageError::Config(_)
+            | StorageError::BadState { .. }
+            | StorageError::Transport(_)
+            | StorageError::Task(_) => Status::internal(msg),
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> StorageError {
+    StorageError::InvalidRequest(msg.into())
+}
+
+/// Converts a wire shard reference into a key, refusing malformed ids.
+fn shard_key(r: Option<&ShardRef>) -> Result<ShardKey, StorageError> {
+    let r = r.ok_or_else(|| invalid("missing shard reference"))?;
+    let stripe = StripeId::from_slice(&r.stripe_id).ok_or_else(|| {
+        invalid(format!(
+            "stripe id must be 16 bytes, got {}",
+            r.stripe_id.len()
+        ))
+    })?;
+    let index = u8::try_from(r.shard_index)
+        .map_err(|_| invalid(format!("shard index {} is above 255", r.shard_index)))?;
+    Ok(ShardKey { stripe, index })
+}
+
+/// Converts a wire hash; `None` for an empty one when `optional`.
+fn hash(b: &Bytes, optional: bool) -> Result<Option<[u8; 32]>, StorageError> {
+    if b.is_empty() && optional {
+        return Ok(None);
+    }
+    <[u8; 32]>::try_from(b.as_ref())
+        .map(Some)
+        .map_err(|_| invalid(format!("BLAKE3 hash must be 32 bytes, got {}", b.len())))
+}
+
+/// Shard bytes cut into frames; `guard` (the read budget) is held until
+/// the last frame is sent or the client goes away.
+fn frames<G: Send + 'static>(
+    data: Bytes,
+    guard: G,
+) -> impl Stream<Item = Result<ShardChunk, Status>> + Send + 'static {
+    futures::stream::unfold((data, guard), |(mut data, guard)| async move {
+        if data.is_empty() {
+            return None;
+        }
+        let frame = data.split_to(data.len().min(FRAME_BYTES));
+        Some((Ok(ShardChunk { data: frame }), (data, guard)))
+    })
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<ShardChunk, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Storage for StorageService {
+    #[instrument(skip_all, err, fields(shard))]
+    async fn put_shard(
+        &self,
+        request: Request<Streaming<PutShardRequest>>,
+    ) -> Result<Response<PutShardResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(PutShardRequest {
+                msg: Some(put_shard_request::Msg::Header(h)),
+            })) => h,
+            Some(Ok(_)) => return Err(invalid("the first message must be the header").into()),
+            Some(Err(status)) => return Err(status),
+            None => return Err(invalid("empty request stream").into()),
+        };
+        let key = shard_key(header.shard.as_ref())?;
+        tracing::Span::current().record("shard", tracing::field::display(key));
+        let Some(blake3) = hash(&header.blake3, false)? else {
+            return Err(invalid("missing BLAKE3 hash").into());
+        };
+        let mut writer = self.store.begin_put(key, header.length, blake3).await?;
+        while let Some(msg) = stream.next().await {
+            match msg?.msg {
+                Some(put_shard_request::Msg::Data(data)) => writer.write(data).await?,
+                Some(put_shard_request::Msg::Header(_)) => {
+                    return Err(invalid("a second header in the stream").into())
+                }
+                None => return Err(invalid("an empty message in the stream").into()),
+            }
+        }
+        writer.finish().await?;
+        Ok(Response::new(PutShardResponse {}))
+    }
+
+    type GetShardStream = ChunkStream;
+
+    #[instrument(skip_all, err, fields(shard))]
+    async fn get_shard(
+        &self,
+        request: Request<GetShardRequest>,
+    ) -> Result<Response<Self::GetShardStream>, Status> {
+        let req = request.into_inner();
+        let key = shard_key(req.shard.as_ref())?;
+        tracing::Span::current().record("shard", tracing::field::display(key));
+        let expected = hash(&req.blake3, true)?;
+        let (data, budget) = self.store.get(key, expected).await?.into_parts();
+        Ok(Response::new(Box::pin(frames(data, budget))))
+    }
+
+    #[instrument(skip_all, err, fields(shard))]
+    async fn delete_shard(
+        &self,
+        request: Request<ShardRef>,
+    ) -> Result<Response<DeleteShardResponse>, Status> {
+        let key = shard_key(Some(request.get_ref()))?;
+        tracing::Span::current().record("shard", tracing::field::display(key));
+        let existed = self.store.delete(key).await?;
+        Ok(Response::new(DeleteShardResponse { existed }))
+    }
+
+    #[instrument(skip_all, err, fields(shard))]
+    async fn stat_shard(
+        &self,
+        request: Request<ShardRef>,
+    ) -> Result<Response<StatShardResponse>, Status> {
+        let key = shard_key(Some(request.get_ref()))?;
+        tracing::Span::current().record("shard", tracing::field::display(key));
+        let resp = match self.store.stat(key).await? {
+            Some(h) => StatShardResponse {
+                exists: true,
+                length: h.length,
+                blake3: Bytes::copy_from_slice(&h.blake3),
+            },
+            None => StatShardResponse {
+                exists: false,
+                length: 0,
+                blake3: Bytes::new(),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    #[instrument(skip_all, err)]
+    async fn node_info(
+        &self,
+        _request: Request<NodeInfoRequest>,
+    ) -> Result<Response<NodeInfoResponse>, Status> {
+        let usage = self.store.usage().await?;
+        Ok(Response::new(NodeInfoResponse {
+            node_id: self.store.node_id().to_string(),
+            zone: self.zone.clone(),
+            capacity_bytes: usage.capacity_bytes,
+            used_bytes: usage.used_bytes,
+            shard_count: usage.shard_count,
+        }))
+    }
+}
+
+/// The heartbeat this node sends to meta.
+pub(crate) fn heartbeat_request(
+    store: &ShardStore,
+    advertise: &str,
+    zone: &str,
+    weight: f64,
+    usage: crate::store::Usage,
+) -> tessera_proto::meta::HeartbeatRequest {
+    tessera_proto::meta::HeartbeatRequest {
+        node_id: store.node_id().to_string(),
+        addr: advertise.to_string(),
+        zone: zone.to_string(),
+        capacity_bytes: usage.capacity_bytes,
+        used_bytes: usage.used_bytes,
+        shard_count: usage.shard_count,
+        weight,
+    }
+}

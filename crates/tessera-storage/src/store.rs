@@ -1,0 +1,768 @@
+//! The shard store: shard files on one or more data directories.
+//!
+//! Layout of a data directory:
+//!
+//! ```text
+//! <dir>/format                      "tessera-storage <version>"
+//! <dir>/node-id                     first data dir only
+//! <dir>/shards/<hh>/<stripe>.<idx>  hh = first byte of the stripe id in hex
+//! <dir>/quarantine/<stripe>.<idx>.<unix-millis>
+//! ```
+//!
+//! A shard file is a [`HEADER_LEN`]-byte header followed by the shard bytes:
+//!
+//! ```text
+//! 0..4    magic "TSHD"
+//! 4       format version (1)
+//! 5..8    reserved, zero
+//! 8..16   shard length, u64 little endian
+//! 16..48  BLAKE3 of the shard bytes
+//! ```
+//!
+//! Paths are built only from the 16-byte stripe id and the shard index, so
+//! no request can name a file outside the store. Every blocking operation
+//! (file I/O, hashing) runs on tokio's blocking pool.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tessera_types::{NodeId, StripeId};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::durable::{self, TempFile, TEMP_PREFIX};
+use crate::error::{ShardKey, StorageError};
+
+/// Magic bytes opening every shard file.
+pub const MAGIC: [u8; 4] = *b"TSHD";
+/// Version of the shard file header.
+pub const SHARD_FORMAT_VERSION: u8 = 1;
+/// Size of the shard file header.
+pub const HEADER_LEN: usize = 48;
+/// Version of the data directory layout, kept in `<dir>/format`.
+pub const DIR_FORMAT_VERSION: u32 = 1;
+
+const FORMAT_FILE: &str = "format";
+const NODE_ID_FILE: &str = "node-id";
+const SHARDS_DIR: &str = "shards";
+const QUARANTINE_DIR: &str = "quarantine";
+/// Number of lock stripes serialising commits, deletes and quarantines of
+/// the same shard name (keeps the shard counter exact under races).
+const NAME_LOCKS: usize = 64;
+/// Read budget is counted in KiB so that large budgets fit the semaphore.
+const BUDGET_UNIT: u64 = 1024;
+
+type Result<T> = std::result::Result<T, StorageError>;
+
+/// The decoded header of a shard file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardHeader {
+    pub length: u64,
+    pub blake3: [u8; 32],
+}
+
+impl ShardHeader {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&MAGIC);
+        h[4] = SHARD_FORMAT_VERSION;
+        h[8..16].copy_from_slice(&self.length.to_le_bytes());
+        h[16..48].copy_from_slice(&self.blake3);
+        h
+    }
+
+    /// Parses a header; the error says why it is not one.
+    pub fn decode(b: &[u8]) -> std::result::Result<ShardHeader, String> {
+        if b.len() < HEADER_LEN {
+            return Err(format!("file too short for a header ({} bytes)", b.len()));
+        }
+        if b[0..4] != MAGIC {
+            return Err("bad magic".into());
+        }
+        if b[4] != SHARD_FORMAT_VERSION {
+            return Err(format!("unknown shard format version {}", b[4]));
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&b[8..16]);
+        let mut blake3 = [0u8; 32];
+        blake3.copy_from_slice(&b[16..48]);
+        Ok(ShardHeader {
+            length: u64::from_le_bytes(len),
+            blake3,
+        })
+    }
+}
+
+/// Disk usage summed over the data directories' file systems.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub shard_count: u64,
+}
+
+/// A verified shard held in memory, with the read budget it occupies;
+/// the budget returns when this is dropped.
+pub struct ShardData {
+    pub bytes: Bytes,
+    _budget: OwnedSemaphorePermit,
+}
+
+impl ShardData {
+    /// Splits into the bytes and the guard that holds their budget.
+    pub fn into_parts(self) -> (Bytes, OwnedSemaphorePermit) {
+        (self.bytes, self._budget)
+    }
+}
+
+/// Options of [`ShardStore::open`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub max_shard_bytes: u64,
+    pub read_buffer_bytes: u64,
+}
+
+/// Shard files on one or more data directories.
+pub struct ShardStore {
+    dirs: Vec<PathBuf>,
+    node_id: NodeId,
+    shard_count: AtomicU64,
+    max_shard_bytes: u64,
+    read_budget: Arc<Semaphore>,
+    read_budget_units: u64,
+    name_locks: Vec<Mutex<()>>,
+}
+
+/// Runs blocking disk work off the async executor.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))?
+}
+
+impl ShardStore {
+    /// Opens (creating if needed) the data directories, loads or creates
+    /// the node id, removes temp files left by a crash and counts shards.
+    pub async fn open(dirs: Vec<PathBuf>, opts: StoreOptions) -> Result<Arc<ShardStore>> {
+        blocking(move || Self::open_blocking(dirs, opts)).await
+    }
+
+    fn open_blocking(dirs: Vec<PathBuf>, opts: StoreOptions) -> Result<Arc<ShardStore>> {
+        let Some(first) = dirs.first() else {
+            return Err(StorageError::Config("no data directories".into()));
+        };
+        let mut count = 0u64;
+        for dir in &dirs {
+            prepare_dir(dir)?;
+            count += scan_dir(dir)?;
+        }
+        let node_id = load_or_create_node_id(&first.join(NODE_ID_FILE))?;
+        let units = opts.read_buffer_bytes.div_ceil(BUDGET_UNIT).max(1);
+        let units = units.min(Semaphore::MAX_PERMITS as u64);
+        tracing::info!(node_id = %node_id, shards = count, dirs = dirs.len(), "shard store opened");
+        Ok(Arc::new(ShardStore {
+            dirs,
+            node_id,
+            shard_count: AtomicU64::new(count),
+            max_shard_bytes: opts.max_shard_bytes,
+            read_budget: Arc::new(Semaphore::new(units as usize)),
+            read_budget_units: units,
+            name_locks: (0..NAME_LOCKS).map(|_| Mutex::new(())).collect(),
+        }))
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    pub fn max_shard_bytes(&self) -> u64 {
+        self.max_shard_bytes
+    }
+
+    pub fn shard_count(&self) -> u64 {
+        self.shard_count.load(Ordering::Relaxed)
+    }
+
+    /// Index of the data directory a stripe's shards are written to:
+    /// rendezvous hashing over directory positions, so adding a directory
+    /// at the end moves only about 1/N of new placements.
+    fn home_dir(&self, stripe: &StripeId) -> usize {
+        let mut best = (0usize, 0u64);
+        for i in 0..self.dirs.len() {
+            let mut h = blake3::Hasher::new();
+            h.update(b"tessera-storage-dir");
+            h.update(&stripe.0);
+            h.update(&(i as u32).to_le_bytes());
+            let mut score = [0u8; 8];
+            score.copy_from_slice(&h.finalize().as_bytes()[..8]);
+            let score = u64::from_le_bytes(score);
+            if i == 0 || score > best.1 {
+                best = (i, score);
+            }
+        }
+        best.0
+    }
+
+    /// Path of a shard in data directory `dir`.
+    fn path_in(&self, dir: usize, key: &ShardKey) -> PathBuf {
+        let hex = key.stripe.to_hex();
+        self.dirs[dir]
+            .join(SHARDS_DIR)
+            .join(&hex[0..2])
+            .join(format!("{hex}.{}", key.index))
+    }
+
+    /// Where a new shard is written.
+    pub(crate) fn home_path(&self, key: &ShardKey) -> PathBuf {
+        self.path_in(self.home_dir(&key.stripe), key)
+    }
+
+    /// Where the shard is, looking in its home directory first and then in
+    /// the others (the directory list may have changed since it was written).
+    fn locate(&self, key: &ShardKey) -> Option<PathBuf> {
+        let home = self.home_dir(&key.stripe);
+        let order = std::iter::once(home).chain((0..self.dirs.len()).filter(|&i| i != home));
+        order
+            .map(|i| self.path_in(i, key))
+            .find(|p| fs::symlink_metadata(p).is_ok())
+    }
+
+    fn lock_name(&self, key: &ShardKey) -> MutexGuard<'_, ()> {
+        let slot = (key.stripe.0[15] as usize ^ (key.index as usize).wrapping_mul(31)) % NAME_LOCKS;
+        self.name_locks[slot]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts receiving a shard of `length` bytes whose BLAKE3 is `blake3`.
+    pub async fn begin_put(
+        self: &Arc<Self>,
+        key: ShardKey,
+        length: u64,
+        blake3: [u8; 32],
+    ) -> Result<ShardWriter> {
+        if length > self.max_shard_bytes {
+            return Err(StorageError::InvalidRequest(format!(
+                "shard of {length} bytes exceeds the limit of {} bytes",
+                self.max_shard_bytes
+            )));
+        }
+        let target = self.home_path(&key);
+        let header = ShardHeader { length, blake3 };
+        let tmp = blocking(move || {
+            let dir = target
+                .parent()
+                .ok_or_else(|| StorageError::Task("shard path has no parent".into()))?;
+            let mut tmp = TempFile::create(dir, &format!("{}.{}", key.stripe, key.index))
+                .map_err(StorageError::io)?;
+            tmp.file()
+                .and_then(|f| f.write_all(&header.encode()))
+                .map_err(StorageError::io)?;
+            Ok(tmp)
+        })
+        .await?;
+        Ok(ShardWriter {
+            store: self.clone(),
+            key,
+            header,
+            received: 0,
+            state: Some(WriterState {
+                tmp,
+                hasher: blake3::Hasher::new(),
+            }),
+        })
+    }
+
+    /// Reads a shard, verified against the hash in its file header and,
+    /// when given, against `expected`. A shard that fails is quarantined.
+    pub async fn get(
+        self: &Arc<Self>,
+        key: ShardKey,
+        expected: Option<[u8; 32]>,
+    ) -> Result<ShardData> {
+        let store = self.clone();
+        let (file, path, len) = blocking(move || {
+            let path = store
+                .locate(&key)
+                .ok_or(StorageError::NotFound { shard: key })?;
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::NotFound { shard: key })
+                }
+                Err(e) => return Err(StorageError::io(e)),
+            };
+            let len = file.metadata().map_err(StorageError::io)?.len();
+            Ok((file, path, len))
+        })
+        .await?;
+        let units = len.div_ceil(BUDGET_UNIT).clamp(1, self.read_budget_units) as u32;
+        let budget = self
+            .read_budget
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?;
+        let store = self.clone();
+        let bytes = blocking(move || store.read_verified(key, file, &path, len, expected)).await?;
+        Ok(ShardData {
+            bytes,
+            _budget: budget,
+        })
+    }
+
+    fn read_verified(
+        &self,
+        key: ShardKey,
+        mut file: File,
+        path: &Path,
+        len: u64,
+        expected: Option<[u8; 32]>,
+    ) -> Result<Bytes> {
+        // Never load more than the largest shard that could have been
+        // written: a longer file is damaged, not a reason to run out of
+        // memory.
+        let limit = self
+            .max_shard_bytes
+            .max(tessera_proto::MAX_MESSAGE_BYTES as u64)
+            + HEADER_LEN as u64;
+        let mut buf = Vec::with_capacity(len.min(limit) as usize);
+        (&mut file)
+            .take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(StorageError::io)?;
+        let verdict = ShardHeader::decode(&buf).and_then(|h| {
+            let data = &buf[HEADER_LEN..];
+            if data.len() as u64 != h.length {
+                return Err(format!(
+                    "header says {} bytes, file holds {}",
+                    h.length,
+                    data.len()
+                ));
+            }
+            let actual = blake3::hash(data);
+            if actual.as_bytes() != &h.blake3 {
+                return Err("BLAKE3 does not match the file header".into());
+            }
+            if let Some(e) = expected {
+                if actual.as_bytes() != &e {
+                    return Err("BLAKE3 does not match the expected hash".into());
+                }
+            }
+            Ok(())
+        });
+        match verdict {
+            Ok(()) => {
+                let mut bytes = Bytes::from(buf);
+                Ok(bytes.split_off(HEADER_LEN))
+            }
+            Err(reason) => {
+                self.quarantine(key, path, &file, &reason);
+                Err(StorageError::Corrupt { shard: key, reason })
+            }
+        }
+    }
+
+    /// Moves a bad shard file out of the way (if `path` still names the
+    /// file that was found bad), so that it reads as missing from now on.
+    fn quarantine(&self, key: ShardKey, path: &Path, bad: &File, reason: &str) {
+        let _guard = self.lock_name(&key);
+        let same_file = match (bad.metadata(), fs::symlink_metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if !same_file {
+            // Already quarantined, deleted or replaced by a concurrent call.
+            return;
+        }
+        if let Err(e) = self.quarantine_locked(key, path, reason) {
+            tracing::error!(shard = %key, reason, error = %e, "could not quarantine corrupt shard");
+        }
+    }
+
+    /// Moves `path` to its data directory's quarantine. Called with the
+    /// name lock held.
+    fn quarantine_locked(&self, key: ShardKey, path: &Path, reason: &str) -> io::Result<()> {
+        let dir = self
+            .dirs
+            .iter()
+            .find(|d| path.starts_with(d))
+            .ok_or_else(|| io::Error::other("shard path outside the data directories"))?;
+        let qdir = dir.join(QUARANTINE_DIR);
+        let dest = qdir.join(format!(
+            "{}.{}.{}",
+            key.stripe,
+            key.index,
+            tessera_types::now_millis()
+        ));
+        fs::rename(path, &dest)?;
+        self.shard_count.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(shard = %key, reason, dest = %dest.display(), "corrupt shard quarantined");
+        durable::fsync_dir(&qdir)?;
+        durable::fsync_parent(path)
+    }
+
+    /// Deletes a shard; `false` if there was none.
+    pub async fn delete(self: &Arc<Self>, key: ShardKey) -> Result<bool> {
+        let store = self.clone();
+        blocking(move || {
+            let _guard = store.lock_name(&key);
+            let mut existed = false;
+            for i in 0..store.dirs.len() {
+                let path = store.path_in(i, &key);
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        durable::fsync_parent(&path).map_err(StorageError::io)?;
+                        store.shard_count.fetch_sub(1, Ordering::Relaxed);
+                        existed = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io(e)),
+                }
+            }
+            Ok(existed)
+        })
+        .await
+    }
+
+    /// The header of a stored shard, `None` if there is none. A file with
+    /// a malformed header or the wrong size is quarantined.
+    pub async fn stat(self: &Arc<Self>, key: ShardKey) -> Result<Option<ShardHeader>> {
+        let store = self.clone();
+        blocking(move || {
+            let Some(path) = store.locate(&key) else {
+                return Ok(None);
+            };
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(StorageError::io(e)),
+            };
+            let len = file.metadata().map_err(StorageError::io)?.len();
+            let mut buf = Vec::with_capacity(HEADER_LEN);
+            (&mut file)
+                .take(HEADER_LEN as u64)
+                .read_to_end(&mut buf)
+                .map_err(StorageError::io)?;
+            let verdict = ShardHeader::decode(&buf).and_then(|h| {
+                if h.length.checked_add(HEADER_LEN as u64) == Some(len) {
+                    Ok(h)
+                } else {
+                    Err(format!(
+                        "header says {} bytes, file is {len} bytes",
+                        h.length
+                    ))
+                }
+            });
+            match verdict {
+                Ok(h) => Ok(Some(h)),
+                Err(reason) => {
+                    store.quarantine(key, &path, &file, &reason);
+                    Err(StorageError::Corrupt { shard: key, reason })
+                }
+            }
+        })
+        .await
+    }
+
+    /// Capacity and used bytes of the file systems holding the data
+    /// directories (each file system counted once), and the shard count.
+    pub async fn usage(self: &Arc<Self>) -> Result<Usage> {
+        let store = self.clone();
+        blocking(move || {
+            let mut seen = Vec::new();
+            let mut usage = Usage {
+                shard_count: store.shard_count(),
+                ..Usage::default()
+            };
+            for dir in &store.dirs {
+                let dev = fs::metadata(dir).map_err(StorageError::io)?.dev();
+                if seen.contains(&dev) {
+                    continue;
+                }
+                seen.push(dev);
+                let (cap, used) = statvfs(dir).map_err(StorageError::io)?;
+                usage.capacity_bytes += cap;
+                usage.used_bytes += used;
+            }
+            Ok(usage)
+        })
+        .await
+    }
+
+    /// Commits a fully received temp file as the shard `key`.
+    fn commit(&self, key: ShardKey, header: ShardHeader, tmp: TempFile) -> Result<()> {
+        let target = self.home_path(&key);
+        let _guard = self.lock_name(&key);
+        if let Some(existing) = self.locate(&key) {
+            match self.check_existing(key, &existing, &header)? {
+                Existing::Same => return Ok(()),
+                Existing::Different => return Err(StorageError::Conflict { shard: key }),
+                Existing::Gone => {}
+            }
+        }
+        tmp.commit(&target).map_err(StorageError::io)?;
+        self.shard_count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Compares a stored shard with an incoming one of the same name. A
+    /// stored copy that fails its own checksum is quarantined so the
+    /// incoming one can replace it. Called with the name lock held.
+    fn check_existing(
+        &self,
+        key: ShardKey,
+        path: &Path,
+        incoming: &ShardHeader,
+    ) -> Result<Existing> {
+        let buf = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Gone),
+            Err(e) => return Err(StorageError::io(e)),
+        };
+        let verdict = ShardHeader::decode(&buf).and_then(|h| {
+            let data = &buf[HEADER_LEN..];
+            if data.len() as u64 == h.length && blake3::hash(data).as_bytes() == &h.blake3 {
+                Ok(h)
+            } else {
+                Err("stored copy fails its checksum".to_string())
+            }
+        });
+        match verdict {
+            Ok(h) if h == *incoming => Ok(Existing::Same),
+            Ok(_) => Ok(Existing::Different),
+            Err(reason) => {
+                self.quarantine_locked(key, path, &reason)
+                    .map_err(StorageError::io)?;
+                Ok(Existing::Gone)
+            }
+        }
+    }
+}
+
+enum Existing {
+    Same,
+    Different,
+    Gone,
+}
+
+struct WriterState {
+    tmp: TempFile,
+    hasher: blake3::Hasher,
+}
+
+/// A shard being received: frames are appended to a temp file and hashed
+/// as they arrive; [`ShardWriter::finish`] makes it visible only if the
+/// length and the hash match the header. Dropping it removes the temp file.
+pub struct ShardWriter {
+    store: Arc<ShardStore>,
+    key: ShardKey,
+    header: ShardHeader,
+    received: u64,
+    state: Option<WriterState>,
+}
+
+impl ShardWriter {
+    /// Appends one frame.
+    pub async fn write(&mut self, data: Bytes) -> Result<()> {
+        let total = self.received.saturating_add(data.len() as u64);
+        if total > self.header.length {
+            return Err(StorageError::Mismatch {
+                shard: self.key,
+                reason: format!("more than the announced {} bytes", self.header.length),
+            });
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut state = self
+            .state
+            .take()
+            .ok_or_else(|| StorageError::Task("shard writer used after a failure".into()))?;
+        let state = blocking(move || {
+            state.hasher.update(&data);
+            state
+                .tmp
+                .file()
+                .and_then(|f| f.write_all(&data))
+                .map_err(StorageError::io)?;
+            Ok(state)
+        })
+        .await?;
+        self.state = Some(state);
+        self.received = total;
+        Ok(())
+    }
+
+    /// Checks length and hash, then makes the shard durable and visible.
+    pub async fn finish(mut self) -> Result<()> {
+        let key = self.key;
+        if self.received != self.header.length {
+            return Err(StorageError::Mismatch {
+                shard: key,
+                reason: format!(
+                    "stream ended after {} of {} bytes",
+                    self.received, self.header.length
+                ),
+            });
+        }
+        let state = self
+            .state
+            .take()
+            .ok_or_else(|| StorageError::Task("shard writer used after a failure".into()))?;
+        let header = self.header;
+        let store = self.store.clone();
+        blocking(move || {
+            if state.hasher.finalize().as_bytes() != &header.blake3 {
+                return Err(StorageError::Mismatch {
+                    shard: key,
+                    reason: "BLAKE3 of the received bytes does not match the header".into(),
+                });
+            }
+            store.commit(key, header, state.tmp)
+        })
+        .await
+    }
+}
+
+/// Creates the directory tree of a data directory and checks its format.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    durable::create_dir(dir).map_err(StorageError::io)?;
+    let format_path = dir.join(FORMAT_FILE);
+    match fs::read_to_string(&format_path) {
+        Ok(s) => {
+            let version = s
+                .trim()
+                .strip_prefix("tessera-storage ")
+                .and_then(|v| v.parse::<u32>().ok());
+            if version != Some(DIR_FORMAT_VERSION) {
+                return Err(StorageError::BadState {
+                    path: format_path.display().to_string(),
+                    reason: format!(
+                        "expected \"tessera-storage {DIR_FORMAT_VERSION}\", found {:?}",
+                        s.trim()
+                    ),
+                });
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let body = format!("tessera-storage {DIR_FORMAT_VERSION}\n");
+            durable::write_file(&format_path, body.as_bytes()).map_err(StorageError::io)?;
+        }
+        Err(e) => return Err(StorageError::io(e)),
+    }
+    let shards = dir.join(SHARDS_DIR);
+    durable::create_dir(&shards).map_err(StorageError::io)?;
+    let mut created = false;
+    for b in 0..=255u8 {
+        let sub = shards.join(hex::encode([b]));
+        if !sub.is_dir() {
+            fs::create_dir(&sub).map_err(StorageError::io)?;
+            created = true;
+        }
+    }
+    if created {
+        durable::fsync_dir(&shards).map_err(StorageError::io)?;
+    }
+    durable::create_dir(&dir.join(QUARANTINE_DIR)).map_err(StorageError::io)?;
+    Ok(())
+}
+
+/// Counts the shard files of a data directory and removes temp files left
+/// by a crash.
+fn scan_dir(dir: &Path) -> Result<u64> {
+    let mut count = 0;
+    let shards = dir.join(SHARDS_DIR);
+    for b in 0..=255u8 {
+        let sub = shards.join(hex::encode([b]));
+        for entry in fs::read_dir(&sub).map_err(StorageError::io)? {
+            let entry = entry.map_err(StorageError::io)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(TEMP_PREFIX) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(file = %entry.path().display(), "removed stale temp file")
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %entry.path().display(), error = %e, "could not remove stale temp file")
+                    }
+                }
+            } else if parse_shard_name(name).is_some() {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Parses `<32 hex digits>.<index>` back into a shard key.
+pub(crate) fn parse_shard_name(name: &str) -> Option<ShardKey> {
+    let (stripe, index) = name.split_once('.')?;
+    if stripe.len() != 32 || index.is_empty() || !index.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(ShardKey {
+        stripe: StripeId::from_hex(stripe)?,
+        index: index.parse().ok()?,
+    })
+}
+
+/// Loads the node id from `path`, or generates and durably stores one.
+fn load_or_create_node_id(path: &Path) -> Result<NodeId> {
+    match fs::read_to_string(path) {
+        Ok(s) => {
+            let id = s.trim();
+            let valid = !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+            if !valid {
+                return Err(StorageError::BadState {
+                    path: path.display().to_string(),
+                    reason: format!("not a node id: {:?}", s),
+                });
+            }
+            Ok(NodeId::from(id))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let id = NodeId::generate();
+            durable::write_file(path, format!("{id}\n").as_bytes()).map_err(StorageError::io)?;
+            tracing::info!(node_id = %id, "generated a new node id");
+            Ok(id)
+        }
+        Err(e) => Err(StorageError::io(e)),
+    }
+}
+
+/// Total and used bytes of the file system holding `path`.
+// The statvfs field types differ between platforms (u32 on some 32-bit
+// targets): the casts are needed there.
+#[allow(clippy::unnecessary_cast)]
+fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated string and `st` points to
+    // writable memory of the right type for the duration of the call.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    let frsize = st.f_frsize as u64;
+    let capacity = (st.f_blocks as u64).saturating_mul(frsize);
+    let free = (st.f_bfree as u64).saturating_mul(frsize);
+    Ok((capacity, capacity.saturating_sub(free)))
+}

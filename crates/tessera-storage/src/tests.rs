@@ -1,0 +1,884 @@
+//! End-to-end tests of the storage node over real gRPC on 127.0.0.1:0,
+//! driven by the `tessera_proto::StoragePool` client the gateways use.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tessera_proto::meta::meta_server::{Meta, MetaServer};
+use tessera_proto::meta::{
+    Envelope, HeartbeatRequest, HeartbeatResponse, RaftStatusRequest, RaftStatusResponse,
+};
+use tessera_proto::storage::storage_client::StorageClient;
+use tessera_proto::storage::{put_shard_request, PutShardHeader, PutShardRequest, ShardRef};
+use tessera_proto::{RpcError, StoragePool};
+use tessera_types::StripeId;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Response, Status};
+
+use crate::store::{ShardHeader, HEADER_LEN};
+use crate::{serve, StorageConfig, StorageError};
+
+struct Node {
+    addr: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), StorageError>>,
+}
+
+impl Node {
+    async fn start(dirs: &[PathBuf]) -> Node {
+        Self::start_with(dirs, vec![], 1000).await
+    }
+
+    async fn start_with(dirs: &[PathBuf], meta: Vec<String>, heartbeat_ms: u64) -> Node {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let config = StorageConfig {
+            data_dirs: dirs.to_vec(),
+            meta,
+            heartbeat_ms,
+            zone: "z1".into(),
+            shutdown_grace_ms: 3000,
+            ..StorageConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(config, listener, shutdown.clone()));
+        Node {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("serve returns after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+
+    async fn raw_client(&self) -> StorageClient<tonic::transport::Channel> {
+        StorageClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+}
+
+fn random_bytes(n: usize) -> Bytes {
+    // BLAKE3's extendable output, seeded with fresh random bits.
+    let mut v = vec![0u8; n];
+    blake3::Hasher::new()
+        .update(&StripeId::random().0)
+        .finalize_xof()
+        .fill(&mut v);
+    Bytes::from(v)
+}
+
+fn hash(b: &[u8]) -> [u8; 32] {
+    *blake3::hash(b).as_bytes()
+}
+
+/// Path of a shard in a single-data-dir store.
+fn shard_file(dir: &Path, stripe: StripeId, index: u8) -> PathBuf {
+    let hex = stripe.to_hex();
+    dir.join("shards")
+        .join(&hex[0..2])
+        .join(format!("{hex}.{index}"))
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn shard_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(&dir.join("shards"))
+}
+
+async fn wait_until_serving(pool: &StoragePool, addr: &str) {
+    for _ in 0..200 {
+        if pool.node_info(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("node at {addr} did not come up");
+}
+
+#[tokio::test]
+async fn put_get_roundtrip_various_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    for (i, size) in [0usize, 1, 3 << 20].into_iter().enumerate() {
+        let stripe = StripeId::random();
+        let data = random_bytes(size);
+        let h = hash(&data);
+        pool.put_shard(&node.addr, stripe, i as u8, data.clone(), h)
+            .await
+            .unwrap();
+        let got = pool
+            .get_shard(&node.addr, stripe, i as u8, Some(h))
+            .await
+            .unwrap();
+        assert_eq!(got, data, "size {size} with expected hash");
+        let got = pool
+            .get_shard(&node.addr, stripe, i as u8, None)
+            .await
+            .unwrap();
+        assert_eq!(got, data, "size {size} without expected hash");
+        let on_disk = std::fs::read(shard_file(dir.path(), stripe, i as u8)).unwrap();
+        assert_eq!(on_disk.len(), HEADER_LEN + size);
+        let header = ShardHeader::decode(&on_disk).unwrap();
+        assert_eq!(header.length, size as u64);
+        assert_eq!(header.blake3, h);
+    }
+    let info = pool.node_info(&node.addr).await.unwrap();
+    assert_eq!(info.shard_count, 3);
+    assert_eq!(info.zone, "z1");
+    assert!(info.capacity_bytes > 0);
+    assert!(info.used_bytes <= info.capacity_bytes);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn flipped_byte_is_reported_corrupt_and_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let stripe = StripeId::random();
+    let data = random_bytes(100_000);
+    let h = hash(&data);
+    pool.put_shard(&node.addr, stripe, 2, data, h)
+        .await
+        .unwrap();
+
+    let path = shard_file(dir.path(), stripe, 2);
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[HEADER_LEN + 5000] ^= 0x01;
+    std::fs::write(&path, raw).unwrap();
+
+    let err = pool
+        .get_shard(&node.addr, stripe, 2, Some(h))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Corrupt(_)), "{err:?}");
+    assert!(!path.exists(), "corrupt shard left in place");
+    assert_eq!(files_under(&dir.path().join("quarantine")).len(), 1);
+    // From now on it reads as missing.
+    let err = pool
+        .get_shard(&node.addr, stripe, 2, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::NotFound(_)), "{err:?}");
+    assert!(!pool.stat_shard(&node.addr, stripe, 2).await.unwrap().exists);
+    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 0);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn get_with_a_different_expected_hash_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let stripe = StripeId::random();
+    let data = random_bytes(1000);
+    pool.put_shard(&node.addr, stripe, 0, data.clone(), hash(&data))
+        .await
+        .unwrap();
+    let err = pool
+        .get_shard(&node.addr, stripe, 0, Some(hash(b"something else")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Corrupt(_)), "{err:?}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn put_with_wrong_hash_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let stripe = StripeId::random();
+    let data = random_bytes(2 << 20);
+    let mut bad = hash(&data);
+    bad[0] ^= 0xff;
+    let err = pool
+        .put_shard(&node.addr, stripe, 0, data, bad)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::InvalidArgument(_)), "{err:?}");
+    assert!(
+        shard_files(dir.path()).is_empty(),
+        "{:?}",
+        shard_files(dir.path())
+    );
+    assert!(!pool.stat_shard(&node.addr, stripe, 0).await.unwrap().exists);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn missing_shard_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let stripe = StripeId::random();
+    let err = pool
+        .get_shard(&node.addr, stripe, 0, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::NotFound(_)), "{err:?}");
+    let stat = pool.stat_shard(&node.addr, stripe, 0).await.unwrap();
+    assert!(!stat.exists);
+    assert!(!pool.delete_shard(&node.addr, stripe, 0).await.unwrap());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn stat_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let stripe = StripeId::random();
+    let data = random_bytes(12345);
+    let h = hash(&data);
+    pool.put_shard(&node.addr, stripe, 7, data, h)
+        .await
+        .unwrap();
+    let stat = pool.stat_shard(&node.addr, stripe, 7).await.unwrap();
+    assert!(stat.exists);
+    assert_eq!(stat.length, 12345);
+    assert_eq!(stat.blake3.as_ref(), &h);
+    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 1);
+
+    assert!(pool.delete_shard(&node.addr, stripe, 7).await.unwrap());
+    assert!(!pool.stat_shard(&node.addr, stripe, 7).await.unwrap().exists);
+    assert!(!shard_file(dir.path(), stripe, 7).exists());
+    let err = pool
+        .get_shard(&node.addr, stripe, 7, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::NotFound(_)), "{err:?}");
+    assert!(!pool.delete_shard(&node.addr, stripe, 7).await.unwrap());
+    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 0);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn put_is_idempotent_and_refuses_different_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let stripe = StripeId::random();
+    let data = random_bytes(5000);
+    let h = hash(&data);
+    pool.put_shard(&node.addr, stripe, 1, data.clone(), h)
+        .await
+        .unwrap();
+    pool.put_shard(&node.addr, stripe, 1, data.clone(), h)
+        .await
+        .unwrap();
+    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 1);
+
+    let other = random_bytes(5000);
+    let err = pool
+        .put_shard(&node.addr, stripe, 1, other.clone(), hash(&other))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RpcError::Remote {
+                code: Code::AlreadyExists,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        pool.get_shard(&node.addr, stripe, 1, Some(h))
+            .await
+            .unwrap(),
+        data
+    );
+    assert_eq!(shard_files(dir.path()).len(), 1);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn put_replaces_a_corrupt_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let stripe = StripeId::random();
+    let data = random_bytes(5000);
+    let h = hash(&data);
+    pool.put_shard(&node.addr, stripe, 1, data.clone(), h)
+        .await
+        .unwrap();
+    let path = shard_file(dir.path(), stripe, 1);
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[HEADER_LEN] ^= 0x80;
+    std::fs::write(&path, raw).unwrap();
+
+    pool.put_shard(&node.addr, stripe, 1, data.clone(), h)
+        .await
+        .unwrap();
+    assert_eq!(
+        pool.get_shard(&node.addr, stripe, 1, Some(h))
+            .await
+            .unwrap(),
+        data
+    );
+    assert_eq!(files_under(&dir.path().join("quarantine")).len(), 1);
+    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 1);
+    node.stop().await;
+}
+
+fn header_msg(stripe: &[u8], index: u32, length: u64, blake3: &[u8]) -> PutShardRequest {
+    PutShardRequest {
+        msg: Some(put_shard_request::Msg::Header(PutShardHeader {
+            shard: Some(ShardRef {
+                stripe_id: Bytes::copy_from_slice(stripe),
+                shard_index: index,
+            }),
+            length,
+            blake3: Bytes::copy_from_slice(blake3),
+        })),
+    }
+}
+
+fn data_msg(b: Bytes) -> PutShardRequest {
+    PutShardRequest {
+        msg: Some(put_shard_request::Msg::Data(b)),
+    }
+}
+
+#[tokio::test]
+async fn truncated_stream_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let mut client = node.raw_client().await;
+    let stripe = StripeId::random();
+    let data = random_bytes(3 << 20);
+    let msgs = vec![
+        header_msg(&stripe.0, 0, data.len() as u64, &hash(&data)),
+        data_msg(data.slice(0..1 << 20)),
+        data_msg(data.slice(1 << 20..(2 << 20) + 17)),
+    ];
+    let status = client
+        .put_shard(futures::stream::iter(msgs))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        shard_files(dir.path()).is_empty(),
+        "{:?}",
+        shard_files(dir.path())
+    );
+    assert!(!pool.stat_shard(&node.addr, stripe, 0).await.unwrap().exists);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_puts_are_invalid_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let mut client = node.raw_client().await;
+    let stripe = StripeId::random();
+    let data = random_bytes(1000);
+    let h = hash(&data);
+    let cases: Vec<(&str, Vec<PutShardRequest>)> = vec![
+        ("empty stream", vec![]),
+        ("data before header", vec![data_msg(data.clone())]),
+        ("empty message", vec![PutShardRequest { msg: None }]),
+        (
+            "short stripe id",
+            vec![
+                header_msg(&stripe.0[..15], 0, 1000, &h),
+                data_msg(data.clone()),
+            ],
+        ),
+        (
+            "index above 255",
+            vec![header_msg(&stripe.0, 256, 1000, &h), data_msg(data.clone())],
+        ),
+        (
+            "short hash",
+            vec![
+                header_msg(&stripe.0, 0, 1000, &h[..31]),
+                data_msg(data.clone()),
+            ],
+        ),
+        (
+            "missing shard ref",
+            vec![PutShardRequest {
+                msg: Some(put_shard_request::Msg::Header(PutShardHeader {
+                    shard: None,
+                    length: 1000,
+                    blake3: Bytes::copy_from_slice(&h),
+                })),
+            }],
+        ),
+        ("too large", vec![header_msg(&stripe.0, 0, 65 << 20, &h)]),
+        (
+            "more data than announced",
+            vec![header_msg(&stripe.0, 0, 999, &h), data_msg(data.clone())],
+        ),
+        (
+            "second header",
+            vec![
+                header_msg(&stripe.0, 0, 1000, &h),
+                header_msg(&stripe.0, 0, 1000, &h),
+            ],
+        ),
+    ];
+    for (name, msgs) in cases {
+        let status = client
+            .put_shard(futures::stream::iter(msgs))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+    }
+    // Malformed get, stat and delete references.
+    let bad_ref = ShardRef {
+        stripe_id: Bytes::from_static(b"../../etc/passwd"),
+        shard_index: 0,
+    };
+    assert_eq!(bad_ref.stripe_id.len(), 16);
+    // 16 bytes is a valid id whatever its bytes: the path is built from hex.
+    assert!(
+        !client
+            .stat_shard(bad_ref)
+            .await
+            .unwrap()
+            .into_inner()
+            .exists
+    );
+    let short = ShardRef {
+        stripe_id: Bytes::from_static(b"short"),
+        shard_index: 0,
+    };
+    let status = client.stat_shard(short.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = client.delete_shard(short).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = client
+        .get_shard(tessera_proto::storage::GetShardRequest {
+            shard: Some(ShardRef {
+                stripe_id: Bytes::copy_from_slice(&stripe.0),
+                shard_index: 300,
+            }),
+            blake3: Bytes::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    assert!(
+        shard_files(dir.path()).is_empty(),
+        "{:?}",
+        shard_files(dir.path())
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn node_id_persists_across_restarts_and_shards_are_recounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = [dir.path().to_path_buf()];
+    let pool = StoragePool::new();
+
+    let node = Node::start(&dirs).await;
+    wait_until_serving(&pool, &node.addr).await;
+    let first = pool.node_info(&node.addr).await.unwrap().node_id;
+    assert!(first.starts_with("s-"), "{first}");
+    for i in 0..3u8 {
+        let data = random_bytes(100);
+        pool.put_shard(&node.addr, StripeId::random(), i, data.clone(), hash(&data))
+            .await
+            .unwrap();
+    }
+    node.stop().await;
+    let stored = std::fs::read_to_string(dir.path().join("node-id")).unwrap();
+    assert_eq!(stored.trim(), first);
+
+    // A temp file left by a crash is cleaned up at startup.
+    let stale = dir
+        .path()
+        .join("shards")
+        .join("00")
+        .join(".tmp.crashed.1.1");
+    std::fs::write(&stale, b"partial").unwrap();
+
+    let node = Node::start(&dirs).await;
+    wait_until_serving(&pool, &node.addr).await;
+    let info = pool.node_info(&node.addr).await.unwrap();
+    assert_eq!(info.node_id, first);
+    assert_eq!(info.shard_count, 3);
+    assert!(!stale.exists());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn two_data_dirs_both_get_shards() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let node = Node::start(&[a.path().to_path_buf(), b.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let mut shards = Vec::new();
+    for i in 0..40u8 {
+        let stripe = StripeId::random();
+        let data = random_bytes(64 + i as usize);
+        pool.put_shard(&node.addr, stripe, i % 6, data.clone(), hash(&data))
+            .await
+            .unwrap();
+        shards.push((stripe, i % 6, data));
+    }
+    let in_a = shard_files(a.path()).len();
+    let in_b = shard_files(b.path()).len();
+    assert_eq!(in_a + in_b, 40);
+    assert!(in_a > 0 && in_b > 0, "a: {in_a}, b: {in_b}");
+    for (stripe, index, data) in &shards {
+        let got = pool
+            .get_shard(&node.addr, *stripe, *index, Some(hash(data)))
+            .await
+            .unwrap();
+        assert_eq!(&got, data);
+    }
+    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 40);
+    assert!(a.path().join("node-id").exists());
+    assert!(!b.path().join("node-id").exists());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn shards_stay_readable_when_a_data_dir_is_added() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let pool = StoragePool::new();
+    let node = Node::start(&[a.path().to_path_buf()]).await;
+    wait_until_serving(&pool, &node.addr).await;
+    let mut shards = Vec::new();
+    for i in 0..20u8 {
+        let stripe = StripeId::random();
+        let data = random_bytes(100);
+        pool.put_shard(&node.addr, stripe, i, data.clone(), hash(&data))
+            .await
+            .unwrap();
+        shards.push((stripe, i, data));
+    }
+    node.stop().await;
+
+    let node = Node::start(&[a.path().to_path_buf(), b.path().to_path_buf()]).await;
+    wait_until_serving(&pool, &node.addr).await;
+    for (stripe, index, data) in &shards {
+        let got = pool
+            .get_shard(&node.addr, *stripe, *index, None)
+            .await
+            .unwrap();
+        assert_eq!(&got, data);
+        assert!(
+            pool.stat_shard(&node.addr, *stripe, *index)
+                .await
+                .unwrap()
+                .exists
+        );
+    }
+    let (stripe, index, _) = &shards[0];
+    assert!(pool
+        .delete_shard(&node.addr, *stripe, *index)
+        .await
+        .unwrap());
+    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 19);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = Arc::new(StoragePool::new());
+    wait_until_serving(&pool, &node.addr).await;
+    let mut tasks = Vec::new();
+    for i in 0..32u8 {
+        let pool = pool.clone();
+        let addr = node.addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let stripe = StripeId::random();
+            let data = random_bytes(300_000 + i as usize);
+            pool.put_shard(&addr, stripe, i, data.clone(), hash(&data))
+                .await
+                .unwrap();
+            (stripe, i, data)
+        }));
+    }
+    // The same shard from several writers at once: stored once.
+    let same = StripeId::random();
+    let same_data = random_bytes(200_000);
+    let mut same_tasks = Vec::new();
+    for _ in 0..8 {
+        let pool = pool.clone();
+        let addr = node.addr.clone();
+        let data = same_data.clone();
+        same_tasks.push(tokio::spawn(async move {
+            pool.put_shard(&addr, same, 9, data.clone(), hash(&data))
+                .await
+        }));
+    }
+    for t in same_tasks {
+        t.await.unwrap().unwrap();
+    }
+    for t in tasks {
+        let (stripe, index, data) = t.await.unwrap();
+        let got = pool
+            .get_shard(&node.addr, stripe, index, Some(hash(&data)))
+            .await
+            .unwrap();
+        assert_eq!(got, data);
+    }
+    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 33);
+    assert_eq!(shard_files(dir.path()).len(), 33);
+    node.stop().await;
+}
+
+/// A meta service that records heartbeats and implements nothing else.
+#[derive(Default, Clone)]
+struct FakeMeta {
+    beats: Arc<Mutex<Vec<HeartbeatRequest>>>,
+}
+
+#[tonic::async_trait]
+impl Meta for FakeMeta {
+    async fn write(&self, _: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn read(&self, _: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.beats.lock().unwrap().push(request.into_inner());
+        Ok(Response::new(HeartbeatResponse {}))
+    }
+    async fn raft_status(
+        &self,
+        _: Request<RaftStatusRequest>,
+    ) -> Result<Response<RaftStatusResponse>, Status> {
+        Err(Status::unimplemented("fake meta"))
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_reach_meta_with_the_node_id() {
+    let meta = FakeMeta::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let meta_addr = listener.local_addr().unwrap().to_string();
+    let meta_stop = CancellationToken::new();
+    let stop = meta_stop.clone();
+    let meta_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MetaServer::new(meta.clone()))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move { stop.cancelled().await },
+            ),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(&[dir.path().to_path_buf()], vec![meta_addr], 50).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let node_id = pool.node_info(&node.addr).await.unwrap().node_id;
+    let data = random_bytes(10);
+    pool.put_shard(&node.addr, StripeId::random(), 0, data.clone(), hash(&data))
+        .await
+        .unwrap();
+
+    // Wait for a heartbeat that reports the shard.
+    let mut last = None;
+    for _ in 0..500 {
+        last = meta.beats.lock().unwrap().last().cloned();
+        if last.as_ref().is_some_and(|b| b.shard_count == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let beat = last.expect("no heartbeat received");
+    assert_eq!(beat.node_id, node_id);
+    assert_eq!(beat.addr, node.addr);
+    assert_eq!(beat.zone, "z1");
+    assert_eq!(beat.weight, 1.0);
+    assert_eq!(beat.shard_count, 1);
+    assert!(beat.capacity_bytes > 0);
+    assert!(meta
+        .beats
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|b| b.node_id == node_id));
+
+    node.stop().await;
+    let seen = meta.beats.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        meta.beats.lock().unwrap().len(),
+        seen,
+        "heartbeats after shutdown"
+    );
+    meta_stop.cancel();
+    meta_task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_meta_does_not_block_serving_or_shutdown() {
+    // A port with nothing listening on it.
+    let meta_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(&[dir.path().to_path_buf()], vec![meta_addr], 20).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let data = random_bytes(10);
+    pool.put_shard(&node.addr, StripeId::random(), 0, data.clone(), hash(&data))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_config_is_refused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = StorageConfig {
+        data_dirs: vec![],
+        ..StorageConfig::default()
+    };
+    let err = serve(config, listener, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Config(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn unknown_dir_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("format"), "tessera-storage 99\n").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = StorageConfig {
+        data_dirs: vec![dir.path().to_path_buf()],
+        ..StorageConfig::default()
+    };
+    let err = serve(config, listener, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::BadState { .. }), "{err:?}");
+}
+
+#[test]
+fn header_roundtrip_and_rejects() {
+    let h = ShardHeader {
+        length: 123_456,
+        blake3: [7u8; 32],
+    };
+    let enc = h.encode();
+    assert_eq!(&enc[0..4], b"TSHD");
+    assert_eq!(ShardHeader::decode(&enc).unwrap(), h);
+    assert!(ShardHeader::decode(&enc[..47]).is_err());
+    let mut bad = enc;
+    bad[0] = b'X';
+    assert!(ShardHeader::decode(&bad).is_err());
+    let mut bad = enc;
+    bad[4] = 2;
+    assert!(ShardHeader::decode(&bad).is_err());
+}
+
+#[test]
+fn shard_names_parse_back() {
+    use crate::store::parse_shard_name;
+    let s = StripeId::random();
+    let k = parse_shard_name(&format!("{}.17", s.to_hex())).unwrap();
+    assert_eq!((k.stripe, k.index), (s, 17));
+    assert!(parse_shard_name(&format!("{}.256", s.to_hex())).is_none());
+    assert!(parse_shard_name(&format!("{}.", s.to_hex())).is_none());
+    assert!(parse_shard_name(&format!("{}.+1", s.to_hex())).is_none());
+    assert!(parse_shard_name(".tmp.x.1").is_none());
+    assert!(parse_shard_name("zz.1").is_none());
+}
+
+#[tokio::test]
+async fn abandoned_put_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::new();
+    wait_until_serving(&pool, &node.addr).await;
+    let mut client = node.raw_client().await;
+    let stripe = StripeId::random();
+    let data = random_bytes(2 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(header_msg(&stripe.0, 0, data.len() as u64, &hash(&data)))
+        .await
+        .unwrap();
+    tx.send(data_msg(data.slice(0..1 << 20))).await.unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .put_shard(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    // Wait until the node has started writing, then vanish mid-stream.
+    for _ in 0..500 {
+        if !shard_files(dir.path()).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!shard_files(dir.path()).is_empty(), "the put never started");
+    call.abort();
+    drop(tx);
+    for _ in 0..500 {
+        if shard_files(dir.path()).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        shard_files(dir.path()).is_empty(),
+        "{:?}",
+        shard_files(dir.path())
+    );
+    assert!(!pool.stat_shard(&node.addr, stripe, 0).await.unwrap().exists);
+    node.stop().await;
+}
