@@ -1,7 +1,42 @@
-//! Starting and stopping a meta node.
+//! Starting and stopping a meta node: open sled, start Raft, serve gRPC,
+//! bootstrap the group, run the failure detector, and shut all of it down
+//! within a deadline.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use tessera_proto::meta::meta_server::MetaServer;
+use tessera_proto::meta::raft_server::RaftServer;
+use tessera_proto::MAX_MESSAGE_BYTES;
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::{MetaConfig, MetaNodeError};
+use crate::detector::{self, DetectorConfig, Liveness};
+use crate::network::{MetaRaft, NetworkFactory, RaftTransport};
+use crate::service::MetaService;
+use crate::{store, MetaConfig, MetaNodeError};
+
+/// How long each shutdown step may take.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(3);
+
+/// Openraft settings derived from the node configuration.
+pub fn raft_config(c: &MetaConfig) -> Result<openraft::Config, MetaNodeError> {
+    openraft::Config {
+        cluster_name: "tessera-meta".to_string(),
+        heartbeat_interval: c.raft_heartbeat_ms,
+        election_timeout_min: c.election_timeout_ms,
+        election_timeout_max: c.election_timeout_ms * 2,
+        install_snapshot_timeout: 5_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_every),
+        max_payload_entries: 256,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| MetaNodeError::Config(e.to_string()))
+}
 
 /// Serves the meta node (Raft + meta service) on `listener` until
 /// `shutdown` is cancelled.
@@ -10,6 +45,127 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), MetaNodeError> {
-    let _ = (config, listener, shutdown);
-    Err(MetaNodeError::Config("not yet implemented".into()))
+    config.validate()?;
+    let local = listener.local_addr()?;
+    let advertise = config
+        .advertise
+        .clone()
+        .or_else(|| config.peers.get(&config.id).cloned())
+        .unwrap_or_else(|| local.to_string());
+    let (log_store, sm) = store::open(&config.data_dir).await?;
+    let trees = sm.trees();
+    let db = trees.db.clone();
+    let raft = MetaRaft::new(
+        config.id,
+        Arc::new(raft_config(&config)?),
+        NetworkFactory::new(config.id),
+        log_store,
+        sm,
+    )
+    .await
+    .map_err(|e| MetaNodeError::Raft(e.to_string()))?;
+    tracing::info!(id = config.id, %local, %advertise, "meta node started");
+
+    let liveness = Arc::new(Liveness::default());
+    let meta = MetaService::new(config.id, raft.clone(), trees.clone(), liveness.clone());
+    let server_stop = shutdown.child_token();
+    let stop = server_stop.clone();
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                RaftServer::new(RaftTransport::new(raft.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                MetaServer::new(meta)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                stop.cancelled().await
+            }),
+    );
+
+    if config.bootstrap {
+        bootstrap(&raft, &config, &advertise).await?;
+    }
+
+    let detector = tokio::spawn(detector::run(
+        raft.clone(),
+        trees,
+        liveness,
+        DetectorConfig {
+            id: config.id,
+            interval: Duration::from_millis(config.detector_interval_ms),
+            suspect_after: Duration::from_millis(config.suspect_after_ms),
+            down_after: Duration::from_millis(config.down_after_ms),
+        },
+        shutdown.clone(),
+    ));
+
+    let mut result = Ok(());
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        res = &mut server => {
+            // The server stopped on its own: report why, then stop the rest.
+            result = match res {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(MetaNodeError::Transport(e)),
+                Err(e) => Err(MetaNodeError::Io(std::io::Error::other(e))),
+            };
+            server_stop.cancel();
+        }
+    }
+    server_stop.cancel();
+    tracing::info!(id = config.id, "meta node shutting down");
+    if tokio::time::timeout(SHUTDOWN_STEP, raft.shutdown()).await.is_err() {
+        tracing::warn!("raft did not stop in time");
+    }
+    if !server.is_finished() && tokio::time::timeout(SHUTDOWN_STEP, &mut server).await.is_err() {
+        tracing::warn!("gRPC server did not stop in time; aborting it");
+        server.abort();
+    }
+    if tokio::time::timeout(SHUTDOWN_STEP, detector).await.is_err() {
+        tracing::warn!("failure detector did not stop in time");
+    }
+    drop(raft);
+    store::flush_db(&db).await?;
+    result
+}
+
+/// Initializes the group if this node is the lowest id among the peers
+/// (or the only node) and the group was never initialized.
+async fn bootstrap(
+    raft: &MetaRaft,
+    config: &MetaConfig,
+    advertise: &str,
+) -> Result<(), MetaNodeError> {
+    let members: BTreeMap<u64, BasicNode> = if config.peers.is_empty() {
+        BTreeMap::from([(config.id, BasicNode::new(advertise))])
+    } else {
+        config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect()
+    };
+    if members.keys().next() != Some(&config.id) {
+        return Ok(());
+    }
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| MetaNodeError::Raft(e.to_string()))?;
+    if initialized {
+        return Ok(());
+    }
+    match raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!(id = config.id, "meta group initialized");
+            Ok(())
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(MetaNodeError::Raft(e.to_string())),
+    }
 }

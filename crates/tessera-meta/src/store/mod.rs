@@ -113,3 +113,8 @@ pub(crate) fn index_key(index: u64) -> [u8; 8] {
 pub(crate) fn key_index(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
+
+/// Flushes the database (used at shutdown).
+pub async fn flush_db(db: &sled::Db) -> Result<(), MetaNodeError> {
+    flush(db).await.map_err(MetaNodeError::from)
+}
