@@ -1,1 +1,73 @@
-//! tessera server library
+//! The `tessera` binary as a library: command line, role settings (TOML +
+//! `TESSERA_*` env + flags), the three long-running roles, the `dev`
+//! supervisor that runs a whole cluster as child processes, and the `admin`
+//! CLI. `main` only parses flags, sets up logging and calls [`run`]; tests
+//! drive the same code.
+//!
+//! This is the top layer: it may depend on every other tessera crate, and
+//! none may depend on it. It talks to running nodes only through
+//! `tessera-proto` clients.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod fsutil;
+pub mod logging;
+pub mod roles;
+pub mod shutdown;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+
+use cli::{Cli, Command};
+use config::{GatewaySettings, MetaSettings, StorageSettings};
+
+/// Log filter when neither `--log-level` nor RUST_LOG is given: operator
+/// commands stay quiet, servers say what they do.
+pub fn default_log_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Admin(_) => "warn",
+        _ => "info",
+    }
+}
+
+/// Runs the parsed command until it finishes or `shutdown` is cancelled.
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
+    match cli.command {
+        Command::Meta(args) => {
+            roles::run_meta(MetaSettings::load(&args)?, shutdown).await?;
+        }
+        Command::Storage(args) => {
+            roles::run_storage(StorageSettings::load(&args)?, shutdown).await?;
+        }
+        Command::Gateway(args) => {
+            roles::run_gateway(GatewaySettings::load(&args)?, shutdown).await?;
+        }
+        Command::Dev(args) => {
+            let opts = dev::DevOptions {
+                data_dir: args.data_dir,
+                port_base: args.port_base,
+                storage_nodes: args.storage_nodes,
+                zones: args.zones,
+                k: args.k,
+                m: args.m,
+                region: args.region,
+                ready_timeout: Duration::from_secs(args.ready_timeout),
+                binary: None,
+                log_level: cli.log.log_level,
+                suspect_after_ms: args.suspect_after_ms,
+                down_after_ms: args.down_after_ms,
+            };
+            let mut cluster = dev::DevCluster::start_cancellable(opts, shutdown.clone()).await?;
+            println!("{}", cluster.banner());
+            cluster.supervise(&shutdown).await;
+            cluster.stop().await?;
+        }
+        Command::Admin(args) => return admin::run(args).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

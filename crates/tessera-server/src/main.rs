@@ -1,1 +1,41 @@
-fn main() {}
+//! `tessera`: parse flags, set up logging and signals, hand over to
+//! [`tessera_server::run`].
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tessera_server::cli::Cli;
+use tessera_server::{default_log_filter, logging, shutdown};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(&cli.log, default_log_filter(&cli.command)) {
+        eprintln!("tessera: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tessera: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // `block_on` runs this future on the main thread, which lives as long
+    // as the process: `tessera dev` relies on that (see `dev` module).
+    let result = runtime.block_on(async {
+        let token = shutdown::on_signals()?;
+        tessera_server::run(cli, token).await
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tessera: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The command line: one subcommand per role, plus `dev` and `admin`.
+//!
+//! Role flags override the values of the `--config` TOML file; every role
+//! flag can also be set through the `TESSERA_*` variable named in its help.
+//! Precedence, lowest first: built-in default, config file, environment,
+//! flag.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Tessera: an erasure-coded, S3-compatible object store.
+///
+/// One binary, one subcommand per role. Try `tessera dev` for a whole
+/// cluster on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Logging flags, accepted by every subcommand. Logs go to stderr.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LogArgs {
+    /// Log filter, e.g. `info`, `debug` or `tessera_meta=debug,info`.
+    /// Overrides RUST_LOG. Default: `info` (`warn` for `admin`).
+    #[arg(long, global = true, env = "TESSERA_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "TESSERA_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a metadata node: one member of the Raft group that holds the
+    /// namespace and the cluster map.
+    Meta(MetaArgs),
+    /// Run a storage node: shard files on one or more local disks.
+    Storage(StorageArgs),
+    /// Run an S3 gateway (stateless; also runs repair and GC workers).
+    Gateway(GatewayArgs),
+    /// Run a whole cluster on this machine (3 meta, N storage, 1 gateway)
+    /// as child processes, with all data under one directory.
+    Dev(DevArgs),
+    /// Operate a running cluster: status, access keys.
+    Admin(AdminArgs),
+}
+
+/// `tessera meta`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct MetaArgs {
+    /// TOML config file (kebab-case keys: `listen`, `id`, `data-dir`,
+    /// `advertise`, `bootstrap`, `suspect-after-ms`, `down-after-ms`,
+    /// `snapshot-every`, and a `[peers]` table of id = "host:port").
+    #[arg(long, short = 'c', env = "TESSERA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for Raft and meta RPCs. [default: 127.0.0.1:7001]
+    #[arg(long, env = "TESSERA_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// This node's Raft id (1, 2, 3, ...); must appear in --peers. [default: 1]
+    #[arg(long, env = "TESSERA_META_ID")]
+    pub id: Option<u64>,
+    /// Address peers and clients use to reach this node. [default: this
+    /// node's entry in --peers]
+    #[arg(long, env = "TESSERA_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// Directory of the node's database (Raft log, vote, state machine).
+    /// [default: data/meta]
+    #[arg(long, env = "TESSERA_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Initial members as `id=host:port`, comma-separated or repeated.
+    /// [default: this node alone]
+    #[arg(long, env = "TESSERA_PEERS", value_name = "ID=HOST:PORT",
+          value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<(u64, String)>,
+    /// Initialize the Raft group from --peers if it never was (safe on
+    /// every node and on every start). [default: true]
+    #[arg(long, env = "TESSERA_BOOTSTRAP", value_name = "BOOL")]
+    pub bootstrap: Option<bool>,
+    /// Mark a storage node suspect after this long without heartbeats.
+    /// [default: 5000]
+    #[arg(long, env = "TESSERA_SUSPECT_AFTER_MS", value_name = "MS")]
+    pub suspect_after_ms: Option<u64>,
+    /// Mark a storage node down (its shards get rebuilt) after this long
+    /// without heartbeats. [default: 30000]
+    #[arg(long, env = "TESSERA_DOWN_AFTER_MS", value_name = "MS")]
+    pub down_after_ms: Option<u64>,
+    /// Snapshot the state machine and compact the log every this many
+    /// entries. [default: 5000]
+    #[arg(long, env = "TESSERA_SNAPSHOT_EVERY", value_name = "ENTRIES")]
+    pub snapshot_every: Option<u64>,
+}
+
+/// `tessera storage`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StorageArgs {
+    /// TOML config file (kebab-case keys: `listen`, `data-dirs`,
+    /// `advertise`, `zone`, `weight`, `meta`, `heartbeat-ms`).
+    #[arg(long, short = 'c', env = "TESSERA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for shard RPCs. [default: 127.0.0.1:7101]
+    #[arg(long, env = "TESSERA_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Address gateways use to reach this node; required when --listen is
+    /// a wildcard address. [default: the bound listen address]
+    #[arg(long, env = "TESSERA_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// A data directory (one per disk); repeat the flag or separate with
+    /// commas. The node id is kept in the first. [default: data/storage]
+    #[arg(
+        long = "data-dir",
+        env = "TESSERA_DATA_DIR",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    pub data_dirs: Vec<PathBuf>,
+    /// Failure domain (rack, room, availability zone). [default: default]
+    #[arg(long, env = "TESSERA_ZONE")]
+    pub zone: Option<String>,
+    /// Relative placement weight (1.0 = one ordinary disk). [default: 1.0]
+    #[arg(long, env = "TESSERA_WEIGHT")]
+    pub weight: Option<f64>,
+    /// Meta node addresses, comma-separated or repeated.
+    #[arg(
+        long,
+        env = "TESSERA_META",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub meta: Vec<String>,
+    /// Heartbeat period to meta. [default: 1000]
+    #[arg(long, env = "TESSERA_HEARTBEAT_MS", value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+}
+
+/// `tessera gateway`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GatewayArgs {
+    /// TOML config file (kebab-case keys: `listen`, `meta`, `region`, `k`,
+    /// `m`, `shard-size`, `inline-threshold`, `stripes-in-flight`,
+    /// `write-quorum`).
+    #[arg(long, short = 'c', env = "TESSERA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve S3 (HTTP) on. [default: 127.0.0.1:9000]
+    #[arg(long, env = "TESSERA_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Meta node addresses, comma-separated or repeated.
+    #[arg(
+        long,
+        env = "TESSERA_META",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub meta: Vec<String>,
+    /// S3 region clients sign for. [default: us-east-1]
+    #[arg(long, env = "TESSERA_REGION")]
+    pub region: Option<String>,
+    /// Data shards per stripe of new objects. [default: 4]
+    #[arg(long, env = "TESSERA_K")]
+    pub k: Option<u8>,
+    /// Parity shards per stripe of new objects (node losses survived).
+    /// [default: 2]
+    #[arg(long, env = "TESSERA_M")]
+    pub m: Option<u8>,
+    /// Bytes per shard of a full stripe. [default: 1048576]
+    #[arg(long, env = "TESSERA_SHARD_SIZE", value_name = "BYTES")]
+    pub shard_size: Option<u32>,
+    /// Objects up to this size are stored inline in their manifest.
+    /// [default: 65536]
+    #[arg(long, env = "TESSERA_INLINE_THRESHOLD", value_name = "BYTES")]
+    pub inline_threshold: Option<u64>,
+    /// Stripes encoded or sent at once per request (bounds memory).
+    /// [default: 4]
+    #[arg(long, env = "TESSERA_STRIPES_IN_FLIGHT", value_name = "N")]
+    pub stripes_in_flight: Option<usize>,
+    /// Shards that must be durable for a write to succeed, between k and
+    /// k+m. [default: k+1]
+    #[arg(long, env = "TESSERA_WRITE_QUORUM", value_name = "N")]
+    pub write_quorum: Option<u8>,
+}
+
+/// `tessera dev`.
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Directory holding every node's data, the logs (`logs/`), the root
+    /// credentials and `cluster.json`. Reusing it brings the data back.
+    #[arg(
+        long,
+        env = "TESSERA_DEV_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./tessera-data"
+    )]
+    pub data_dir: PathBuf,
+    /// First port: the gateway serves S3 on it, meta node i (1-3) listens
+    /// on BASE+10+i and storage node i (1-N) on BASE+20+i.
+    #[arg(
+        long,
+        env = "TESSERA_DEV_PORT_BASE",
+        value_name = "PORT",
+        default_value_t = 9000
+    )]
+    pub port_base: u16,
+    /// Number of storage nodes (at least k+m).
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    pub storage_nodes: usize,
+    /// Number of zones; storage nodes are assigned z1..zZ round-robin.
+    #[arg(long, value_name = "Z", default_value_t = 3)]
+    pub zones: usize,
+    /// Data shards per stripe.
+    #[arg(long, default_value_t = 4)]
+    pub k: u8,
+    /// Parity shards per stripe.
+    #[arg(long, default_value_t = 2)]
+    pub m: u8,
+    /// S3 region of the gateway.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Give up starting if the cluster is not ready after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub ready_timeout: u64,
+    /// Passed to the meta nodes: mark a silent storage node suspect after
+    /// this long. [default: the meta default]
+    #[arg(long, value_name = "MS")]
+    pub suspect_after_ms: Option<u64>,
+    /// Passed to the meta nodes: mark a silent storage node down after this
+    /// long. [default: the meta default]
+    #[arg(long, value_name = "MS")]
+    pub down_after_ms: Option<u64>,
+}
+
+/// `tessera admin`.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub target: MetaTarget,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// Where the admin CLI finds the meta group. First match wins: --meta,
+/// --cluster, $TESSERA_META, $TESSERA_CLUSTER, ./tessera-data/cluster.json.
+#[derive(Debug, Clone, Default, Args)]
+pub struct MetaTarget {
+    /// Meta node addresses, comma-separated or repeated (env: TESSERA_META).
+    #[arg(long, global = true, value_name = "HOST:PORT", value_delimiter = ',')]
+    pub meta: Vec<String>,
+    /// A dev cluster's cluster.json to take the meta addresses from
+    /// (env: TESSERA_CLUSTER).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminCommand {
+    /// Meta members and their Raft view, the leader, and storage nodes.
+    /// Exits 1 when no leader or cluster map could be reached.
+    Status {
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage S3 access keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeyCommand {
+    /// Create an access key and print it as JSON (the only time the secret
+    /// is shown).
+    Create {
+        /// A name for the key's owner.
+        name: String,
+        /// Use this access key id instead of a generated one.
+        #[arg(long, value_name = "ID")]
+        access_key: Option<String>,
+        /// Use this secret instead of a generated one.
+        #[arg(
+            long,
+            value_name = "SECRET",
+            env = "TESSERA_SECRET_KEY",
+            hide_env_values = true
+        )]
+        secret_key: Option<String>,
+    },
+    /// List access keys (secrets are not shown).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an access key.
+    Delete {
+        /// The access key id.
+        id: String,
+    },
+}
+
+/// Parses one `id=host:port` peer.
+pub fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected ID=HOST:PORT"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}`: peer id `{id}` is not a number"))?;
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err(format!("`{s}`: empty address"));
+    }
+    Ok((id, addr.to_string()))
+}
