@@ -197,9 +197,11 @@ pub async fn read_stripe(
             degraded = true;
         }
     }
+    // Fires every `hedge_after` while shards are outstanding: the shards
+    // still in flight then count as slow and fresh ones are asked for (a
+    // parity shard asked for as a hedge may sit on a slow node too).
     let hedge = tokio::time::sleep(dp.hedge_after);
     tokio::pin!(hedge);
-    let mut hedged = false;
 
     loop {
         if want.shards.clone().all(|i| got[i].is_some()) {
@@ -267,10 +269,10 @@ pub async fn read_stripe(
                     }
                 }
             }
-            _ = &mut hedge, if !hedged => {
-                hedged = true;
+            _ = &mut hedge => {
                 degraded = true;
                 slow.copy_from_slice(&inflight);
+                hedge.as_mut().reset(tokio::time::Instant::now() + dp.hedge_after);
             }
         }
     }
