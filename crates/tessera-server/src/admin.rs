@@ -369,7 +369,13 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
-        for (i, c) in r.iter().enumerate().take(widths.len().saturating_sub(1)) {
+        // A row's last cell runs free (e.g. an error message), so it never
+        // widens its column.
+        let bounded = r
+            .len()
+            .saturating_sub(1)
+            .min(widths.len().saturating_sub(1));
+        for (i, c) in r.iter().enumerate().take(bounded) {
             widths[i] = widths[i].max(c.chars().count());
         }
     }

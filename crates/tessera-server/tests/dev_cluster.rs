@@ -1,0 +1,270 @@
+//! The real `tessera` binary run as a dev cluster: cluster.json, `admin
+//! status --json`, access keys, a stop and a restart on the same
+//! directory, and children dying with a SIGKILLed supervisor.
+//!
+//! Every cluster is owned by a `DevCluster`, whose Drop kills its children
+//! if a test fails half-way.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tessera_server::admin::{CreatedKey, StatusReport};
+use tessera_server::dev::{ClusterInfo, DevCluster, DevOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// Dev clusters are heavy (ten processes each): one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A port base whose whole range (base ..= base+20+n) is free right now,
+/// picked pseudo-randomly so that concurrent test runs rarely meet.
+fn free_port_base(storage_nodes: usize) -> u16 {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    let seed =
+        nanos ^ (u64::from(std::process::id()) << 16) ^ CALLS.fetch_add(1, Ordering::Relaxed);
+    for attempt in 0..300u64 {
+        let slot = (seed.wrapping_add(attempt * 7919)) % 300;
+        let base = 20_000 + (slot as u16) * 100;
+        let free = (0..=20 + storage_nodes as u16)
+            .all(|off| std::net::TcpListener::bind(("127.0.0.1", base + off)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+fn options(dir: &Path, base: u16) -> DevOptions {
+    DevOptions {
+        data_dir: dir.to_path_buf(),
+        port_base: base,
+        binary: Some(PathBuf::from(BIN)),
+        ready_timeout: Duration::from_secs(90),
+        ..DevOptions::default()
+    }
+}
+
+fn admin(cluster_file: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new(BIN)
+        .arg("admin")
+        .args(args)
+        .arg("--cluster")
+        .arg(cluster_file)
+        .env_remove("TESSERA_META")
+        .output()
+        .expect("run tessera admin");
+    assert!(
+        out.status.success(),
+        "tessera admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn status(cluster_file: &Path) -> StatusReport {
+    let out = admin(cluster_file, &["status", "--json"]);
+    serde_json::from_slice(&out.stdout).expect("status --json parses")
+}
+
+/// Polls `admin status` until all `n` storage nodes are up (a restarted
+/// cluster may take a heartbeat or two to agree).
+fn wait_status(cluster_file: &Path, n: usize) -> StatusReport {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(cluster_file);
+        let up = s.storage.iter().filter(|n| n.state == "up").count();
+        if (s.healthy && up >= n) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn check_cluster_json(cluster: &DevCluster, base: u16) -> ClusterInfo {
+    let path = cluster.cluster_file();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "cluster.json holds a secret");
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for key in ["s3_endpoint", "region", "access_key", "secret_key", "nodes"] {
+        assert!(raw.get(key).is_some(), "cluster.json lacks {key}");
+    }
+    let info = ClusterInfo::load(&path).unwrap();
+    assert_eq!(&info, cluster.info());
+    assert_eq!(info.s3_endpoint, format!("http://127.0.0.1:{base}"));
+    assert_eq!(info.region, "us-east-1");
+    assert!(info.access_key.starts_with("TK"), "{}", info.access_key);
+    assert_eq!(info.secret_key.len(), 40);
+
+    let of = |role: &str| -> Vec<_> { info.nodes.iter().filter(|n| n.role == role).collect() };
+    let meta = of("meta");
+    let storage = of("storage");
+    let gateway = of("gateway");
+    assert_eq!(meta.len(), 3);
+    assert_eq!(storage.len(), 6);
+    assert_eq!(gateway.len(), 1);
+    assert_eq!(
+        meta.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+        ["1", "2", "3"]
+    );
+    assert_eq!(meta[0].addr, format!("127.0.0.1:{}", base + 11));
+    assert_eq!(storage[5].addr, format!("127.0.0.1:{}", base + 26));
+    assert_eq!(gateway[0].id, "gw-1");
+    assert_eq!(gateway[0].addr, format!("127.0.0.1:{base}"));
+    let ids: BTreeSet<_> = storage.iter().map(|n| n.id.clone()).collect();
+    assert_eq!(ids.len(), 6, "storage ids are distinct");
+    assert!(ids.iter().all(|id| !id.is_empty()));
+    assert!(info.nodes.iter().all(|n| n.pid > 0));
+    info
+}
+
+fn check_status(s: &StatusReport, info: &ClusterInfo) {
+    assert!(s.healthy, "{s:?}");
+    assert_eq!(s.meta.len(), 3, "{s:?}");
+    assert!(s.meta.iter().all(|m| m.reachable), "{s:?}");
+    let leader = s.leader.as_ref().expect("a leader");
+    assert!(info.meta_addrs().contains(&leader.addr));
+    assert_eq!(s.storage.len(), 6, "{s:?}");
+    assert!(s.storage.iter().all(|n| n.state == "up"), "{s:?}");
+    let listed: BTreeSet<_> = s.storage.iter().map(|n| n.id.clone()).collect();
+    let known: BTreeSet<_> = info
+        .nodes
+        .iter()
+        .filter(|n| n.role == "storage")
+        .map(|n| n.id.clone())
+        .collect();
+    assert_eq!(listed, known);
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by whoever adopted it) is dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_starts_reports_and_restarts_with_its_data() {
+    let _serial = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let base = free_port_base(6);
+
+    let cluster = DevCluster::start(options(&dir, base)).await.unwrap();
+    eprintln!("dev cluster ready in {:?}", cluster.started_in());
+    let info = check_cluster_json(&cluster, base);
+    let file = cluster.cluster_file();
+    check_status(&status(&file), &info);
+
+    // Meta state that must survive the restart.
+    let out = admin(&file, &["key", "create", "alice"]);
+    let alice: CreatedKey = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(alice.name, "alice");
+
+    let pids: Vec<u32> = info.nodes.iter().map(|n| n.pid).collect();
+    cluster.stop().await.unwrap();
+    assert!(
+        pids.iter().all(|p| !alive(*p)),
+        "every child is gone after stop"
+    );
+
+    let cluster = DevCluster::start(options(&dir, base)).await.unwrap();
+    eprintln!("dev cluster restarted in {:?}", cluster.started_in());
+    let again = check_cluster_json(&cluster, base);
+    assert_eq!(again.access_key, info.access_key, "same root key");
+    assert_eq!(again.secret_key, info.secret_key);
+    let ids = |i: &ClusterInfo| -> Vec<(String, String)> {
+        i.nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.addr.clone()))
+            .collect()
+    };
+    assert_eq!(ids(&again), ids(&info), "same ids on the same ports");
+    check_status(&wait_status(&file, 6), &again);
+    let out = admin(&file, &["key", "list", "--json"]);
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: BTreeSet<_> = keys
+        .iter()
+        .filter_map(|k| k["access_key"].as_str().map(str::to_string))
+        .collect();
+    assert!(names.contains(&alice.access_key), "{names:?}");
+    assert!(names.contains(&info.access_key), "{names:?}");
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_supervisor_on_the_same_dir_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let base = free_port_base(6);
+    let cluster = DevCluster::start(options(&dir, base)).await.unwrap();
+    let err = DevCluster::start(options(&dir, base))
+        .await
+        .err()
+        .expect("second start must fail");
+    assert!(err.to_string().contains("already running"), "{err:#}");
+    cluster.stop().await.unwrap();
+}
+
+#[test]
+fn children_die_with_a_killed_supervisor() {
+    let _serial = SERIAL.blocking_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let base = free_port_base(6);
+    let mut dev = Command::new(BIN)
+        .args(["dev", "--port-base", &base.to_string(), "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kills the supervisor even if an assertion below fails.
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut dev);
+
+    let file = dir.join("cluster.json");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "dev never became ready");
+        assert!(
+            guard.0.try_wait().unwrap().is_none(),
+            "dev exited early; see {}",
+            dir.join("logs").display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let info = ClusterInfo::load(&file).unwrap();
+    let pids: Vec<u32> = info.nodes.iter().map(|n| n.pid).collect();
+    assert!(pids.iter().all(|p| alive(*p)));
+
+    drop(guard); // SIGKILL, no chance to clean up
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "children outlived the supervisor: {:?}",
+            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
