@@ -33,6 +33,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+pub mod s3client;
+
 type Key = (StripeId, u8);
 
 /// A storage node keeping shards in memory.

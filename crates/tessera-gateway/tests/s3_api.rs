@@ -1,0 +1,509 @@
+//! The S3 API end to end: `tessera_gateway::serve` in front of a fake meta
+//! node and fake storage nodes (real gRPC), driven by raw HTTP requests
+//! signed with SigV4.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use md5::{Digest, Md5};
+use tessera_gateway::GatewayConfig;
+use tokio_util::sync::CancellationToken;
+
+use common::s3client::S3Client;
+use common::{meta_node, pattern, storage_nodes, FakeMeta, FakeStorage};
+
+struct Harness {
+    endpoint: String,
+    meta: Arc<FakeMeta>,
+    nodes: Vec<Arc<FakeStorage>>,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), tessera_gateway::GatewayError>>,
+}
+
+impl Harness {
+    fn alice(&self) -> S3Client {
+        S3Client::new(&self.endpoint, Some(("ALICEKEY", "alice-secret")))
+    }
+    fn bob(&self) -> S3Client {
+        S3Client::new(&self.endpoint, Some(("BOBKEY", "bob-secret")))
+    }
+    fn shards(&self) -> usize {
+        self.nodes.iter().map(|n| n.count()).sum()
+    }
+}
+
+async fn harness() -> Harness {
+    let shutdown = CancellationToken::new();
+    let (nodes, map) = storage_nodes(6, &shutdown).await;
+    let (meta, meta_addr) = meta_node(&shutdown).await;
+    *meta.map.lock().unwrap() = map;
+    meta.add_key("ALICEKEY", "alice-secret");
+    meta.add_key("BOBKEY", "bob-secret");
+    let config = GatewayConfig {
+        meta: vec![meta_addr.to_string()],
+        shard_size: 16 << 10,
+        inline_threshold: 1024,
+        gc_grace_ms: 300,
+        ..GatewayConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(tessera_gateway::serve(config, listener, shutdown.clone()));
+    Harness {
+        endpoint,
+        meta,
+        nodes,
+        shutdown,
+        server,
+    }
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    hex::encode(Md5::digest(data))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_requests_are_refused() {
+    let h = harness().await;
+    let anon = S3Client::new(&h.endpoint, None);
+    for r in [
+        anon.get("/").await,
+        anon.get("/bucket").await,
+        anon.put("/bucket", vec![]).await,
+        anon.put("/bucket/key", b"x".to_vec()).await,
+        anon.get("/bucket/key").await,
+        anon.delete("/bucket/key").await,
+    ] {
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert_eq!(r.code(), "AccessDenied");
+    }
+    let wrong_secret = S3Client::new(&h.endpoint, Some(("ALICEKEY", "not-the-secret")));
+    let r = wrong_secret.get("/").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "SignatureDoesNotMatch")
+    );
+    let unknown = S3Client::new(&h.endpoint, Some(("NOSUCHKEY", "x")));
+    let r = unknown.get("/").await;
+    assert_eq!((r.status, r.code().as_str()), (403, "InvalidAccessKeyId"));
+    // Signed for another region.
+    let mut other = h.alice();
+    other.region = "eu-west-1".into();
+    assert_eq!(other.get("/").await.code(), "AuthorizationHeaderMalformed");
+    assert!(h.meta.buckets.lock().unwrap().is_empty());
+    h.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_and_ownership() {
+    let h = harness().await;
+    let (alice, bob) = (h.alice(), h.bob());
+    let r = alice.put("/photos", vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = alice.put("/photos", vec![]).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (409, "BucketAlreadyOwnedByYou")
+    );
+    let r = bob.put("/photos", vec![]).await;
+    assert_eq!((r.status, r.code().as_str()), (409, "BucketAlreadyExists"));
+    for bad in [
+        "/Bad_Name",
+        "/ab",
+        "/192.168.1.1",
+        "/a..b",
+        "/xn--abc",
+        "/-abc",
+    ] {
+        let r = alice.put(bad, vec![]).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "InvalidBucketName"),
+            "{bad}"
+        );
+    }
+    assert!(alice.get("/").await.text().contains("<Name>photos</Name>"));
+    assert!(!bob.get("/").await.text().contains("photos"));
+    assert_eq!(alice.head("/photos").await.status, 200);
+    assert_eq!(bob.head("/photos").await.status, 403);
+    assert_eq!(alice.head("/nosuchbucket").await.status, 404);
+    let r = bob.put("/photos/k", b"x".to_vec()).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "AccessDenied"));
+    let r = bob
+        .send("GET", "/photos", &[("list-type", "2")], &[], vec![])
+        .await;
+    assert_eq!(r.status, 403);
+    let r = alice.get("/nosuchbucket/k").await;
+    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchBucket"));
+    assert_eq!(alice.put("/photos/k", b"x".to_vec()).await.status, 200);
+    let r = alice.delete("/photos").await;
+    assert_eq!((r.status, r.code().as_str()), (409, "BucketNotEmpty"));
+    assert_eq!(alice.delete("/photos/k").await.status, 204);
+    assert_eq!(alice.delete("/photos").await.status, 204);
+    assert_eq!(alice.head("/photos").await.status, 404);
+    let r = alice.delete("/photos").await;
+    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchBucket"));
+    h.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_roundtrip() {
+    let h = harness().await;
+    let alice = h.alice();
+    let r = alice.put("/bkt1", vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Small object: inline, with metadata.
+    let r = alice
+        .send(
+            "PUT",
+            "/bkt1/dir/small.txt",
+            &[],
+            &[("content-type", "text/plain"), ("x-amz-meta-color", "blue")],
+            b"hello".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("etag").unwrap(),
+        format!("\"{}\"", md5_hex(b"hello"))
+    );
+    let r = alice.get("/bkt1/dir/small.txt").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"hello");
+    assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(r.header("x-amz-meta-color").as_deref(), Some("blue"));
+    assert!(r.header("last-modified").is_some());
+    assert_eq!(h.shards(), 0, "inline objects use no shards");
+
+    // Large object: striped.
+    let data = pattern(300_000, 7);
+    let r = alice.put("/bkt1/big", data.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("etag").unwrap(), format!("\"{}\"", md5_hex(&data)));
+    assert!(h.shards() > 0);
+    let r = alice.get("/bkt1/big").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), data.len());
+    assert!(r.body[..] == data[..]);
+    let r = alice.head("/bkt1/big").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length").as_deref(), Some("300000"));
+
+    // Ranges.
+    let r = alice
+        .send(
+            "GET",
+            "/bkt1/big",
+            &[],
+            &[("range", "bytes=100-199")],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(&r.body[..], &data[100..200]);
+    assert_eq!(
+        r.header("content-range").as_deref(),
+        Some("bytes 100-199/300000")
+    );
+    let r = alice
+        .send("GET", "/bkt1/big", &[], &[("range", "bytes=-10")], vec![])
+        .await;
+    assert_eq!(&r.body[..], &data[data.len() - 10..]);
+    let r = alice
+        .send(
+            "GET",
+            "/bkt1/big",
+            &[],
+            &[("range", "bytes=65530-")],
+            vec![],
+        )
+        .await;
+    assert_eq!(&r.body[..], &data[65530..]);
+    let r = alice
+        .send(
+            "GET",
+            "/bkt1/big",
+            &[],
+            &[("range", "bytes=300000-")],
+            vec![],
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (416, "InvalidRange"));
+
+    // Conditional GET.
+    let etag = format!("\"{}\"", md5_hex(&data));
+    let r = alice
+        .send("GET", "/bkt1/big", &[], &[("if-none-match", &etag)], vec![])
+        .await;
+    assert_eq!(r.status, 304);
+    let r = alice
+        .send("GET", "/bkt1/big", &[], &[("if-match", "\"nope\"")], vec![])
+        .await;
+    assert_eq!(r.status, 412);
+
+    // Delete is idempotent.
+    assert_eq!(alice.delete("/bkt1/big").await.status, 204);
+    let r = alice.get("/bkt1/big").await;
+    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchKey"));
+    assert_eq!(alice.delete("/bkt1/big").await.status, 204);
+    // Its shards go after the grace period.
+    wait_for(|| h.shards() == 0).await;
+    h.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_puts_change_nothing() {
+    let h = harness().await;
+    let alice = h.alice();
+    assert_eq!(alice.put("/bkt2", vec![]).await.status, 200);
+    let data = pattern(200_000, 3);
+
+    let wrong_md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(b"other"));
+    let r = alice
+        .send(
+            "PUT",
+            "/bkt2/k",
+            &[],
+            &[("content-md5", &wrong_md5)],
+            data.clone(),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (400, "BadDigest"));
+    let r = alice
+        .send(
+            "PUT",
+            "/bkt2/k",
+            &[],
+            &[("content-md5", "not-base64!")],
+            data.clone(),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidDigest"));
+    // x-amz-content-sha256 of another body.
+    let other = hex::encode(sha2::Sha256::digest(b"other"));
+    let r = alice
+        .send(
+            "PUT",
+            "/bkt2/k",
+            &[],
+            &[("x-amz-content-sha256", &other)],
+            data.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.code(), "XAmzContentSHA256Mismatch");
+    assert_eq!(alice.get("/bkt2/k").await.status, 404);
+    // Shards written by the failed PUTs are removed.
+    wait_for(|| h.shards() == 0).await;
+
+    let long_key = format!("/bkt2/{}", "k".repeat(1025));
+    let r = alice.put(&long_key, b"x".to_vec()).await;
+    assert_eq!((r.status, r.code().as_str()), (400, "KeyTooLongError"));
+    let ok_key = format!("/bkt2/{}", "k".repeat(1024));
+    assert_eq!(alice.put(&ok_key, b"x".to_vec()).await.status, 200);
+
+    // Keys that look like paths are opaque keys.
+    assert_eq!(alice.put("/bkt2/../x", b"dots".to_vec()).await.status, 200);
+    let r = alice.get("/bkt2/../x").await;
+    assert_eq!(&r.body[..], b"dots");
+
+    // Unsigned payloads work (Content-Length framed).
+    let r = alice
+        .send(
+            "PUT",
+            "/bkt2/unsigned",
+            &[],
+            &[("x-amz-content-sha256", "UNSIGNED-PAYLOAD")],
+            data.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(alice.get("/bkt2/unsigned").await.body[..] == data[..]);
+
+    // If-None-Match: * refuses an overwrite.
+    let r = alice
+        .send(
+            "PUT",
+            "/bkt2/unsigned",
+            &[],
+            &[("if-none-match", "*")],
+            b"x".to_vec(),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (412, "PreconditionFailed"));
+    h.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrite_deletes_old_shards_later() {
+    let h = harness().await;
+    let alice = h.alice();
+    assert_eq!(alice.put("/bkt3", vec![]).await.status, 200);
+    let v1 = pattern(100_000, 1);
+    let v2 = pattern(100_000, 2);
+    assert_eq!(alice.put("/bkt3/k", v1).await.status, 200);
+    let one = h.shards();
+    assert_eq!(alice.put("/bkt3/k", v2.clone()).await.status, 200);
+    assert_eq!(
+        h.shards(),
+        2 * one,
+        "old shards kept through the grace period"
+    );
+    assert!(alice.get("/bkt3/k").await.body[..] == v2[..]);
+    wait_for(|| h.shards() == one).await;
+    assert!(alice.get("/bkt3/k").await.body[..] == v2[..]);
+    h.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing() {
+    let h = harness().await;
+    let alice = h.alice();
+    assert_eq!(alice.put("/bkt4", vec![]).await.status, 200);
+    let keys = ["a/1", "a/2", "b/1", "c", "d", "e/x/y"];
+    for k in keys {
+        assert_eq!(
+            alice
+                .put(&format!("/bkt4/{k}"), k.as_bytes().to_vec())
+                .await
+                .status,
+            200
+        );
+    }
+    let r = alice
+        .send(
+            "GET",
+            "/bkt4",
+            &[("list-type", "2"), ("delimiter", "/")],
+            &[],
+            vec![],
+        )
+        .await;
+    let t = r.text();
+    assert_eq!(r.status, 200, "{t}");
+    for p in ["a/", "b/", "e/"] {
+        assert!(t.contains(&format!("<Prefix>{p}</Prefix>")), "{t}");
+    }
+    assert!(
+        t.contains("<Key>c</Key>") && t.contains("<Key>d</Key>"),
+        "{t}"
+    );
+    assert!(!t.contains("<Key>a/1</Key>"), "{t}");
+    assert!(t.contains("<KeyCount>5</KeyCount>"), "{t}");
+
+    let r = alice
+        .send(
+            "GET",
+            "/bkt4",
+            &[("list-type", "2"), ("prefix", "a/")],
+            &[],
+            vec![],
+        )
+        .await;
+    assert!(r.text().contains("<Key>a/1</Key>") && r.text().contains("<Key>a/2</Key>"));
+    assert!(!r.text().contains("<Key>c</Key>"));
+
+    // Paging two keys at a time finds every key exactly once.
+    let mut found = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..10 {
+        let mut q = vec![("list-type", "2"), ("max-keys", "2")];
+        if let Some(t) = &token {
+            q.push(("continuation-token", t.as_str()));
+        }
+        let r = alice.send("GET", "/bkt4", &q, &[], vec![]).await;
+        let t = r.text();
+        assert_eq!(r.status, 200, "{t}");
+        found.extend(between_all(&t, "<Key>", "</Key>"));
+        token = between_all(&t, "<NextContinuationToken>", "</NextContinuationToken>")
+            .into_iter()
+            .next();
+        if token.is_none() {
+            assert!(t.contains("<IsTruncated>false</IsTruncated>"), "{t}");
+            break;
+        }
+    }
+    assert_eq!(found, keys);
+
+    // start-after, and v1 with a marker.
+    let r = alice
+        .send(
+            "GET",
+            "/bkt4",
+            &[("list-type", "2"), ("start-after", "c")],
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(between_all(&r.text(), "<Key>", "</Key>"), ["d", "e/x/y"]);
+    let r = alice
+        .send("GET", "/bkt4", &[("marker", "b/1")], &[], vec![])
+        .await;
+    assert_eq!(
+        between_all(&r.text(), "<Key>", "</Key>"),
+        ["c", "d", "e/x/y"]
+    );
+    let r = alice
+        .send(
+            "GET",
+            "/bkt4",
+            &[("list-type", "2"), ("continuation-token", "garbage!")],
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    h.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_two_dead_storage_nodes() {
+    let h = harness().await;
+    let alice = h.alice();
+    assert_eq!(alice.put("/bkt5", vec![]).await.status, 200);
+    let data = pattern(250_000, 9);
+    assert_eq!(alice.put("/bkt5/k", data.clone()).await.status, 200);
+    h.nodes[1]
+        .dead
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    h.nodes[4]
+        .dead
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = alice.get("/bkt5/k").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body[..] == data[..]);
+    h.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns() {
+    let h = harness().await;
+    assert_eq!(h.alice().put("/bkt6", vec![]).await.status, 200);
+    h.shutdown.cancel();
+    let r = tokio::time::timeout(Duration::from_secs(15), h.server).await;
+    assert!(matches!(r, Ok(Ok(Ok(())))), "serve returns after shutdown");
+}
+
+fn between_all(t: &str, open: &str, close: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(a) = rest.find(open) {
+        let after = &rest[a + open.len()..];
+        let Some(b) = after.find(close) else { break };
+        out.push(after[..b].to_string());
+        rest = &after[b + close.len()..];
+    }
+    out
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not reached in 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
