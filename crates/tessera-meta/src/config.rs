@@ -35,6 +35,9 @@ pub struct MetaConfig {
     pub election_timeout_ms: u64,
     /// How often the leader's failure detector looks at storage nodes.
     pub detector_interval_ms: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower
+    /// catches up from the log instead of receiving a whole snapshot.
+    pub raft_logs_to_keep: u64,
 }
 
 impl Default for MetaConfig {
@@ -51,6 +54,7 @@ impl Default for MetaConfig {
             raft_heartbeat_ms: 250,
             election_timeout_ms: 800,
             detector_interval_ms: 500,
+            raft_logs_to_keep: 1_000,
         }
     }
 }

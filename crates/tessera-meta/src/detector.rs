@@ -62,7 +62,12 @@ impl Liveness {
 
     /// Whether a heartbeat carrying `info` must go through Raft, given the
     /// node as the state machine knows it.
-    pub fn should_propose(&self, info: &NodeInfo, current: Option<&NodeInfo>, now: Instant) -> bool {
+    pub fn should_propose(
+        &self,
+        info: &NodeInfo,
+        current: Option<&NodeInfo>,
+        now: Instant,
+    ) -> bool {
         let Some(c) = current else {
             return true;
         };
@@ -253,7 +258,9 @@ mod tests {
         let d = Duration::from_secs(30);
         let nodes = vec![node("a", NodeState::Up), node("b", NodeState::Up)];
         // First check in a term only starts clocks.
-        assert!(l.check(3, &nodes, t0 + Duration::from_secs(100), s, d).is_empty());
+        assert!(l
+            .check(3, &nodes, t0 + Duration::from_secs(100), s, d)
+            .is_empty());
         let t1 = t0 + Duration::from_secs(100);
         l.seen(&NodeId::from("a"), t1 + Duration::from_secs(6));
         let c = l.check(3, &nodes, t1 + Duration::from_secs(6), s, d);
@@ -268,7 +275,9 @@ mod tests {
             ]
         );
         // A new term restarts every clock.
-        assert!(l.check(4, &nodes, t1 + Duration::from_secs(90), s, d).is_empty());
+        assert!(l
+            .check(4, &nodes, t1 + Duration::from_secs(90), s, d)
+            .is_empty());
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub enum MetaNodeError {
     /// corrupt or was written by an incompatible version.
     #[error("corrupt {what}: {message}")]
     Corrupt { what: &'static str, message: String },
+    /// A persisted value has an unknown version or is malformed.
+    #[error("codec: {0}")]
+    Codec(#[from] tessera_types::codec::CodecError),
     /// Openraft refused to start or stopped with a fatal error.
     #[error("raft: {0}")]
     Raft(String),

@@ -32,6 +32,7 @@ pub fn raft_config(c: &MetaConfig) -> Result<openraft::Config, MetaNodeError> {
         install_snapshot_timeout: 5_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_every),
         max_payload_entries: 256,
+        max_in_snapshot_log_to_keep: c.raft_logs_to_keep,
         ..Default::default()
     }
     .validate()
@@ -119,10 +120,17 @@ pub async fn serve(
     }
     server_stop.cancel();
     tracing::info!(id = config.id, "meta node shutting down");
-    if tokio::time::timeout(SHUTDOWN_STEP, raft.shutdown()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_STEP, raft.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("raft did not stop in time");
     }
-    if !server.is_finished() && tokio::time::timeout(SHUTDOWN_STEP, &mut server).await.is_err() {
+    if !server.is_finished()
+        && tokio::time::timeout(SHUTDOWN_STEP, &mut server)
+            .await
+            .is_err()
+    {
         tracing::warn!("gRPC server did not stop in time; aborting it");
         server.abort();
     }

@@ -89,7 +89,7 @@ fn envelope<T: serde::Serialize>(v: &T) -> Response<Envelope> {
 
 #[tonic::async_trait]
 impl Meta for MetaService {
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "info"))]
     async fn write(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let cmd: MetaCommand = decode(&request.into_inner().payload)?;
         tracing::debug!(cmd = cmd.name(), "meta write");
@@ -97,7 +97,7 @@ impl Meta for MetaService {
         Ok(envelope(&reply))
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "info"))]
     async fn read(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let q: MetaQuery = decode(&request.into_inner().payload)?;
         match self.raft.ensure_linearizable().await {
@@ -120,7 +120,7 @@ impl Meta for MetaService {
         Ok(envelope(&reply))
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "info"))]
     async fn heartbeat(
         &self,
         request: Request<HeartbeatRequest>,
@@ -164,7 +164,7 @@ impl Meta for MetaService {
         Ok(Response::new(HeartbeatResponse {}))
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "info"))]
     async fn raft_status(
         &self,
         _request: Request<RaftStatusRequest>,

@@ -12,8 +12,8 @@ use tessera_types::meta::{
     WriteCondition,
 };
 use tessera_types::{
-    AccessKey, Bucket, NodeId, NodeInfo, NodeState, ObjectData, ObjectManifest, Part,
-    StorageClass, Stripe, StripeId,
+    AccessKey, Bucket, NodeId, NodeInfo, NodeState, ObjectData, ObjectManifest, Part, StorageClass,
+    Stripe, StripeId,
 };
 
 struct Harness {
@@ -49,7 +49,9 @@ impl Harness {
     }
 
     async fn bucket(&mut self, name: &str) {
-        let r = self.cmd(MetaCommand::CreateBucket(bucket(name, "alice"))).await;
+        let r = self
+            .cmd(MetaCommand::CreateBucket(bucket(name, "alice")))
+            .await;
         assert_eq!(r, MetaReply::Ok);
     }
 
@@ -148,7 +150,8 @@ async fn buckets_create_delete_list() {
     h.bucket("b2").await;
     h.bucket("b1").await;
     assert_eq!(
-        h.cmd(MetaCommand::CreateBucket(bucket("b1", "alice"))).await,
+        h.cmd(MetaCommand::CreateBucket(bucket("b1", "alice")))
+            .await,
         MetaReply::Err(MetaError::BucketAlreadyExists {
             owner: "alice".into()
         })
@@ -165,7 +168,10 @@ async fn buckets_create_delete_list() {
     ));
     match h.q(MetaQuery::ListBuckets) {
         QueryReply::Buckets(b) => {
-            assert_eq!(b.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["b1", "b2"])
+            assert_eq!(
+                b.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+                ["b1", "b2"]
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -174,7 +180,10 @@ async fn buckets_create_delete_list() {
         QueryReply::Bucket(Some(bucket("b1", "alice")))
     );
     assert_eq!(
-        h.cmd(MetaCommand::DeleteBucket { name: "nope".into() }).await,
+        h.cmd(MetaCommand::DeleteBucket {
+            name: "nope".into()
+        })
+        .await,
         MetaReply::Err(MetaError::NoSuchBucket)
     );
     h.put("b1", "k").await;
@@ -318,7 +327,10 @@ async fn delete_object_and_stats() {
             key: "k".into(),
         })
         .await;
-    assert_eq!(r, MetaReply::Replaced(Some(Box::new(manifest("b", "k", "e", 1)))));
+    assert_eq!(
+        r,
+        MetaReply::Replaced(Some(Box::new(manifest("b", "k", "e", 1))))
+    );
     let r = h
         .cmd(MetaCommand::DeleteObject {
             bucket: "b".into(),
@@ -345,8 +357,14 @@ async fn access_keys() {
     let mut h = Harness::new();
     let k1 = AccessKey::generate("one", 1);
     let k2 = AccessKey::generate("two", 2);
-    assert_eq!(h.cmd(MetaCommand::PutAccessKey(k1.clone())).await, MetaReply::Ok);
-    assert_eq!(h.cmd(MetaCommand::PutAccessKey(k2.clone())).await, MetaReply::Ok);
+    assert_eq!(
+        h.cmd(MetaCommand::PutAccessKey(k1.clone())).await,
+        MetaReply::Ok
+    );
+    assert_eq!(
+        h.cmd(MetaCommand::PutAccessKey(k2.clone())).await,
+        MetaReply::Ok
+    );
     assert_eq!(
         h.q(MetaQuery::GetAccessKey { id: k1.id.clone() }),
         QueryReply::AccessKey(Some(k1.clone()))
@@ -356,11 +374,13 @@ async fn access_keys() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        h.cmd(MetaCommand::DeleteAccessKey { id: k1.id.clone() }).await,
+        h.cmd(MetaCommand::DeleteAccessKey { id: k1.id.clone() })
+            .await,
         MetaReply::Ok
     );
     assert_eq!(
-        h.cmd(MetaCommand::DeleteAccessKey { id: k1.id.clone() }).await,
+        h.cmd(MetaCommand::DeleteAccessKey { id: k1.id.clone() })
+            .await,
         MetaReply::Err(MetaError::NoSuchAccessKey)
     );
     assert_eq!(
@@ -373,7 +393,10 @@ async fn access_keys() {
 async fn nodes_and_epoch() {
     let mut h = Harness::new();
     assert_eq!(cluster(&h).epoch, 0);
-    assert_eq!(h.cmd(MetaCommand::UpsertNode(node("s1", 0))).await, MetaReply::Ok);
+    assert_eq!(
+        h.cmd(MetaCommand::UpsertNode(node("s1", 0))).await,
+        MetaReply::Ok
+    );
     assert_eq!(cluster(&h).epoch, 1);
     // Usage only: no epoch change.
     h.cmd(MetaCommand::UpsertNode(node("s1", 10))).await;
@@ -391,7 +414,10 @@ async fn nodes_and_epoch() {
     assert_eq!(r, MetaReply::Ok);
     let m = cluster(&h);
     assert_eq!(m.epoch, 2);
-    assert_eq!(m.node(&NodeId::from("s1")).unwrap().state, NodeState::Suspect);
+    assert_eq!(
+        m.node(&NodeId::from("s1")).unwrap().state,
+        NodeState::Suspect
+    );
     let mut back = node("s1", 10);
     back.state = NodeState::Down;
     h.cmd(MetaCommand::UpsertNode(back)).await;
@@ -425,11 +451,17 @@ async fn nodes_and_epoch() {
         MetaReply::Err(MetaError::NoSuchNode)
     );
     assert_eq!(
-        h.cmd(MetaCommand::RemoveNode { id: NodeId::from("s1") }).await,
+        h.cmd(MetaCommand::RemoveNode {
+            id: NodeId::from("s1")
+        })
+        .await,
         MetaReply::Ok
     );
     assert_eq!(
-        h.cmd(MetaCommand::RemoveNode { id: NodeId::from("s1") }).await,
+        h.cmd(MetaCommand::RemoveNode {
+            id: NodeId::from("s1")
+        })
+        .await,
         MetaReply::Err(MetaError::NoSuchNode)
     );
     let m = cluster(&h);
@@ -447,8 +479,16 @@ async fn list_prefix_delimiter_start_after() {
     h.bucket("b").await;
     h.bucket("b2").await;
     for k in [
-        "a.txt", "dir/x", "dir/y", "dir/sub/z", "dir2/q", "e", "photos/2024/1.jpg",
-        "photos/2024/2.jpg", "photos/2025/1.jpg", "photos/readme",
+        "a.txt",
+        "dir/x",
+        "dir/y",
+        "dir/sub/z",
+        "dir2/q",
+        "e",
+        "photos/2024/1.jpg",
+        "photos/2024/2.jpg",
+        "photos/2025/1.jpg",
+        "photos/readme",
     ] {
         h.put("b", k).await;
     }
@@ -556,7 +596,12 @@ async fn restart_and_snapshot_roundtrip() {
     assert_eq!(applied.map(|l| l.index), Some(3));
 
     // Snapshot, then install into a fresh state machine.
-    let snap = h.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap =
+        h.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
     assert_eq!(snap.meta.last_log_id, applied);
     let mut other = Harness::new();
     other.bucket("stale").await;
@@ -587,10 +632,13 @@ async fn restart_and_snapshot_roundtrip() {
     drop(sm);
     let mut sm = open(dir.path());
     assert_eq!(sm.applied_state().await.unwrap().0, applied);
-    let r = query(&sm.trees(), &MetaQuery::GetObject {
-        bucket: "b".into(),
-        key: "k1".into(),
-    })
+    let r = query(
+        &sm.trees(),
+        &MetaQuery::GetObject {
+            bucket: "b".into(),
+            key: "k1".into(),
+        },
+    )
     .unwrap();
     assert!(matches!(r, QueryReply::Object(Some(_))));
     assert!(sm.get_current_snapshot().await.unwrap().is_some());

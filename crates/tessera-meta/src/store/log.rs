@@ -10,10 +10,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
 
-use super::{
-    dec, enc, flush, index_key, key_index, read_err, write_err, RaftNodeId, StoreError,
-    TypeConfig,
-};
+use super::{dec, enc, flush, index_key, key_index, RaftNodeId, StoreError, TypeConfig};
 use crate::MetaNodeError;
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -41,10 +38,10 @@ impl LogStore {
     fn get_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
-        match self.meta.get(key).map_err(read_err)? {
+    ) -> Result<Option<T>, MetaNodeError> {
+        match self.meta.get(key)? {
             None => Ok(None),
-            Some(v) => dec(&v).map(Some).map_err(read_err),
+            Some(v) => Ok(Some(dec(&v)?)),
         }
     }
 
@@ -99,12 +96,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StoreError> {
-        let last_purged: Option<LogId<RaftNodeId>> = self.get_meta(KEY_LAST_PURGED)?;
+        let last_purged: Option<LogId<RaftNodeId>> = self
+            .get_meta(KEY_LAST_PURGED)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
             None => None,
             Some((_, v)) => {
-                let e: Entry<TypeConfig> =
-                    dec(&v).map_err(|e| StorageIOError::read_logs(&e))?;
+                let e: Entry<TypeConfig> = dec(&v).map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(e.log_id)
             }
         };
@@ -148,17 +146,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not flushed: it is only a hint that saves re-applying on restart.
         self.meta
             .insert(KEY_COMMITTED, enc(&committed))
-            .map_err(write_err)?;
+            .map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<RaftNodeId>>, StoreError> {
         Ok(self
-            .get_meta::<Option<LogId<RaftNodeId>>>(KEY_COMMITTED)?
+            .get_meta::<Option<LogId<RaftNodeId>>>(KEY_COMMITTED)
+            .map_err(|e| StorageIOError::read(&e))?
             .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StoreError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StoreError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -172,7 +175,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::write_logs(&e))?;
         // Durable before openraft may acknowledge the entries.
         let res = self.flush().await.map_err(std::io::Error::other);
-        let failed = res.as_ref().err().map(|e| StorageIOError::write_logs(e));
+        let failed = res.as_ref().err().map(StorageIOError::write_logs);
         callback.log_io_completed(res);
         match failed {
             Some(e) => Err(e.into()),

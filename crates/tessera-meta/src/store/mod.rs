@@ -12,7 +12,7 @@ pub mod state_machine;
 use std::path::Path;
 use std::time::Duration;
 
-use openraft::{AnyError, StorageError, StorageIOError};
+use openraft::StorageError;
 use serde::{de::DeserializeOwned, Serialize};
 use tessera_types::codec;
 use tessera_types::meta::{MetaCommand, MetaReply};
@@ -95,14 +95,6 @@ pub(crate) fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
 /// Decodes a value from sled.
 pub(crate) fn dec<T: DeserializeOwned>(buf: &[u8]) -> Result<T, codec::CodecError> {
     codec::decode(buf)
-}
-
-pub(crate) fn read_err(e: impl std::error::Error + 'static) -> StoreError {
-    StorageIOError::read(AnyError::new(&e)).into()
-}
-
-pub(crate) fn write_err(e: impl std::error::Error + 'static) -> StoreError {
-    StorageIOError::write(AnyError::new(&e)).into()
 }
 
 /// Big-endian index key, so sled's byte order is log order.

@@ -4,27 +4,27 @@
 use std::ops::Bound;
 
 use tessera_types::meta::{
-    BucketStats, ListObjectsPage, ListObjectsQuery, MetaError, MetaQuery, ObjectSummary,
-    QueryReply,
+    BucketStats, ListObjectsPage, ListObjectsQuery, MetaError, MetaQuery, ObjectSummary, QueryReply,
 };
 use tessera_types::{AccessKey, Bucket, ClusterMap, ObjectManifest};
 
+use super::dec;
 use super::state_machine::{bucket_prefix, object_key, SmTrees};
-use super::{dec, read_err, StoreError};
+use crate::MetaNodeError;
 
 /// Largest page of a listing (S3's limit).
 pub const MAX_LIST_KEYS: u32 = 1000;
 
 /// Answers one query.
-pub fn query(t: &SmTrees, q: &MetaQuery) -> Result<QueryReply, StoreError> {
+pub fn query(t: &SmTrees, q: &MetaQuery) -> Result<QueryReply, MetaNodeError> {
     Ok(match q {
         MetaQuery::GetBucket { name } => QueryReply::Bucket(t.bucket(name)?),
         MetaQuery::ListBuckets => {
             // sled iterates in byte order of names.
             let mut out: Vec<Bucket> = Vec::new();
             for item in t.buckets.iter() {
-                let (_, v) = item.map_err(read_err)?;
-                out.push(dec(&v).map_err(read_err)?);
+                let (_, v) = item?;
+                out.push(dec(&v)?);
             }
             QueryReply::Buckets(out)
         }
@@ -34,8 +34,8 @@ pub fn query(t: &SmTrees, q: &MetaQuery) -> Result<QueryReply, StoreError> {
             }
             let mut stats = BucketStats::default();
             for item in t.objects.scan_prefix(bucket_prefix(name)) {
-                let (_, v) = item.map_err(read_err)?;
-                let m: ObjectManifest = dec(&v).map_err(read_err)?;
+                let (_, v) = item?;
+                let m: ObjectManifest = dec(&v)?;
                 stats.objects += 1;
                 stats.bytes += m.size;
             }
@@ -57,8 +57,8 @@ pub fn query(t: &SmTrees, q: &MetaQuery) -> Result<QueryReply, StoreError> {
         MetaQuery::ListAccessKeys => {
             let mut out: Vec<AccessKey> = Vec::new();
             for item in t.access_keys.iter() {
-                let (_, v) = item.map_err(read_err)?;
-                out.push(dec(&v).map_err(read_err)?);
+                let (_, v) = item?;
+                out.push(dec(&v)?);
             }
             QueryReply::AccessKeys(out)
         }
@@ -85,7 +85,7 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 /// One page of a bucket listing. With a delimiter, every key that has the
 /// delimiter after the prefix collapses into a common prefix, and the scan
 /// seeks past the whole common prefix instead of walking its keys.
-pub fn list_objects(t: &SmTrees, q: &ListObjectsQuery) -> Result<ListObjectsPage, StoreError> {
+pub fn list_objects(t: &SmTrees, q: &ListObjectsQuery) -> Result<ListObjectsPage, MetaNodeError> {
     let max = match q.max_keys {
         0 => MAX_LIST_KEYS,
         n => n.min(MAX_LIST_KEYS),
@@ -103,11 +103,15 @@ pub fn list_objects(t: &SmTrees, q: &ListObjectsQuery) -> Result<ListObjectsPage
     'scan: loop {
         let iter = t.objects.range((lower.clone(), Bound::Unbounded));
         for item in iter {
-            let (k, v) = item.map_err(read_err)?;
+            let (k, v) = item?;
             if !k.starts_with(&full_prefix) {
                 break 'scan;
             }
-            let key = std::str::from_utf8(&k[base.len()..]).map_err(read_err)?;
+            let key =
+                std::str::from_utf8(&k[base.len()..]).map_err(|e| MetaNodeError::Corrupt {
+                    what: "object key",
+                    message: e.to_string(),
+                })?;
             if !q.delimiter.is_empty() {
                 let rest = &key[q.prefix.len()..];
                 if let Some(pos) = rest.find(q.delimiter.as_str()) {
@@ -136,7 +140,7 @@ pub fn list_objects(t: &SmTrees, q: &ListObjectsQuery) -> Result<ListObjectsPage
                 page.is_truncated = true;
                 break 'scan;
             }
-            let m: ObjectManifest = dec(&v).map_err(read_err)?;
+            let m: ObjectManifest = dec(&v)?;
             page.objects.push(ObjectSummary {
                 key: key.to_string(),
                 size: m.size,

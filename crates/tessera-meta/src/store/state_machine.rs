@@ -32,7 +32,7 @@ use tessera_types::{
     AccessKey, Bucket, NodeId, NodeInfo, NodeState, ObjectManifest, Stripe, UnixMillis,
 };
 
-use super::{dec, enc, flush, read_err, RaftNodeId, StoreError, TypeConfig};
+use super::{dec, enc, flush, RaftNodeId, StoreError, TypeConfig};
 use crate::MetaNodeError;
 
 pub(crate) const META_LAST_APPLIED: &[u8] = b"last_applied";
@@ -54,11 +54,20 @@ pub struct GcItem {
     pub stripes: Vec<Stripe>,
 }
 
+/// Last applied log id and the membership in effect.
+pub type AppliedState = (
+    Option<LogId<RaftNodeId>>,
+    StoredMembership<RaftNodeId, openraft::BasicNode>,
+);
+
+/// Key/value pairs of one tree.
+type TreeDump = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Serialized form of a snapshot: every state tree, key/value pairs as
 /// stored (values are themselves versioned).
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
-    trees: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+    trees: Vec<(String, TreeDump)>,
 }
 
 /// Key of an object: `bucket \0 key`.
@@ -134,67 +143,60 @@ impl SmTrees {
     pub(crate) fn get<T: serde::de::DeserializeOwned>(
         tree: &sled::Tree,
         key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
-        match tree.get(key).map_err(read_err)? {
+    ) -> Result<Option<T>, MetaNodeError> {
+        match tree.get(key)? {
             None => Ok(None),
-            Some(v) => dec(&v).map(Some).map_err(read_err),
+            Some(v) => Ok(Some(dec(&v)?)),
         }
     }
 
-    pub fn bucket(&self, name: &str) -> Result<Option<Bucket>, StoreError> {
+    pub fn bucket(&self, name: &str) -> Result<Option<Bucket>, MetaNodeError> {
         Self::get(&self.buckets, name.as_bytes())
     }
 
-    pub fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectManifest>, StoreError> {
+    pub fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectManifest>, MetaNodeError> {
         Self::get(&self.objects, &object_key(bucket, key))
     }
 
-    pub fn access_key(&self, id: &str) -> Result<Option<AccessKey>, StoreError> {
+    pub fn access_key(&self, id: &str) -> Result<Option<AccessKey>, MetaNodeError> {
         Self::get(&self.access_keys, id.as_bytes())
     }
 
-    pub fn node(&self, id: &NodeId) -> Result<Option<NodeInfo>, StoreError> {
+    pub fn node(&self, id: &NodeId) -> Result<Option<NodeInfo>, MetaNodeError> {
         Self::get(&self.nodes, id.as_str().as_bytes())
     }
 
     /// All storage nodes, by id.
-    pub fn all_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+    pub fn all_nodes(&self) -> Result<Vec<NodeInfo>, MetaNodeError> {
         let mut out = Vec::new();
         for item in self.nodes.iter() {
-            let (_, v) = item.map_err(read_err)?;
-            out.push(dec(&v).map_err(read_err)?);
+            let (_, v) = item?;
+            out.push(dec(&v)?);
         }
         Ok(out)
     }
 
-    pub fn epoch(&self) -> Result<u64, StoreError> {
+    pub fn epoch(&self) -> Result<u64, MetaNodeError> {
         Ok(Self::get(&self.meta, META_EPOCH)?.unwrap_or(0))
     }
 
-    fn clock(&self) -> Result<UnixMillis, StoreError> {
+    fn clock(&self) -> Result<UnixMillis, MetaNodeError> {
         Ok(Self::get(&self.meta, META_CLOCK)?.unwrap_or(0))
     }
 
     /// Entries of the GC queue, oldest first (for tests and the future GC
     /// lease API).
-    pub fn gc_items(&self) -> Result<Vec<GcItem>, StoreError> {
+    pub fn gc_items(&self) -> Result<Vec<GcItem>, MetaNodeError> {
         let mut out = Vec::new();
         for item in self.gc.iter() {
-            let (_, v) = item.map_err(read_err)?;
-            out.push(dec(&v).map_err(read_err)?);
+            let (_, v) = item?;
+            out.push(dec(&v)?);
         }
         Ok(out)
     }
 
-    pub fn applied_state(
-        &self,
-    ) -> Result<
-        (
-            Option<LogId<RaftNodeId>>,
-            StoredMembership<RaftNodeId, openraft::BasicNode>,
-        ),
-        StoreError,
-    > {
+    /// Last applied log id and last membership.
+    pub fn applied_state(&self) -> Result<AppliedState, MetaNodeError> {
         let last: Option<Option<LogId<RaftNodeId>>> = Self::get(&self.meta, META_LAST_APPLIED)?;
         let membership = Self::get(&self.meta, META_MEMBERSHIP)?.unwrap_or_default();
         Ok((last.flatten(), membership))
@@ -235,7 +237,7 @@ impl SmTrees {
         cmd: &MetaCommand,
         index: u64,
         w: &mut Writes,
-    ) -> Result<MetaReply, StoreError> {
+    ) -> Result<MetaReply, MetaNodeError> {
         let clock = self.clock()?;
         let mut new_clock = clock;
         let mut bump_epoch = false;
@@ -260,8 +262,7 @@ impl SmTrees {
                     .objects
                     .scan_prefix(bucket_prefix(name))
                     .next()
-                    .transpose()
-                    .map_err(read_err)?
+                    .transpose()?
                     .is_some()
                 {
                     MetaReply::Err(MetaError::BucketNotEmpty)
@@ -288,10 +289,8 @@ impl SmTrees {
                         MetaReply::Err(MetaError::PreconditionFailed)
                     } else {
                         new_clock = new_clock.max(manifest.created);
-                        w.objects.insert(
-                            object_key(&manifest.bucket, &manifest.key),
-                            enc(manifest),
-                        );
+                        w.objects
+                            .insert(object_key(&manifest.bucket, &manifest.key), enc(manifest));
                         if let Some(old) = &old {
                             let keep: HashSet<_> = manifest.stripes().map(|s| s.id).collect();
                             push_gc(w, index, new_clock, old, &keep);
@@ -386,7 +385,13 @@ fn etag_matches(cond: &str, etag: &str) -> bool {
 }
 
 /// Queues the stripes of `old` that `keep` does not reuse.
-fn push_gc(w: &mut Writes, index: u64, at: UnixMillis, old: &ObjectManifest, keep: &HashSet<tessera_types::StripeId>) {
+fn push_gc(
+    w: &mut Writes,
+    index: u64,
+    at: UnixMillis,
+    old: &ObjectManifest,
+    keep: &HashSet<tessera_types::StripeId>,
+) {
     let stripes: Vec<Stripe> = old
         .stripes()
         .filter(|s| !keep.contains(&s.id))
@@ -426,7 +431,7 @@ impl StateMachineStore {
     }
 
     /// Applies one entry atomically and returns its reply.
-    fn apply_entry(&self, entry: &Entry<TypeConfig>) -> Result<MetaReply, StoreError> {
+    fn apply_entry(&self, entry: &Entry<TypeConfig>) -> Result<MetaReply, MetaNodeError> {
         let log_id = entry.log_id;
         let mut w = Writes::default();
         let reply = match &entry.payload {
@@ -439,20 +444,18 @@ impl StateMachineStore {
             }
         };
         w.meta.insert(META_LAST_APPLIED, enc(&Some(log_id)));
-        self.trees
-            .commit(&w)
-            .map_err(|e| StorageIOError::apply(log_id, &e))?;
+        self.trees.commit(&w)?;
         Ok(reply)
     }
 
     /// Copies the whole state into snapshot bytes (a consistent view: the
     /// applier is not running while this is called).
-    fn dump(&self) -> Result<Vec<u8>, StoreError> {
+    fn dump(&self) -> Result<Vec<u8>, MetaNodeError> {
         let mut trees = Vec::new();
         for (name, tree) in self.trees.state_trees() {
             let mut kvs = Vec::new();
             for item in tree.iter() {
-                let (k, v) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
+                let (k, v) = item?;
                 kvs.push((k.to_vec(), v.to_vec()));
             }
             trees.push((name.to_string(), kvs));
@@ -485,12 +488,13 @@ pub struct SnapshotBuilder {
     trees: SmTrees,
     last_applied: Option<LogId<RaftNodeId>>,
     membership: StoredMembership<RaftNodeId, openraft::BasicNode>,
-    data: Result<Vec<u8>, StoreError>,
+    data: Result<Vec<u8>, MetaNodeError>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StoreError> {
-        let data = std::mem::replace(&mut self.data, Ok(Vec::new()))?;
+        let data = std::mem::replace(&mut self.data, Ok(Vec::new()))
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
         let unique = self
             .trees
             .db
@@ -516,16 +520,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<
-        (
-            Option<LogId<RaftNodeId>>,
-            StoredMembership<RaftNodeId, openraft::BasicNode>,
-        ),
-        StoreError,
-    > {
-        self.trees.applied_state()
+    async fn applied_state(&mut self) -> Result<AppliedState, StoreError> {
+        self.trees
+            .applied_state()
+            .map_err(|e| StorageIOError::read_state_machine(&e).into())
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<MetaReply>, StoreError>
@@ -535,7 +533,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut replies = Vec::new();
         for entry in entries {
-            replies.push(self.apply_entry(&entry)?);
+            let reply = self
+                .apply_entry(&entry)
+                .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
+            replies.push(reply);
         }
         if !replies.is_empty() {
             flush(&self.trees.db)
@@ -591,7 +592,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             ];
             for (name, tree, batch) in targets {
                 for item in tree.iter() {
-                    let (k, _) = item.map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+                    let (k, _) =
+                        item.map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
                     batch.remove(k);
                 }
                 if let Some((_, kvs)) = body.trees.iter().find(|(n, _)| n == name) {
@@ -613,7 +615,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
         let t = &self.trees.snapshot;
         let meta: Option<SnapshotMeta<RaftNodeId, openraft::BasicNode>> =
-            SmTrees::get(t, SNAP_META)?;
+            SmTrees::get(t, SNAP_META).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let Some(meta) = meta else {
             return Ok(None);
         };
