@@ -60,8 +60,13 @@ pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), MetaNodeE
         .map_err(|e| MetaNodeError::Io(std::io::Error::other(e)))?;
         match res {
             Ok(db) => break db,
+            // sled reports a held file lock as `Other`/`WouldBlock`; real
+            // I/O failures (permissions, missing disk) fail at once.
             Err(MetaNodeError::Storage(sled::Error::Io(e)))
-                if tokio::time::Instant::now() < deadline =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Other | std::io::ErrorKind::WouldBlock
+                ) && tokio::time::Instant::now() < deadline =>
             {
                 tracing::debug!(error = %e, "sled open failed, retrying (lock held?)");
                 tokio::time::sleep(Duration::from_millis(100)).await;
