@@ -53,11 +53,15 @@ pub enum Command {
 /// `tessera meta`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct MetaArgs {
-    /// TOML config file (kebab-case keys: `listen`, `id`, `data-dir`,
-    /// `advertise`, `bootstrap`, `suspect-after-ms`, `down-after-ms`,
-    /// `snapshot-every`, and a `[peers]` table of id = "host:port").
+    /// TOML config file: `listen` plus any key of the meta configuration
+    /// (kebab-case, e.g. `id`, `data-dir`, `down-after-ms`, and a `[peers]`
+    /// table of id = "host:port"). See --print-config.
     #[arg(long, short = 'c', env = "TESSERA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, file, environment and
+    /// flags merged) as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Address to listen on for Raft and meta RPCs. [default: 127.0.0.1:7001]
     #[arg(long, env = "TESSERA_LISTEN", value_name = "HOST:PORT")]
     pub listen: Option<String>,
@@ -93,15 +97,26 @@ pub struct MetaArgs {
     /// entries. [default: 5000]
     #[arg(long, env = "TESSERA_SNAPSHOT_EVERY", value_name = "ENTRIES")]
     pub snapshot_every: Option<u64>,
+    /// Raft leader heartbeat interval. [default: 250]
+    #[arg(long, env = "TESSERA_RAFT_HEARTBEAT_MS", value_name = "MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Raft election timeout (more than twice the heartbeat). [default: 800]
+    #[arg(long, env = "TESSERA_ELECTION_TIMEOUT_MS", value_name = "MS")]
+    pub election_timeout_ms: Option<u64>,
 }
 
 /// `tessera storage`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct StorageArgs {
-    /// TOML config file (kebab-case keys: `listen`, `data-dirs`,
-    /// `advertise`, `zone`, `weight`, `meta`, `heartbeat-ms`).
+    /// TOML config file: `listen` plus any key of the storage configuration
+    /// (kebab-case, e.g. `data-dirs`, `zone`, `meta`, `heartbeat-ms`). See
+    /// --print-config.
     #[arg(long, short = 'c', env = "TESSERA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, file, environment and
+    /// flags merged) as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Address to listen on for shard RPCs. [default: 127.0.0.1:7101]
     #[arg(long, env = "TESSERA_LISTEN", value_name = "HOST:PORT")]
     pub listen: Option<String>,
@@ -135,16 +150,23 @@ pub struct StorageArgs {
     /// Heartbeat period to meta. [default: 1000]
     #[arg(long, env = "TESSERA_HEARTBEAT_MS", value_name = "MS")]
     pub heartbeat_ms: Option<u64>,
+    /// Largest shard the node accepts. [default: 67108864]
+    #[arg(long, env = "TESSERA_MAX_SHARD_BYTES", value_name = "BYTES")]
+    pub max_shard_bytes: Option<u64>,
 }
 
 /// `tessera gateway`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct GatewayArgs {
-    /// TOML config file (kebab-case keys: `listen`, `meta`, `region`, `k`,
-    /// `m`, `shard-size`, `inline-threshold`, `stripes-in-flight`,
-    /// `write-quorum`).
+    /// TOML config file: `listen` plus any key of the gateway configuration
+    /// (kebab-case, e.g. `meta`, `region`, `k`, `m`, `shard-size`, `domain`,
+    /// `gc-grace-ms`). See --print-config.
     #[arg(long, short = 'c', env = "TESSERA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, file, environment and
+    /// flags merged) as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Address to serve S3 (HTTP) on. [default: 127.0.0.1:9000]
     #[arg(long, env = "TESSERA_LISTEN", value_name = "HOST:PORT")]
     pub listen: Option<String>,
@@ -181,6 +203,20 @@ pub struct GatewayArgs {
     /// k+m. [default: k+1]
     #[arg(long, env = "TESSERA_WRITE_QUORUM", value_name = "N")]
     pub write_quorum: Option<u8>,
+    /// Stripe buffers shared by all requests (bounds data memory).
+    /// [default: 64]
+    #[arg(long, env = "TESSERA_MAX_BUFFERED_STRIPES", value_name = "N")]
+    pub max_buffered_stripes: Option<usize>,
+    /// Largest object one PutObject may upload. [default: 5 GiB]
+    #[arg(long, env = "TESSERA_MAX_OBJECT_SIZE", value_name = "BYTES")]
+    pub max_object_size: Option<u64>,
+    /// Most concurrent client connections. [default: 4096]
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Base domain for virtual-hosted-style requests (`bucket.DOMAIN`).
+    /// [default: path-style only]
+    #[arg(long, env = "TESSERA_DOMAIN")]
+    pub domain: Option<String>,
 }
 
 /// `tessera dev`.

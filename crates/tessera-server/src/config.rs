@@ -40,6 +40,16 @@ pub enum ConfigError {
     UnknownKeys { path: PathBuf, keys: Vec<String> },
     #[error("invalid `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// The service crate's own `validate()` refused the config.
+    #[error("invalid {role} configuration: {message}")]
+    Rejected { role: &'static str, message: String },
+}
+
+fn rejected(role: &'static str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Rejected {
+        role,
+        message: e.to_string(),
+    }
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -111,6 +121,12 @@ impl MetaSettings {
         if let Some(v) = args.snapshot_every {
             c.snapshot_every = v;
         }
+        if let Some(v) = args.raft_heartbeat_ms {
+            c.raft_heartbeat_ms = v;
+        }
+        if let Some(v) = args.election_timeout_ms {
+            c.election_timeout_ms = v;
+        }
         // A lone node needs no --peers: it is its own group.
         if c.peers.is_empty() {
             let me = c.advertise.clone().unwrap_or_else(|| s.listen.clone());
@@ -181,7 +197,7 @@ impl MetaSettings {
         if c.snapshot_every == 0 {
             return Err(invalid("snapshot-every", "must be positive"));
         }
-        Ok(())
+        c.validate().map_err(|e| rejected("meta", e))
     }
 }
 
@@ -214,6 +230,9 @@ impl StorageSettings {
         }
         if let Some(v) = args.heartbeat_ms {
             c.heartbeat_ms = v;
+        }
+        if let Some(v) = args.max_shard_bytes {
+            c.max_shard_bytes = v;
         }
         s.validate()?;
         Ok(s)
@@ -266,7 +285,7 @@ impl StorageSettings {
         if c.heartbeat_ms == 0 {
             return Err(invalid("heartbeat-ms", "must be positive"));
         }
-        Ok(())
+        c.validate().map_err(|e| rejected("storage", e))
     }
 }
 
@@ -306,6 +325,18 @@ impl GatewaySettings {
         if let Some(v) = args.write_quorum {
             c.write_quorum = Some(v);
         }
+        if let Some(v) = args.max_buffered_stripes {
+            c.max_buffered_stripes = v;
+        }
+        if let Some(v) = args.max_object_size {
+            c.max_object_size = v;
+        }
+        if let Some(v) = args.max_connections {
+            c.max_connections = v;
+        }
+        if let Some(v) = &args.domain {
+            c.domain = Some(v.clone());
+        }
         s.validate()?;
         Ok(s)
     }
@@ -327,29 +358,26 @@ impl GatewaySettings {
         if c.region.trim().is_empty() {
             return Err(invalid("region", "must not be empty"));
         }
-        if !(4 << 10..=64 << 20).contains(&c.shard_size) {
-            return Err(invalid(
-                "shard-size",
-                format!("{} is outside 4 KiB..=64 MiB", c.shard_size),
-            ));
-        }
-        if c.inline_threshold > 1 << 20 {
-            return Err(invalid(
-                "inline-threshold",
-                format!(
-                    "{} is above 1 MiB (manifests live in Raft)",
-                    c.inline_threshold
-                ),
-            ));
-        }
-        if c.stripes_in_flight == 0 || c.stripes_in_flight > 256 {
-            return Err(invalid(
-                "stripes-in-flight",
-                format!("{} is outside 1..=256", c.stripes_in_flight),
-            ));
-        }
-        Ok(())
+        // Sizes, buffers and timeouts: the gateway knows its limits best.
+        c.validate().map_err(|e| rejected("gateway", e))
     }
+}
+
+/// The effective settings of a role as a TOML config file (`listen` plus
+/// the role's keys), which `--config` reads back unchanged.
+pub fn render_toml<C: Serialize>(listen: &str, config: &C) -> Result<String, ConfigError> {
+    let fail = |message: String| ConfigError::Parse {
+        path: PathBuf::from("<effective config>"),
+        message,
+    };
+    // Through JSON: TOML has no null (unset options are left out) and no
+    // integer keys (`[peers]` keys become strings, as in a file).
+    let mut value = serde_json::to_value(config).map_err(|e| fail(e.to_string()))?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.retain(|_, v| !v.is_null());
+        map.insert("listen".into(), serde_json::Value::String(listen.into()));
+    }
+    toml::to_string(&value).map_err(|e| fail(e.to_string()))
 }
 
 /// k data + m parity shards: both at least 1, at most 32 in all.
@@ -593,7 +621,13 @@ mod tests {
         assert_eq!(field_of(g.validate().unwrap_err()), "meta");
         let mut g = gateway(4, 2);
         g.config.shard_size = 100;
-        assert_eq!(field_of(g.validate().unwrap_err()), "shard-size");
+        assert!(matches!(
+            g.validate(),
+            Err(ConfigError::Rejected {
+                role: "gateway",
+                ..
+            })
+        ));
         let mut g = gateway(4, 2);
         g.listen = "nowhere".into();
         assert_eq!(field_of(g.validate().unwrap_err()), "listen");
@@ -671,6 +705,25 @@ mod tests {
         assert_eq!(s.config.region, "eu-west-1");
         assert_eq!((s.config.k, s.config.m), (8, 3));
         assert_eq!(s.config.meta, vec!["b:2".to_string(), "c:3".to_string()]);
+    }
+
+    #[test]
+    fn rendered_config_reads_back() {
+        let peers = [(1, "10.0.0.1:7001"), (2, "10.0.0.2:7001")];
+        let mut args = meta_args(2, &peers);
+        args.down_after_ms = Some(12345);
+        let s = MetaSettings::load(&args).unwrap();
+        let text = render_toml(&s.listen, &s.config).unwrap();
+        let (listen, back) = parse_toml::<MetaConfig>(p(), &text).unwrap();
+        assert_eq!(listen.as_deref(), Some(s.listen.as_str()));
+        assert_eq!(back.peers, s.config.peers);
+        assert_eq!(back.down_after_ms, 12345);
+        assert_eq!(back.advertise, s.config.advertise);
+
+        let g = gateway(6, 3);
+        let text = render_toml(&g.listen, &g.config).unwrap();
+        let (_, back) = parse_toml::<GatewayConfig>(p(), &text).unwrap();
+        assert_eq!((back.k, back.m, back.domain), (6, 3, None));
     }
 
     #[test]

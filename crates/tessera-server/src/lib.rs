@@ -39,13 +39,28 @@ pub fn default_log_filter(command: &Command) -> &'static str {
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
     match cli.command {
         Command::Meta(args) => {
-            roles::run_meta(MetaSettings::load(&args)?, shutdown).await?;
+            let s = MetaSettings::load(&args)?;
+            if args.print_config {
+                print!("{}", config::render_toml(&s.listen, &s.config)?);
+            } else {
+                roles::run_meta(s, shutdown).await?;
+            }
         }
         Command::Storage(args) => {
-            roles::run_storage(StorageSettings::load(&args)?, shutdown).await?;
+            let s = StorageSettings::load(&args)?;
+            if args.print_config {
+                print!("{}", config::render_toml(&s.listen, &s.config)?);
+            } else {
+                roles::run_storage(s, shutdown).await?;
+            }
         }
         Command::Gateway(args) => {
-            roles::run_gateway(GatewaySettings::load(&args)?, shutdown).await?;
+            let s = GatewaySettings::load(&args)?;
+            if args.print_config {
+                print!("{}", config::render_toml(&s.listen, &s.config)?);
+            } else {
+                roles::run_gateway(s, shutdown).await?;
+            }
         }
         Command::Dev(args) => {
             let opts = dev::DevOptions {
@@ -62,7 +77,13 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
                 suspect_after_ms: args.suspect_after_ms,
                 down_after_ms: args.down_after_ms,
             };
-            let mut cluster = dev::DevCluster::start_cancellable(opts, shutdown.clone()).await?;
+            let mut cluster = match dev::DevCluster::start_cancellable(opts, shutdown.clone()).await
+            {
+                Ok(c) => c,
+                // Ctrl-C while starting: what was started is stopped.
+                Err(_) if shutdown.is_cancelled() => return Ok(ExitCode::SUCCESS),
+                Err(e) => return Err(e),
+            };
             println!("{}", cluster.banner());
             cluster.supervise(&shutdown).await;
             cluster.stop().await?;
