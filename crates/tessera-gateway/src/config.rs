@@ -41,6 +41,9 @@ pub struct GatewayConfig {
     pub max_object_size: u64,
     /// Time a client has to send a request's headers (slowloris guard).
     pub header_read_timeout_ms: u64,
+    /// A request body that sends nothing for this long fails with
+    /// RequestTimeout (slow-body guard; the upload's buffers are freed).
+    pub body_idle_timeout_ms: u64,
     /// Most concurrent client connections; further ones wait to be accepted.
     pub max_connections: usize,
     /// On shutdown, how long in-flight requests may take to finish.
@@ -77,6 +80,7 @@ impl Default for GatewayConfig {
             domain: None,
             max_object_size: 5 << 30,
             header_read_timeout_ms: 10_000,
+            body_idle_timeout_ms: 60_000,
             max_connections: 4096,
             shutdown_grace_ms: 10_000,
             shard_read_timeout_ms: 3_000,

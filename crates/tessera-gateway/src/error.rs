@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The body ended before (or went past) its declared length.
     #[error("body of {got} bytes, {expected} declared")]
     IncompleteBody { expected: u64, got: u64 },
+    /// The client stopped sending the body.
+    #[error("no body bytes received for {0:?}")]
+    RequestTimeout(std::time::Duration),
     /// Reading the request body failed (client went away, bad framing).
     #[error("reading the request body: {0}")]
     Body(String),
@@ -201,6 +204,10 @@ impl From<ApiError> for S3Error {
                 "You did not provide the number of bytes specified by the Content-Length HTTP header",
             ),
             ApiError::EntityTooLarge { .. } => s3(C::EntityTooLarge, msg),
+            ApiError::RequestTimeout(_) => s3(
+                C::RequestTimeout,
+                "Your socket connection to the server was not read from or written to within the timeout period",
+            ),
             ApiError::MetadataTooLarge => s3(C::MetadataTooLarge, msg),
             ApiError::InvalidRange => s3(C::InvalidRange, "The requested range is not satisfiable"),
             ApiError::NotModified => S3Error::new(C::NotModified),

@@ -36,6 +36,7 @@ fn config() -> GatewayConfig {
         max_buffered_stripes: 8,
         shard_read_timeout_ms: 2_000,
         hedge_after_ms: 300,
+        body_idle_timeout_ms: 500,
         ..GatewayConfig::default()
     }
 }
@@ -312,4 +313,23 @@ async fn body_errors_fail_the_write() {
         .err()
         .unwrap();
     assert!(matches!(err, ApiError::Body(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_body_times_out() {
+    let r = rig(6).await;
+    let first: Result<Bytes, BoxErr> = Ok(Bytes::from(pattern(100_000, 1)));
+    let stalled = futures::stream::iter(vec![first]).chain(futures::stream::pending());
+    let limits = WriteLimits {
+        expected: Some(1 << 20),
+        max_size: 1 << 30,
+        inline_threshold: 1024,
+    };
+    let t = Instant::now();
+    let err = write_body(&r.dp, stalled.boxed(), limits)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, ApiError::RequestTimeout(_)), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(3));
 }

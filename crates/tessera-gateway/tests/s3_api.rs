@@ -36,19 +36,24 @@ impl Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(|_| {}).await
+}
+
+async fn harness_with(tune: impl FnOnce(&mut GatewayConfig)) -> Harness {
     let shutdown = CancellationToken::new();
     let (nodes, map) = storage_nodes(6, &shutdown).await;
     let (meta, meta_addr) = meta_node(&shutdown).await;
     *meta.map.lock().unwrap() = map;
     meta.add_key("ALICEKEY", "alice-secret");
     meta.add_key("BOBKEY", "bob-secret");
-    let config = GatewayConfig {
+    let mut config = GatewayConfig {
         meta: vec![meta_addr.to_string()],
         shard_size: 16 << 10,
         inline_threshold: 1024,
         gc_grace_ms: 300,
         ..GatewayConfig::default()
     };
+    tune(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(tessera_gateway::serve(config, listener, shutdown.clone()));
@@ -486,6 +491,43 @@ async fn shutdown_returns() {
     h.shutdown.cancel();
     let r = tokio::time::timeout(Duration::from_secs(15), h.server).await;
     assert!(matches!(r, Ok(Ok(Ok(())))), "serve returns after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness_with(|c| {
+        c.header_read_timeout_ms = 500;
+        c.body_idle_timeout_ms = 500;
+    })
+    .await;
+    let addr = h.endpoint.trim_start_matches("http://").to_string();
+
+    // Slowloris: headers that never finish.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let t = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+    assert!(n.is_ok(), "connection closed by the server");
+    assert!(t.elapsed() < Duration::from_secs(3));
+
+    // A body that stops: RequestTimeout, nothing stored.
+    let alice = h.alice();
+    assert_eq!(alice.put("/slow", vec![]).await.status, 200);
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!("PUT /slow/k HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100000\r\n\r\n");
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&[0u8; 1000]).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+    // Unsigned: refused before the body is read at all, or timed out.
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+    assert_eq!(alice.get("/slow/k").await.status, 404);
+    h.shutdown.cancel();
 }
 
 fn between_all(t: &str, open: &str, close: &str) -> Vec<String> {

@@ -37,6 +37,8 @@ pub struct DataPlane {
     pub shard_read_timeout: Duration,
     pub hedge_after: Duration,
     pub gc_grace: Duration,
+    /// Longest wait for the next chunk of a request body.
+    pub body_idle_timeout: Duration,
     /// Background tasks (deferred deletes) stop on this.
     pub shutdown: CancellationToken,
 }
@@ -59,6 +61,7 @@ impl DataPlane {
             shard_read_timeout: GatewayConfig::ms(config.shard_read_timeout_ms),
             hedge_after: GatewayConfig::ms(config.hedge_after_ms),
             gc_grace: GatewayConfig::ms(config.gc_grace_ms),
+            body_idle_timeout: GatewayConfig::ms(config.body_idle_timeout_ms),
             shutdown,
         }
     }

@@ -148,7 +148,11 @@ where
     let mut stripes: Vec<Stripe> = Vec::new();
     let mut striped = false;
 
-    while let Some(chunk) = body.next().await {
+    loop {
+        let next = tokio::time::timeout(dp.body_idle_timeout, body.next())
+            .await
+            .map_err(|_| ApiError::RequestTimeout(dp.body_idle_timeout))?;
+        let Some(chunk) = next else { break };
         let mut chunk = chunk.map_err(ApiError::from_body_error)?;
         total += chunk.len() as u64;
         if total > limits.max_size {
