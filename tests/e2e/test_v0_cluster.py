@@ -205,6 +205,14 @@ def test_reads_survive_two_storage_nodes_killed(cluster):
     t0 = time.time()
     read_all(c, list(WRITTEN))
     print(f"[e2e] read {len(WRITTEN)} objects back with 2 of 6 storage nodes dead in {time.time() - t0:.2f}s")
+    # Writes go on at once, before the meta leader has marked the nodes
+    # down: stripes narrow to the 4 live nodes and keep 2 parity shards.
+    data = payload(9 << 20, "while-down")
+    t0 = time.time()
+    c.put_object(Bucket=BUCKET, Key="while-down", Body=data)
+    print(f"[e2e] 9 MiB put right after the kills took {time.time() - t0:.2f}s")
+    WRITTEN["while-down"] = sha(data)
+    read_all(c, ["while-down"])
 
 
 def admin_status(cluster):

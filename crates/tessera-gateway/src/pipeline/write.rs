@@ -263,28 +263,66 @@ fn spawn_stripe(
     }))
 }
 
-/// Encodes one stripe and makes at least `quorum` of its shards durable,
-/// replacing failed nodes by the next placement candidates.
+/// Encodes one stripe and makes at least a write quorum of its shards
+/// durable, replacing failed nodes by the next placement candidates. If
+/// the quorum is missed because nodes died (and the cluster map does not
+/// know yet), it tries once more without them, with a class narrowed to
+/// the nodes that are left (see [`DataPlane::class_for`]).
 async fn write_stripe(
     dp: &Arc<DataPlane>,
     data: Bytes,
     ledger: &Arc<Mutex<Vec<ShardLoc>>>,
 ) -> Result<Stripe, ApiError> {
-    let class = dp.class;
+    match write_stripe_once(dp, data.clone(), ledger).await {
+        Err(ApiError::WriteQuorum { .. }) => write_stripe_once(dp, data, ledger).await,
+        r => r,
+    }
+}
+
+async fn write_stripe_once(
+    dp: &Arc<DataPlane>,
+    data: Bytes,
+    ledger: &Arc<Mutex<Vec<ShardLoc>>>,
+) -> Result<Stripe, ApiError> {
     let len = data.len() as u64;
+    let snap = dp.cluster.ready().await?;
+    let avoided: Vec<NodeId> = dp
+        .avoided_nodes()
+        .into_iter()
+        .filter(|n| snap.placement.nodes().any(|p| p == n))
+        .collect();
+    let alive = snap.placement.len() - avoided.len();
+    let Some((class, quorum)) = dp.class_for(alive) else {
+        dp.cluster.request_refresh();
+        return Err(ApiError::NotEnoughNodes {
+            available: alive,
+            needed: dp.class.m as usize + 1,
+        });
+    };
     let enc = tokio::task::spawn_blocking(move || encode_stripe_bytes(&class, data))
         .await
         .map_err(join_error)??;
     let id = StripeId::random();
-    let snap = dp.cluster.ready().await?;
     let (k, m) = (class.k as usize, class.m as usize);
     let n = k + m;
-    let candidates = snap.placement.place_ordered(&id, k, m);
-    if candidates.len() < dp.quorum {
+    let ranked = if avoided.is_empty() {
+        snap.placement.place_ordered(&id, k, m)
+    } else {
+        snap.placement.place_excluding(&id, k, m, &avoided)
+    };
+    // Fall-backs: the rest of the ranking, nodes that failed recently last.
+    let mut candidates = ranked;
+    for node in snap.placement.place_ordered(&id, k, m) {
+        if !candidates.contains(&node) && !avoided.contains(&node) {
+            candidates.push(node);
+        }
+    }
+    candidates.extend(avoided.iter().cloned());
+    if candidates.len() < quorum {
         dp.cluster.request_refresh();
         return Err(ApiError::NotEnoughNodes {
             available: candidates.len(),
-            needed: dp.quorum,
+            needed: quorum,
         });
     }
 
@@ -332,6 +370,7 @@ async fn write_stripe(
             Err(e) => {
                 tracing::warn!(stripe = %id, index, node = %node, error = %e,
                     "shard write failed; trying the next candidate");
+                dp.note_write_failure(&node);
                 dp.cluster.request_refresh();
                 if let Some(replacement) = candidates.get(next) {
                     next += 1;
@@ -340,17 +379,21 @@ async fn write_stripe(
             }
         }
     }
-    if written.len() < dp.quorum {
+    if written.len() < quorum {
         return Err(ApiError::WriteQuorum {
             stripe: id,
             ok: written.len(),
-            needed: dp.quorum,
+            needed: quorum,
         });
     }
     if written.len() < n {
         // Repair (a later issue) restores the missing shards.
         tracing::warn!(stripe = %id, written = written.len(), total = n,
             "stripe written with fewer than k + m shards");
+    }
+    if class != dp.class {
+        tracing::info!(stripe = %id, k = class.k, m = class.m,
+            "too few storage nodes for the configured class: stripe narrowed, same parity");
     }
     written.sort_by_key(|s| s.index);
     Ok(Stripe {
