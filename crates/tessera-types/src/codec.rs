@@ -61,9 +61,23 @@ mod tests {
         let back: (u64, String, Vec<u8>) = decode(&buf).unwrap();
         assert_eq!(back, v);
         assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
-        assert!(matches!(decode::<u64>(&[9, 1]), Err(CodecError::Version(9))));
+        assert!(matches!(
+            decode::<u64>(&[9, 1]),
+            Err(CodecError::Version(9))
+        ));
         // A forged huge length prefix is an error, not an allocation.
-        let forged = [FORMAT_VERSION, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0];
+        let forged = [
+            FORMAT_VERSION,
+            0xfd,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0x7f,
+            0,
+        ];
         assert!(decode::<Vec<u8>>(&forged).is_err());
     }
 }
