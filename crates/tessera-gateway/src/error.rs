@@ -98,6 +98,24 @@ pub enum ApiError {
     /// An aws-chunked chunk signature did not verify.
     #[error("a chunk signature does not match")]
     ChunkSignature,
+    /// CompleteMultipartUpload parts not in ascending order of number.
+    #[error("the list of parts was not in ascending order")]
+    InvalidPartOrder,
+    /// CompleteMultipartUpload names a part that is not stored, or with
+    /// another ETag.
+    #[error("part {0} was not found or its ETag does not match")]
+    InvalidPart(u32),
+    /// A part other than the last is smaller than the minimum part size.
+    #[error("part {number} is {size} bytes; every part but the last must be at least {min} bytes")]
+    EntityTooSmall { number: u32, size: u64, min: u64 },
+    /// A request body that is well-formed XML but breaks a limit of the
+    /// operation (too many keys, no parts).
+    #[error("{0}")]
+    MalformedXml(String),
+    /// A request S3 refuses as a whole (e.g. a copy onto itself that
+    /// changes nothing).
+    #[error("{0}")]
+    InvalidRequest(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -110,6 +128,11 @@ impl ApiError {
     /// so their names are recognised from the message here, in the one
     /// place that maps errors. Anything else is a broken or short body.
     pub fn from_body_error(err: Box<dyn std::error::Error + Send + Sync>) -> ApiError {
+        // A copy's body is another object being read: its errors are ours.
+        let err = match err.downcast::<ApiError>() {
+            Ok(own) => return *own,
+            Err(other) => other,
+        };
         let text = format!("{err:?} {err}");
         if text.contains("Sha256Mismatch") {
             ApiError::ContentSha256Mismatch
@@ -178,6 +201,14 @@ impl From<ApiError> for S3Error {
                 MetaError::NoSuchAccessKey => s3(C::InvalidAccessKeyId, msg),
                 MetaError::Invalid(_) => s3(C::InvalidArgument, msg),
                 MetaError::NoSuchNode => s3(C::InternalError, msg),
+                MetaError::NoSuchUpload => s3(
+                    C::NoSuchUpload,
+                    "The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
+                ),
+                MetaError::InvalidPart { .. } => s3(
+                    C::InvalidPart,
+                    "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag.",
+                ),
             },
             ApiError::BucketAlreadyOwnedByYou => s3(
                 C::BucketAlreadyOwnedByYou,
@@ -229,6 +260,23 @@ impl From<ApiError> for S3Error {
                 e
             }
             ApiError::ChunkSignature => s3(C::SignatureDoesNotMatch, msg),
+            ApiError::InvalidPartOrder => s3(
+                C::InvalidPartOrder,
+                "The list of parts was not in ascending order. The parts list must be specified in order by part number.",
+            ),
+            ApiError::InvalidPart(_) => s3(
+                C::InvalidPart,
+                "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag.",
+            ),
+            ApiError::EntityTooSmall { .. } => s3(
+                C::EntityTooSmall,
+                "Your proposed upload is smaller than the minimum allowed object size.",
+            ),
+            ApiError::MalformedXml(_) => s3(
+                C::MalformedXML,
+                "The XML you provided was not well-formed or did not validate against our published schema",
+            ),
+            ApiError::InvalidRequest(_) => s3(C::InvalidRequest, msg),
         }
     }
 }
@@ -300,6 +348,25 @@ mod tests {
                 503,
             ),
             (ApiError::Internal("x".into()), "InternalError", 500),
+            (ApiError::Meta(MetaError::NoSuchUpload), "NoSuchUpload", 404),
+            (
+                ApiError::Meta(MetaError::InvalidPart { number: 1 }),
+                "InvalidPart",
+                400,
+            ),
+            (ApiError::InvalidPart(2), "InvalidPart", 400),
+            (ApiError::InvalidPartOrder, "InvalidPartOrder", 400),
+            (
+                ApiError::EntityTooSmall {
+                    number: 1,
+                    size: 1,
+                    min: 5,
+                },
+                "EntityTooSmall",
+                400,
+            ),
+            (ApiError::MalformedXml("x".into()), "MalformedXML", 400),
+            (ApiError::InvalidRequest("x".into()), "InvalidRequest", 400),
         ];
         for (err, code, status) in cases {
             let (c, s) = code_and_status(err);

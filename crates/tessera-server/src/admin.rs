@@ -491,7 +491,7 @@ async fn key(client: &MetaClient, cmd: KeyCommand) -> Result<()> {
 
 fn expect_ok(reply: MetaReply) -> Result<()> {
     match reply {
-        MetaReply::Ok | MetaReply::Replaced(_) => Ok(()),
+        MetaReply::Ok | MetaReply::Replaced(_) | MetaReply::Released(_) => Ok(()),
         MetaReply::Err(e) => bail!("meta refused the change: {e}"),
     }
 }

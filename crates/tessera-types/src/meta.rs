@@ -6,8 +6,12 @@
 //! Commands are deterministic: anything time-dependent (creation times,
 //! ids) is chosen by the proposer and carried in the command.
 
-use crate::{AccessKey, Bucket, ClusterMap, NodeId, NodeInfo, NodeState, ObjectManifest};
+use crate::{
+    AccessKey, Bucket, ClusterMap, NodeId, NodeInfo, NodeState, ObjectManifest, Part, Stripe,
+    UnixMillis,
+};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A precondition checked atomically in the state machine when a manifest
 /// is committed (S3 conditional writes).
@@ -26,7 +30,9 @@ pub enum WriteCondition {
 pub enum MetaCommand {
     CreateBucket(Bucket),
     /// Deletes a bucket if it is empty.
-    DeleteBucket { name: String },
+    DeleteBucket {
+        name: String,
+    },
     /// Commits an object manifest (the object becomes visible). The
     /// replaced version's stripes go to the GC queue.
     PutObject {
@@ -34,13 +40,54 @@ pub enum MetaCommand {
         condition: WriteCondition,
     },
     /// Removes an object; its stripes go to the GC queue.
-    DeleteObject { bucket: String, key: String },
+    DeleteObject {
+        bucket: String,
+        key: String,
+    },
     PutAccessKey(AccessKey),
-    DeleteAccessKey { id: String },
+    DeleteAccessKey {
+        id: String,
+    },
     /// Adds a storage node or updates its address, zone, weight and usage.
     UpsertNode(NodeInfo),
-    SetNodeState { id: NodeId, state: NodeState, at: i64 },
-    RemoveNode { id: NodeId },
+    SetNodeState {
+        id: NodeId,
+        state: NodeState,
+        at: i64,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+    /// Starts a multipart upload (the bucket must exist).
+    CreateUpload {
+        upload: Upload,
+    },
+    /// Records an uploaded part of an upload in progress, replacing a part
+    /// with the same number. Replies [`MetaReply::Released`] with the
+    /// replaced part's stripes.
+    PutPart {
+        bucket: String,
+        key: String,
+        upload_id: String,
+        part: PartRecord,
+    },
+    /// Atomically: checks that the upload exists and that every part of
+    /// `manifest` is the stored part of that number (same ETag and
+    /// stripes), removes the upload and its parts, and commits `manifest`
+    /// under `condition`. Replies [`MetaReply::Released`] with the stripes
+    /// of stored parts left out of the object and of the replaced object.
+    CompleteUpload {
+        upload_id: String,
+        manifest: ObjectManifest,
+        condition: WriteCondition,
+    },
+    /// Removes an upload and its parts. Replies [`MetaReply::Released`]
+    /// with the stripes of its parts.
+    AbortUpload {
+        bucket: String,
+        key: String,
+        upload_id: String,
+    },
 }
 
 impl MetaCommand {
@@ -56,6 +103,10 @@ impl MetaCommand {
             MetaCommand::UpsertNode(_) => "upsert_node",
             MetaCommand::SetNodeState { .. } => "set_node_state",
             MetaCommand::RemoveNode { .. } => "remove_node",
+            MetaCommand::CreateUpload { .. } => "create_upload",
+            MetaCommand::PutPart { .. } => "put_part",
+            MetaCommand::CompleteUpload { .. } => "complete_upload",
+            MetaCommand::AbortUpload { .. } => "abort_upload",
         }
     }
 }
@@ -80,6 +131,11 @@ pub enum MetaError {
     NoSuchNode,
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("no such upload")]
+    NoSuchUpload,
+    /// A part named in CompleteMultipartUpload is not the stored part.
+    #[error("invalid part {number}")]
+    InvalidPart { number: u32 },
 }
 
 /// The result of applying a command.
@@ -89,20 +145,103 @@ pub enum MetaReply {
     /// PutObject / DeleteObject: the manifest that was replaced or removed.
     Replaced(Option<Box<ObjectManifest>>),
     Err(MetaError),
+    /// Multipart commands: stripes no longer referenced by any part or
+    /// object, for the gateway's deferred deletion (they are also queued in
+    /// the GC queue).
+    Released(Vec<Stripe>),
 }
 
 /// A read of the current state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MetaQuery {
-    GetBucket { name: String },
+    GetBucket {
+        name: String,
+    },
     ListBuckets,
     /// Counts and sizes, for status pages.
-    BucketStats { name: String },
-    GetObject { bucket: String, key: String },
+    BucketStats {
+        name: String,
+    },
+    GetObject {
+        bucket: String,
+        key: String,
+    },
     ListObjects(ListObjectsQuery),
-    GetAccessKey { id: String },
+    GetAccessKey {
+        id: String,
+    },
     ListAccessKeys,
     ClusterMap,
+    /// An upload in progress.
+    GetUpload {
+        bucket: String,
+        key: String,
+        upload_id: String,
+    },
+    /// Parts of an upload with numbers greater than `marker`, in order;
+    /// at most `max_parts` (0 = all).
+    ListParts {
+        bucket: String,
+        key: String,
+        upload_id: String,
+        marker: u32,
+        max_parts: u32,
+    },
+    ListUploads(ListUploadsQuery),
+}
+
+/// A multipart upload in progress: what CreateMultipartUpload fixed for
+/// the object it will become.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    pub bucket: String,
+    pub key: String,
+    pub upload_id: String,
+    /// Access key that started it.
+    pub owner: String,
+    pub initiated: UnixMillis,
+    pub content_type: Option<String>,
+    /// Standard headers kept verbatim (see [`ObjectManifest::headers`]).
+    pub headers: BTreeMap<String, String>,
+    pub user_metadata: BTreeMap<String, String>,
+}
+
+/// One uploaded part of an upload in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub part: Part,
+    pub uploaded: UnixMillis,
+}
+
+/// A page of ListParts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartsPage {
+    pub parts: Vec<PartRecord>,
+    pub is_truncated: bool,
+    /// The last part number returned when truncated.
+    pub next_marker: Option<u32>,
+}
+
+/// A page of ListMultipartUploads: uploads of `bucket` whose key starts
+/// with `prefix`, in order of (key, upload id), after the markers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListUploadsQuery {
+    pub bucket: String,
+    pub prefix: String,
+    /// Uploads of keys greater than this, or of this key with an upload id
+    /// greater than `upload_id_marker`.
+    pub key_marker: String,
+    pub upload_id_marker: String,
+    /// 0 = the default (1000).
+    pub max_uploads: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadsPage {
+    pub uploads: Vec<Upload>,
+    pub is_truncated: bool,
+    pub next_key_marker: Option<String>,
+    pub next_upload_id_marker: Option<String>,
 }
 
 /// A page of a bucket listing, in UTF-8 byte order of keys.
@@ -154,4 +293,7 @@ pub enum QueryReply {
     AccessKeys(Vec<AccessKey>),
     ClusterMap(ClusterMap),
     Err(MetaError),
+    Upload(Option<Upload>),
+    Parts(PartsPage),
+    Uploads(UploadsPage),
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use tessera_types::{ObjectManifest, StripeId};
+use tessera_types::{ObjectManifest, Stripe, StripeId};
 
 use super::DataPlane;
 
@@ -17,8 +17,13 @@ const DELETE_CONCURRENCY: usize = 8;
 
 /// Schedules the deletion of every shard of `old` after `dp.gc_grace`.
 pub fn delete_later(dp: &Arc<DataPlane>, old: &ObjectManifest) {
-    let shards: Vec<(tessera_types::NodeId, StripeId, u8)> = old
-        .stripes()
+    delete_stripes_later(dp, old.stripes());
+}
+
+/// Schedules the deletion of every shard of `stripes` (replaced or
+/// unused multipart parts, aborted uploads) after `dp.gc_grace`.
+pub fn delete_stripes_later<'a>(dp: &Arc<DataPlane>, stripes: impl Iterator<Item = &'a Stripe>) {
+    let shards: Vec<(tessera_types::NodeId, StripeId, u8)> = stripes
         .flat_map(|s| {
             s.shards
                 .iter()

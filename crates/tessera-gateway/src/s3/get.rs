@@ -61,7 +61,7 @@ impl ObjectHeaders {
 }
 
 /// Loads the manifest of an object the caller may read.
-async fn load(
+pub(super) async fn load(
     s: &Tessera,
     caller: &str,
     bucket: &str,

@@ -4,9 +4,11 @@
 //! access key) and [`Tessera::authorize`] (bucket ownership).
 
 mod bucket;
+mod copy;
 mod delete;
 mod get;
 mod list;
+mod multipart;
 mod put;
 
 use std::sync::Arc;
@@ -190,5 +192,80 @@ impl S3 for Tessera {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         dispatch!("ListObjects", list::list_objects(self, req))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        dispatch!("DeleteObjects", delete::delete_objects(self, req))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        dispatch!("CopyObject", copy::copy_object(self, req))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        dispatch!(
+            "CreateMultipartUpload",
+            multipart::create_multipart_upload(self, req)
+        )
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        dispatch!("UploadPart", multipart::upload_part(self, req))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        dispatch!("UploadPartCopy", multipart::upload_part_copy(self, req))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        dispatch!(
+            "CompleteMultipartUpload",
+            multipart::complete_multipart_upload(self, req)
+        )
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        dispatch!(
+            "AbortMultipartUpload",
+            multipart::abort_multipart_upload(self, req)
+        )
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        dispatch!("ListParts", multipart::list_parts(self, req))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        dispatch!(
+            "ListMultipartUploads",
+            multipart::list_multipart_uploads(self, req)
+        )
     }
 }

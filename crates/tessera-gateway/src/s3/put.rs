@@ -17,12 +17,12 @@ use super::Tessera;
 use crate::error::ApiError;
 use crate::names::check_key;
 use crate::pipeline::gc;
-use crate::pipeline::write::{write_body, WriteLimits, WrittenBody};
+use crate::pipeline::write::{write_body, WriteGuard, WriteLimits, WrittenBody};
 
 /// Largest total size of user metadata (names and values), as in S3.
 const MAX_USER_METADATA_BYTES: usize = 2048;
 
-type BodyStream =
+pub(super) type BodyStream =
     futures::stream::BoxStream<'static, Result<Bytes, Box<dyn std::error::Error + Send + Sync>>>;
 
 pub(super) async fn put_object(
@@ -99,6 +99,26 @@ pub(super) async fn put_object(
         created: tessera_types::now_millis(),
         data,
     };
+    commit_manifest(s, manifest, condition, Some(guard)).await?;
+    Ok(PutObjectOutput {
+        e_tag: Some(ETag::Strong(etag)),
+        ..Default::default()
+    })
+}
+
+/// Commits `manifest` (whose stripes `guard` holds, if any) and schedules
+/// the deletion of the version it replaced.
+pub(super) async fn commit_manifest(
+    s: &Tessera,
+    manifest: ObjectManifest,
+    condition: WriteCondition,
+    guard: Option<WriteGuard>,
+) -> Result<(), ApiError> {
+    let disarm = |guard: Option<WriteGuard>| {
+        if let Some(g) = guard {
+            g.disarm();
+        }
+    };
     let (bucket, key, version) = (
         manifest.bucket.clone(),
         manifest.key.clone(),
@@ -113,7 +133,7 @@ pub(super) async fn put_object(
             // The meta client retries a write whose answer was lost, so a
             // refusal (e.g. If-None-Match) may follow our own commit.
             if committed(s, &bucket, &key, &version).await {
-                guard.disarm();
+                disarm(guard);
             } else {
                 // Nothing references the shards; the dropped guard
                 // deletes them.
@@ -121,7 +141,7 @@ pub(super) async fn put_object(
             }
         }
         Ok(reply) => {
-            guard.disarm();
+            disarm(guard);
             if let MetaReply::Replaced(Some(old)) = reply {
                 gc::delete_later(&s.dp, &old);
             }
@@ -129,19 +149,16 @@ pub(super) async fn put_object(
         Err(e) => {
             // The outcome is unknown: the manifest may be committed, so its
             // shards must not be deleted here (GC finds them if not).
-            guard.disarm();
+            disarm(guard);
             return Err(ApiError::from_rpc(e));
         }
     }
-    Ok(PutObjectOutput {
-        e_tag: Some(ETag::Strong(etag)),
-        ..Default::default()
-    })
+    Ok(())
 }
 
 /// Whether the current version of `bucket/key` is `version` (when in
 /// doubt, true: keeping stray shards is safe, deleting live ones is not).
-async fn committed(s: &Tessera, bucket: &str, key: &str, version: &str) -> bool {
+pub(super) async fn committed(s: &Tessera, bucket: &str, key: &str, version: &str) -> bool {
     let q = tessera_types::meta::MetaQuery::GetObject {
         bucket: bucket.to_string(),
         key: key.to_string(),
@@ -154,7 +171,7 @@ async fn committed(s: &Tessera, bucket: &str, key: &str, version: &str) -> bool 
 }
 
 /// Decodes Content-MD5 (base64 of 16 bytes).
-fn parse_md5(v: &str) -> Result<[u8; 16], ApiError> {
+pub(super) fn parse_md5(v: &str) -> Result<[u8; 16], ApiError> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(v.trim())
         .map_err(|_| ApiError::InvalidDigest)?;
@@ -162,7 +179,7 @@ fn parse_md5(v: &str) -> Result<[u8; 16], ApiError> {
 }
 
 /// `x-amz-meta-*` with lower-cased names, capped at 2 KiB in total.
-fn user_metadata(
+pub(super) fn user_metadata(
     meta: Option<std::collections::HashMap<String, String>>,
 ) -> Result<BTreeMap<String, String>, ApiError> {
     let out: BTreeMap<String, String> = meta
@@ -179,7 +196,7 @@ fn user_metadata(
 
 /// Standard headers kept verbatim. `aws-chunked` is a transfer detail of
 /// the upload, never part of the stored Content-Encoding.
-fn standard_headers(
+pub(super) fn standard_headers(
     cache_control: Option<String>,
     content_disposition: Option<String>,
     content_encoding: Option<String>,

@@ -4,12 +4,15 @@
 use std::ops::Bound;
 
 use tessera_types::meta::{
-    BucketStats, ListObjectsPage, ListObjectsQuery, MetaError, MetaQuery, ObjectSummary, QueryReply,
+    BucketStats, ListObjectsPage, ListObjectsQuery, ListUploadsQuery, MetaError, MetaQuery,
+    ObjectSummary, PartRecord, PartsPage, QueryReply, Upload, UploadsPage,
 };
 use tessera_types::{AccessKey, Bucket, ClusterMap, ObjectManifest};
 
 use super::dec;
-use super::state_machine::{bucket_prefix, object_key, SmTrees};
+use super::state_machine::{
+    bucket_prefix, object_key, part_key, parts_prefix, upload_key, SmTrees,
+};
 use crate::MetaNodeError;
 
 /// Largest page of a listing (S3's limit).
@@ -66,7 +69,105 @@ pub fn query(t: &SmTrees, q: &MetaQuery) -> Result<QueryReply, MetaNodeError> {
             epoch: t.epoch()?,
             nodes: t.all_nodes()?,
         }),
+        MetaQuery::GetUpload {
+            bucket,
+            key,
+            upload_id,
+        } => {
+            if t.bucket(bucket)?.is_none() {
+                return Ok(QueryReply::Err(MetaError::NoSuchBucket));
+            }
+            QueryReply::Upload(t.upload(bucket, key, upload_id)?)
+        }
+        MetaQuery::ListParts {
+            bucket,
+            key,
+            upload_id,
+            marker,
+            max_parts,
+        } => {
+            if t.bucket(bucket)?.is_none() {
+                return Ok(QueryReply::Err(MetaError::NoSuchBucket));
+            }
+            if t.upload(bucket, key, upload_id)?.is_none() {
+                return Ok(QueryReply::Err(MetaError::NoSuchUpload));
+            }
+            QueryReply::Parts(list_parts(t, upload_id, *marker, *max_parts)?)
+        }
+        MetaQuery::ListUploads(lq) => {
+            if t.bucket(&lq.bucket)?.is_none() {
+                return Ok(QueryReply::Err(MetaError::NoSuchBucket));
+            }
+            QueryReply::Uploads(list_uploads(t, lq)?)
+        }
     })
+}
+
+/// Parts of an upload numbered above `marker`, at most `max` (0 = all).
+fn list_parts(
+    t: &SmTrees,
+    upload_id: &str,
+    marker: u32,
+    max: u32,
+) -> Result<PartsPage, MetaNodeError> {
+    let prefix = parts_prefix(upload_id);
+    let lower = Bound::Excluded(part_key(upload_id, marker));
+    let mut page = PartsPage::default();
+    for item in t.parts.range((lower, Bound::Unbounded)) {
+        let (k, v) = item?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        if max > 0 && page.parts.len() == max as usize {
+            page.is_truncated = true;
+            page.next_marker = page.parts.last().map(|p| p.part.number);
+            break;
+        }
+        let rec: PartRecord = dec(&v)?;
+        page.parts.push(rec);
+    }
+    Ok(page)
+}
+
+/// One page of the uploads in progress of a bucket.
+fn list_uploads(t: &SmTrees, q: &ListUploadsQuery) -> Result<UploadsPage, MetaNodeError> {
+    let max = match q.max_uploads {
+        0 => MAX_LIST_KEYS,
+        n => n.min(MAX_LIST_KEYS),
+    } as usize;
+    let full_prefix = object_key(&q.bucket, &q.prefix);
+    let lower: Bound<Vec<u8>> = if q.key_marker.is_empty() {
+        Bound::Included(full_prefix.clone())
+    } else if q.upload_id_marker.is_empty() {
+        // Every upload of the marker key is skipped: start after all keys
+        // `marker \0 ...`.
+        let mut k = object_key(&q.bucket, &q.key_marker);
+        k.push(1);
+        Bound::Included(k)
+    } else {
+        Bound::Excluded(upload_key(&q.bucket, &q.key_marker, &q.upload_id_marker))
+    };
+    let mut page = UploadsPage::default();
+    for item in t.uploads.range((lower, Bound::Unbounded)) {
+        let (k, v) = item?;
+        if !k.starts_with(&full_prefix) {
+            break;
+        }
+        let u: Upload = dec(&v)?;
+        if u.key < q.key_marker {
+            continue;
+        }
+        if page.uploads.len() == max {
+            page.is_truncated = true;
+            if let Some(last) = page.uploads.last() {
+                page.next_key_marker = Some(last.key.clone());
+                page.next_upload_id_marker = Some(last.upload_id.clone());
+            }
+            break;
+        }
+        page.uploads.push(u);
+    }
+    Ok(page)
 }
 
 /// The smallest byte string greater than every string starting with

@@ -7,6 +7,9 @@
 //!   order of keys)
 //! - `sm_access_keys`: key id -> [`AccessKey`]
 //! - `sm_nodes`: storage node id -> [`NodeInfo`]
+//! - `sm_uploads`: `bucket \0 key \0 upload id` -> [`Upload`] (multipart
+//!   uploads in progress, listed in order of key then upload id)
+//! - `sm_parts`: `upload id \0` + big-endian part number -> [`PartRecord`]
 //! - `sm_gc`: commit time (sortable) + log index + seq -> [`GcItem`]
 //! - `sm_meta`: last applied log id, last membership, cluster map epoch,
 //!   state machine clock
@@ -27,7 +30,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use sled::transaction::{TransactionError, Transactional};
-use tessera_types::meta::{MetaCommand, MetaError, MetaReply, WriteCondition};
+use tessera_types::meta::{MetaCommand, MetaError, MetaReply, PartRecord, Upload, WriteCondition};
 use tessera_types::{
     AccessKey, Bucket, NodeId, NodeInfo, NodeState, ObjectManifest, Stripe, UnixMillis,
 };
@@ -79,6 +82,30 @@ pub fn object_key(bucket: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// Key of an upload: `bucket \0 key \0 upload_id`.
+pub fn upload_key(bucket: &str, key: &str, upload_id: &str) -> Vec<u8> {
+    let mut k = object_key(bucket, key);
+    k.push(0);
+    k.extend_from_slice(upload_id.as_bytes());
+    k
+}
+
+/// Prefix of all parts of an upload: `upload_id \0`.
+pub fn parts_prefix(upload_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(upload_id.len() + 5);
+    k.extend_from_slice(upload_id.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Key of a part: `upload_id \0` + big-endian part number (byte order is
+/// part order).
+pub fn part_key(upload_id: &str, number: u32) -> Vec<u8> {
+    let mut k = parts_prefix(upload_id);
+    k.extend_from_slice(&number.to_be_bytes());
+    k
+}
+
 /// Prefix of all objects of a bucket.
 pub fn bucket_prefix(bucket: &str) -> Vec<u8> {
     object_key(bucket, "")
@@ -98,6 +125,8 @@ pub struct SmTrees {
     pub(crate) objects: sled::Tree,
     pub(crate) access_keys: sled::Tree,
     pub(crate) nodes: sled::Tree,
+    pub(crate) uploads: sled::Tree,
+    pub(crate) parts: sled::Tree,
     pub(crate) gc: sled::Tree,
     pub(crate) meta: sled::Tree,
     snapshot: sled::Tree,
@@ -110,6 +139,8 @@ struct Writes {
     objects: sled::Batch,
     access_keys: sled::Batch,
     nodes: sled::Batch,
+    uploads: sled::Batch,
+    parts: sled::Batch,
     gc: sled::Batch,
     meta: sled::Batch,
 }
@@ -121,6 +152,8 @@ impl SmTrees {
             objects: db.open_tree("sm_objects")?,
             access_keys: db.open_tree("sm_access_keys")?,
             nodes: db.open_tree("sm_nodes")?,
+            uploads: db.open_tree("sm_uploads")?,
+            parts: db.open_tree("sm_parts")?,
             gc: db.open_tree("sm_gc")?,
             meta: db.open_tree("sm_meta")?,
             snapshot: db.open_tree("sm_snapshot")?,
@@ -129,12 +162,14 @@ impl SmTrees {
     }
 
     /// The trees that make up the replicated state, by snapshot name.
-    fn state_trees(&self) -> [(&'static str, &sled::Tree); 6] {
+    fn state_trees(&self) -> [(&'static str, &sled::Tree); 8] {
         [
             ("buckets", &self.buckets),
             ("objects", &self.objects),
             ("access_keys", &self.access_keys),
             ("nodes", &self.nodes),
+            ("uploads", &self.uploads),
+            ("parts", &self.parts),
             ("gc", &self.gc),
             ("meta", &self.meta),
         ]
@@ -160,6 +195,25 @@ impl SmTrees {
 
     pub fn access_key(&self, id: &str) -> Result<Option<AccessKey>, MetaNodeError> {
         Self::get(&self.access_keys, id.as_bytes())
+    }
+
+    pub fn upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Option<Upload>, MetaNodeError> {
+        Self::get(&self.uploads, &upload_key(bucket, key, upload_id))
+    }
+
+    /// Every stored part of an upload, in part order.
+    pub fn upload_parts(&self, upload_id: &str) -> Result<Vec<PartRecord>, MetaNodeError> {
+        let mut out = Vec::new();
+        for item in self.parts.scan_prefix(parts_prefix(upload_id)) {
+            let (_, v) = item?;
+            out.push(dec(&v)?);
+        }
+        Ok(out)
     }
 
     pub fn node(&self, id: &NodeId) -> Result<Option<NodeInfo>, MetaNodeError> {
@@ -209,14 +263,18 @@ impl SmTrees {
             &self.objects,
             &self.access_keys,
             &self.nodes,
+            &self.uploads,
+            &self.parts,
             &self.gc,
             &self.meta,
         )
-            .transaction(|(b, o, k, n, g, m)| {
+            .transaction(|(b, o, k, n, u, p, g, m)| {
                 b.apply_batch(&w.buckets)?;
                 o.apply_batch(&w.objects)?;
                 k.apply_batch(&w.access_keys)?;
                 n.apply_batch(&w.nodes)?;
+                u.apply_batch(&w.uploads)?;
+                p.apply_batch(&w.parts)?;
                 g.apply_batch(&w.gc)?;
                 m.apply_batch(&w.meta)?;
                 Ok(())
@@ -293,7 +351,7 @@ impl SmTrees {
                             .insert(object_key(&manifest.bucket, &manifest.key), enc(manifest));
                         if let Some(old) = &old {
                             let keep: HashSet<_> = manifest.stripes().map(|s| s.id).collect();
-                            push_gc(w, index, new_clock, old, &keep);
+                            push_gc(w, index, 0, new_clock, old, &keep);
                         }
                         MetaReply::Replaced(old.map(Box::new))
                     }
@@ -306,7 +364,7 @@ impl SmTrees {
                     let old = self.object(bucket, key)?;
                     if let Some(old) = &old {
                         w.objects.remove(object_key(bucket, key));
-                        push_gc(w, index, clock, old, &HashSet::new());
+                        push_gc(w, index, 0, clock, old, &HashSet::new());
                     }
                     MetaReply::Replaced(old.map(Box::new))
                 }
@@ -367,6 +425,68 @@ impl SmTrees {
                     MetaReply::Ok
                 }
             }
+            MetaCommand::CreateUpload { upload } => {
+                if self.bucket(&upload.bucket)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchBucket)
+                } else if upload.upload_id.is_empty() || upload.upload_id.contains('\0') {
+                    MetaReply::Err(MetaError::Invalid("bad upload id".into()))
+                } else {
+                    new_clock = new_clock.max(upload.initiated);
+                    w.uploads.insert(
+                        upload_key(&upload.bucket, &upload.key, &upload.upload_id),
+                        enc(upload),
+                    );
+                    MetaReply::Ok
+                }
+            }
+            MetaCommand::PutPart {
+                bucket,
+                key,
+                upload_id,
+                part,
+            } => {
+                if self.upload(bucket, key, upload_id)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchUpload)
+                } else {
+                    new_clock = new_clock.max(part.uploaded);
+                    let pk = part_key(upload_id, part.part.number);
+                    let old: Option<PartRecord> = Self::get(&self.parts, &pk)?;
+                    w.parts.insert(pk, enc(part));
+                    let released: Vec<Stripe> = old
+                        .map(|o| o.part.stripes)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|s| part.part.stripes.iter().all(|n| n.id != s.id))
+                        .collect();
+                    push_gc_stripes(w, index, 0, new_clock, bucket, key, upload_id, &released);
+                    MetaReply::Released(released)
+                }
+            }
+            MetaCommand::CompleteUpload {
+                upload_id,
+                manifest,
+                condition,
+            } => self.complete_upload(upload_id, manifest, condition, index, &mut new_clock, w)?,
+            MetaCommand::AbortUpload {
+                bucket,
+                key,
+                upload_id,
+            } => {
+                if self.upload(bucket, key, upload_id)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchUpload)
+                } else {
+                    w.uploads.remove(upload_key(bucket, key, upload_id));
+                    let mut released = Vec::new();
+                    for item in self.parts.scan_prefix(parts_prefix(upload_id)) {
+                        let (k, v) = item?;
+                        let rec: PartRecord = dec(&v)?;
+                        released.extend(rec.part.stripes);
+                        w.parts.remove(k);
+                    }
+                    push_gc_stripes(w, index, 0, clock, bucket, key, upload_id, &released);
+                    MetaReply::Released(released)
+                }
+            }
         };
         if bump_epoch {
             w.meta.insert(META_EPOCH, enc(&(self.epoch()? + 1)));
@@ -375,6 +495,74 @@ impl SmTrees {
             w.meta.insert(META_CLOCK, enc(&new_clock));
         }
         Ok(reply)
+    }
+}
+
+impl SmTrees {
+    /// CompleteUpload: see [`MetaCommand::CompleteUpload`].
+    fn complete_upload(
+        &self,
+        upload_id: &str,
+        manifest: &ObjectManifest,
+        condition: &WriteCondition,
+        index: u64,
+        new_clock: &mut UnixMillis,
+        w: &mut Writes,
+    ) -> Result<MetaReply, MetaNodeError> {
+        let (bucket, key) = (&manifest.bucket, &manifest.key);
+        if self.bucket(bucket)?.is_none() {
+            return Ok(MetaReply::Err(MetaError::NoSuchBucket));
+        }
+        if self.upload(bucket, key, upload_id)?.is_none() {
+            return Ok(MetaReply::Err(MetaError::NoSuchUpload));
+        }
+        let parts: &[tessera_types::Part] = match &manifest.data {
+            tessera_types::ObjectData::Parts(p) => p,
+            tessera_types::ObjectData::Inline(_) => {
+                return Ok(MetaReply::Err(MetaError::Invalid(
+                    "a multipart object has parts".into(),
+                )))
+            }
+        };
+        let mut stored: std::collections::BTreeMap<u32, PartRecord> = self
+            .upload_parts(upload_id)?
+            .into_iter()
+            .map(|r| (r.part.number, r))
+            .collect();
+        for p in parts {
+            match stored.remove(&p.number) {
+                Some(rec) if rec.part == *p => {}
+                _ => return Ok(MetaReply::Err(MetaError::InvalidPart { number: p.number })),
+            }
+        }
+        let old = self.object(bucket, key)?;
+        let ok = match (condition, &old) {
+            (WriteCondition::None, _) => true,
+            (WriteCondition::IfNoneMatch, existing) => existing.is_none(),
+            (WriteCondition::IfMatch(etag), Some(o)) => etag_matches(etag, &o.etag),
+            (WriteCondition::IfMatch(_), None) => false,
+        };
+        if !ok {
+            return Ok(MetaReply::Err(MetaError::PreconditionFailed));
+        }
+        *new_clock = (*new_clock).max(manifest.created);
+        w.uploads.remove(upload_key(bucket, key, upload_id));
+        for p in parts {
+            w.parts.remove(part_key(upload_id, p.number));
+        }
+        let mut released = Vec::new();
+        for (number, rec) in stored {
+            w.parts.remove(part_key(upload_id, number));
+            released.extend(rec.part.stripes);
+        }
+        push_gc_stripes(w, index, 0, *new_clock, bucket, key, upload_id, &released);
+        w.objects.insert(object_key(bucket, key), enc(manifest));
+        if let Some(old) = &old {
+            let keep: HashSet<_> = manifest.stripes().map(|s| s.id).collect();
+            push_gc(w, index, 1, *new_clock, old, &keep);
+            released.extend(old.stripes().filter(|s| !keep.contains(&s.id)).cloned());
+        }
+        Ok(MetaReply::Released(released))
     }
 }
 
@@ -388,6 +576,7 @@ fn etag_matches(cond: &str, etag: &str) -> bool {
 fn push_gc(
     w: &mut Writes,
     index: u64,
+    seq: u8,
     at: UnixMillis,
     old: &ObjectManifest,
     keep: &HashSet<tessera_types::StripeId>,
@@ -397,20 +586,49 @@ fn push_gc(
         .filter(|s| !keep.contains(&s.id))
         .cloned()
         .collect();
+    push_gc_stripes(
+        w,
+        index,
+        seq,
+        at,
+        &old.bucket,
+        &old.key,
+        &old.version_id,
+        &stripes,
+    );
+}
+
+/// Queues `stripes` (of an object version, or of an upload's parts, then
+/// `version` is the upload id). `seq` tells apart the items one entry
+/// queues; the key of item 0 is the 16-byte key of earlier versions.
+#[allow(clippy::too_many_arguments)]
+fn push_gc_stripes(
+    w: &mut Writes,
+    index: u64,
+    seq: u8,
+    at: UnixMillis,
+    bucket: &str,
+    key: &str,
+    version: &str,
+    stripes: &[Stripe],
+) {
     if stripes.is_empty() {
         return;
     }
     let item = GcItem {
         at,
-        bucket: old.bucket.clone(),
-        key: old.key.clone(),
-        version_id: old.version_id.clone(),
-        stripes,
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        version_id: version.to_string(),
+        stripes: stripes.to_vec(),
     };
-    let mut key = Vec::with_capacity(16);
-    key.extend_from_slice(&time_key(at));
-    key.extend_from_slice(&index.to_be_bytes());
-    w.gc.insert(key, enc(&item));
+    let mut gc_key = Vec::with_capacity(17);
+    gc_key.extend_from_slice(&time_key(at));
+    gc_key.extend_from_slice(&index.to_be_bytes());
+    if seq > 0 {
+        gc_key.push(seq);
+    }
+    w.gc.insert(gc_key, enc(&item));
 }
 
 /// The state machine half of the Raft storage.
@@ -582,11 +800,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut w = Writes::default();
         {
             let t = &self.trees;
-            let targets: [(&str, &sled::Tree, &mut sled::Batch); 6] = [
+            let targets: [(&str, &sled::Tree, &mut sled::Batch); 8] = [
                 ("buckets", &t.buckets, &mut w.buckets),
                 ("objects", &t.objects, &mut w.objects),
                 ("access_keys", &t.access_keys, &mut w.access_keys),
                 ("nodes", &t.nodes, &mut w.nodes),
+                ("uploads", &t.uploads, &mut w.uploads),
+                ("parts", &t.parts, &mut w.parts),
                 ("gc", &t.gc, &mut w.gc),
                 ("meta", &t.meta, &mut w.meta),
             ];
