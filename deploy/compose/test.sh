@@ -79,8 +79,9 @@ export TESSERA_GATEWAY2_PORT="${TESSERA_GATEWAY2_PORT:-$(free_port)}"
 export TESSERA_BIND=127.0.0.1
 export TESSERA_SUSPECT_AFTER_MS=3000
 # Fresh credentials for every run: nothing real is ever committed.
-export TESSERA_ROOT_ACCESS_KEY="TESSERACI$(python3 -c 'import secrets; print(secrets.token_hex(6).upper())')"
-export TESSERA_ROOT_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(30))')"
+TESSERA_ROOT_ACCESS_KEY="TESSERACI$(python3 -c 'import secrets; print(secrets.token_hex(6).upper())')"
+TESSERA_ROOT_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(30))')"
+export TESSERA_ROOT_ACCESS_KEY TESSERA_ROOT_SECRET_KEY
 
 compose() { "${COMPOSE[@]}" -p "$project" -f "$here/docker-compose.yml" "$@"; }
 # Container id of a service, running or not (by label: same for Compose v1
