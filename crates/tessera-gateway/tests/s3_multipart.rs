@@ -394,6 +394,23 @@ async fn multipart_upload_roundtrip_and_errors() {
         )
         .await;
     assert_eq!(tags(&r.text(), "UploadId"), vec![a2]);
+
+    // Deleting a bucket (no objects) drops its uploads in progress.
+    assert_eq!(s3.put("/mpgone", vec![]).await.status, 200);
+    let id = create_upload(s3, "/mpgone/k").await;
+    assert_eq!(
+        upload_part(s3, "/mpgone/k", &id, 1, vec![1; 10])
+            .await
+            .status,
+        200
+    );
+    let r = s3.delete("/mpgone").await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(s3.put("/mpgone", vec![]).await.status, 200);
+    let r = s3
+        .send("GET", "/mpgone", &[("uploads", "")], &[], vec![])
+        .await;
+    assert!(tags(&r.text(), "UploadId").is_empty(), "{}", r.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

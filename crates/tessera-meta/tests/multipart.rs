@@ -413,3 +413,26 @@ async fn uploads_and_parts_are_in_snapshots() {
     assert_eq!(page.uploads, vec![upload("k", "u1")]);
     assert_eq!(other.parts("k", "u1", 0, 0), h.parts("k", "u1", 0, 0));
 }
+
+#[tokio::test]
+async fn delete_bucket_drops_its_uploads() {
+    let mut h = Harness::new().await;
+    h.create("k", "u1").await;
+    h.put_part("k", "u1", part(1, "a", 1)).await;
+    h.put_part("k", "u1", part(2, "b", 2)).await;
+    h.create("j", "u2").await;
+    let r = h.cmd(MetaCommand::DeleteBucket { name: "b".into() }).await;
+    assert_eq!(released(r), vec![1, 2]);
+    assert!(h.sm.trees().upload_parts("u1").unwrap().is_empty());
+    // A new bucket of the same name starts with no uploads.
+    h.cmd(MetaCommand::CreateBucket(Bucket {
+        name: "b".into(),
+        owner: "alice".into(),
+        created: 5_000,
+    }))
+    .await;
+    assert!(h.uploads("", "", "", 0).uploads.is_empty());
+    // Without uploads, DeleteBucket answers Ok.
+    let r = h.cmd(MetaCommand::DeleteBucket { name: "b".into() }).await;
+    assert_eq!(r, MetaReply::Ok);
+}

@@ -29,7 +29,9 @@ pub enum WriteCondition {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MetaCommand {
     CreateBucket(Bucket),
-    /// Deletes a bucket if it is empty.
+    /// Deletes a bucket if it holds no objects. Its multipart uploads in
+    /// progress are dropped: the reply is then [`MetaReply::Released`]
+    /// with their parts' stripes.
     DeleteBucket {
         name: String,
     },

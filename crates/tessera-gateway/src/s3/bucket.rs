@@ -2,7 +2,7 @@
 
 use s3s::dto::*;
 use s3s::S3Request;
-use tessera_types::meta::{MetaCommand, MetaError, MetaQuery, QueryReply};
+use tessera_types::meta::{MetaCommand, MetaError, MetaQuery, MetaReply, QueryReply};
 
 use super::{timestamp, Tessera};
 use crate::error::ApiError;
@@ -91,10 +91,14 @@ pub(super) async fn delete_bucket(
 ) -> Result<DeleteBucketOutput, ApiError> {
     let caller = s.caller(&req)?;
     s.authorize(&caller, &req.input.bucket).await?;
-    s.write(&MetaCommand::DeleteBucket {
-        name: req.input.bucket,
-    })
-    .await?;
+    let reply = s
+        .write(&MetaCommand::DeleteBucket {
+            name: req.input.bucket,
+        })
+        .await?;
+    if let MetaReply::Released(stripes) = &reply {
+        crate::pipeline::gc::delete_stripes_later(&s.dp, stripes.iter());
+    }
     Ok(DeleteBucketOutput::default())
 }
 

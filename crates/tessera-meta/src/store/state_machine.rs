@@ -326,7 +326,15 @@ impl SmTrees {
                     MetaReply::Err(MetaError::BucketNotEmpty)
                 } else {
                     w.buckets.remove(name.as_bytes());
-                    MetaReply::Ok
+                    // Uploads in progress go with the bucket; their parts'
+                    // stripes are released.
+                    let released = self.drop_uploads(name, w)?;
+                    if released.is_empty() {
+                        MetaReply::Ok
+                    } else {
+                        push_gc_stripes(w, index, 0, clock, name, "", "", &released);
+                        MetaReply::Released(released)
+                    }
                 }
             }
             MetaCommand::PutObject {
@@ -499,6 +507,24 @@ impl SmTrees {
 }
 
 impl SmTrees {
+    /// Removes every upload of `bucket` and its parts into `w`; returns
+    /// the parts' stripes.
+    fn drop_uploads(&self, bucket: &str, w: &mut Writes) -> Result<Vec<Stripe>, MetaNodeError> {
+        let mut released = Vec::new();
+        for item in self.uploads.scan_prefix(bucket_prefix(bucket)) {
+            let (k, v) = item?;
+            let upload: Upload = dec(&v)?;
+            w.uploads.remove(k);
+            for part in self.parts.scan_prefix(parts_prefix(&upload.upload_id)) {
+                let (pk, pv) = part?;
+                let rec: PartRecord = dec(&pv)?;
+                released.extend(rec.part.stripes);
+                w.parts.remove(pk);
+            }
+        }
+        Ok(released)
+    }
+
     /// CompleteUpload: see [`MetaCommand::CompleteUpload`].
     fn complete_upload(
         &self,
