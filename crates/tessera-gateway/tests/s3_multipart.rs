@@ -475,6 +475,20 @@ async fn upload_part_copy_copy_object_delete_objects() {
         )
         .await;
     assert_eq!(r.status, 416, "{}", r.text());
+    // Copy-source conditions.
+    let r = s3
+        .send(
+            "PUT",
+            "/cpdst/assembled",
+            &[("partNumber", "3"), ("uploadId", &id)],
+            &[
+                ("x-amz-copy-source", "cpsrc/tiny"),
+                ("x-amz-copy-source-if-match", "\"0123\""),
+            ],
+            vec![],
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (412, "PreconditionFailed"));
     // The caller must be able to read the source.
     let r = c
         .other

@@ -107,7 +107,11 @@ pub(super) async fn copy_object(
     // Read access to the source, write access to the target.
     let source = get::load(s, &caller, &src_bucket, &src_key).await?;
     s.authorize(&caller, &input.bucket).await?;
-    check_source_conditions(&source, &input)?;
+    check_source_conditions(
+        &source,
+        input.copy_source_if_match.as_ref(),
+        input.copy_source_if_none_match.as_ref(),
+    )?;
 
     let (content_type, headers, user_metadata) = match new_metadata {
         Some(meta) => (
@@ -183,23 +187,16 @@ pub(super) async fn copy_object(
 
 /// `x-amz-copy-source-if-match` / `-if-none-match`: a failed condition is
 /// 412 PreconditionFailed.
-fn check_source_conditions(
+pub(super) fn check_source_conditions(
     source: &ObjectManifest,
-    input: &CopyObjectInput,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
 ) -> Result<(), ApiError> {
     let matches = |cond: &ETagCondition| match cond {
         ETagCondition::Any => true,
         ETagCondition::ETag(e) => e.value() == source.etag,
     };
-    let failed = input
-        .copy_source_if_match
-        .as_ref()
-        .is_some_and(|c| !matches(c))
-        || input
-            .copy_source_if_none_match
-            .as_ref()
-            .is_some_and(matches);
-    if failed {
+    if if_match.is_some_and(|c| !matches(c)) || if_none_match.is_some_and(matches) {
         return Err(tessera_types::meta::MetaError::PreconditionFailed.into());
     }
     Ok(())

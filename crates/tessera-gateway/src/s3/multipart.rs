@@ -23,7 +23,7 @@ use tessera_types::meta::{
 };
 use tessera_types::{ObjectData, ObjectManifest, Part};
 
-use super::copy::{copy_source, source_body};
+use super::copy::{check_source_conditions, copy_source, source_body};
 use super::put::{committed, parse_md5, standard_headers, user_metadata, BodyStream};
 use super::{get, timestamp, Tessera};
 use crate::error::ApiError;
@@ -251,6 +251,11 @@ pub(super) async fn upload_part_copy(
     // The caller must be able to read the source and write the target.
     let source = get::load(s, &caller, &src_bucket, &src_key).await?;
     s.authorize(&caller, &input.bucket).await?;
+    check_source_conditions(
+        &source,
+        input.copy_source_if_match.as_ref(),
+        input.copy_source_if_none_match.as_ref(),
+    )?;
     let upload = load_upload(s, &input.bucket, &input.key, &input.upload_id).await?;
     let range = copy_range(input.copy_source_range.as_deref(), source.size)?;
     let len = range.end - range.start;
