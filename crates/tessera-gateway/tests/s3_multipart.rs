@@ -365,7 +365,7 @@ async fn multipart_upload_roundtrip_and_errors() {
     // ListMultipartUploads: prefix and markers.
     let a1 = create_upload(s3, "/mpart/a/1").await;
     let a2 = create_upload(s3, "/mpart/a/2").await;
-    let _b = create_upload(s3, "/mpart/b").await;
+    let b_id = create_upload(s3, "/mpart/b").await;
     let r = s3
         .send(
             "GET",
@@ -394,6 +394,24 @@ async fn multipart_upload_roundtrip_and_errors() {
         )
         .await;
     assert_eq!(tags(&r.text(), "UploadId"), vec![a2]);
+
+    // With a delimiter, a/1 and a/2 collapse into the common prefix "a/".
+    let r = s3
+        .send(
+            "GET",
+            "/mpart",
+            &[("uploads", ""), ("delimiter", "/")],
+            &[],
+            vec![],
+        )
+        .await;
+    let t = r.text();
+    assert_eq!(
+        tags(&t, "Prefix").into_iter().filter(|p| p == "a/").count(),
+        1,
+        "{t}"
+    );
+    assert_eq!(tags(&t, "UploadId"), vec![b_id]);
 
     // Deleting a bucket (no objects) drops its uploads in progress.
     assert_eq!(s3.put("/mpgone", vec![]).await.status, 200);

@@ -90,12 +90,24 @@ impl Harness {
     }
 
     fn uploads(&self, prefix: &str, key_marker: &str, id_marker: &str, max: u32) -> UploadsPage {
+        self.uploads_delim(prefix, "", key_marker, id_marker, max)
+    }
+
+    fn uploads_delim(
+        &self,
+        prefix: &str,
+        delimiter: &str,
+        key_marker: &str,
+        id_marker: &str,
+        max: u32,
+    ) -> UploadsPage {
         match self.q(MetaQuery::ListUploads(ListUploadsQuery {
             bucket: "b".into(),
             prefix: prefix.into(),
             key_marker: key_marker.into(),
             upload_id_marker: id_marker.into(),
             max_uploads: max,
+            delimiter: delimiter.into(),
         })) {
             QueryReply::Uploads(p) => p,
             other => panic!("{other:?}"),
@@ -389,6 +401,21 @@ async fn list_parts_and_uploads_paginate() {
     let page = h.uploads("", "a/1", "", 0);
     let keys: Vec<&str> = page.uploads.iter().map(|u| u.key.as_str()).collect();
     assert_eq!(keys, vec!["a/2", "k"]);
+
+    // With a delimiter: a/1 and a/2 collapse into "a/".
+    let page = h.uploads_delim("", "/", "", "", 0);
+    assert_eq!(page.common_prefixes, vec!["a/".to_string()]);
+    let keys: Vec<&str> = page.uploads.iter().map(|u| u.key.as_str()).collect();
+    assert_eq!(keys, vec!["k"]);
+    let page = h.uploads_delim("", "/", "", "", 1);
+    assert_eq!(page.common_prefixes, vec!["a/".to_string()]);
+    assert!(page.uploads.is_empty() && page.is_truncated);
+    assert_eq!(page.next_key_marker.as_deref(), Some("a/"));
+    assert_eq!(page.next_upload_id_marker, None);
+    let page = h.uploads_delim("", "/", "a/", "", 1);
+    assert!(page.common_prefixes.is_empty());
+    assert_eq!(page.uploads.len(), 1);
+    assert_eq!(page.uploads[0].key, "k");
 }
 
 #[tokio::test]

@@ -236,11 +236,15 @@ pub struct ListUploadsQuery {
     pub upload_id_marker: String,
     /// 0 = the default (1000).
     pub max_uploads: u32,
+    /// Empty = no delimiter; otherwise keys with the delimiter after the
+    /// prefix collapse into common prefixes (as in ListObjects).
+    pub delimiter: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadsPage {
     pub uploads: Vec<Upload>,
+    pub common_prefixes: Vec<String>,
     pub is_truncated: bool,
     pub next_key_marker: Option<String>,
     pub next_upload_id_marker: Option<String>,

@@ -514,6 +514,7 @@ pub(super) async fn list_multipart_uploads(
         key_marker: input.key_marker.clone().unwrap_or_default(),
         upload_id_marker: input.upload_id_marker.clone().unwrap_or_default(),
         max_uploads: max,
+        delimiter: input.delimiter.clone().unwrap_or_default(),
     };
     let page = if max == 0 {
         tessera_types::meta::UploadsPage::default()
@@ -547,6 +548,12 @@ pub(super) async fn list_multipart_uploads(
         next_key_marker: page.next_key_marker,
         next_upload_id_marker: page.next_upload_id_marker,
         uploads: Some(uploads),
+        common_prefixes: (!page.common_prefixes.is_empty()).then(|| {
+            page.common_prefixes
+                .into_iter()
+                .map(|p| CommonPrefix { prefix: Some(p) })
+                .collect()
+        }),
         ..Default::default()
     })
 }

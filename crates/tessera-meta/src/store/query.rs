@@ -129,14 +129,16 @@ fn list_parts(
     Ok(page)
 }
 
-/// One page of the uploads in progress of a bucket.
+/// One page of the uploads in progress of a bucket. With a delimiter,
+/// uploads whose key has the delimiter after the prefix collapse into one
+/// common prefix, and the scan seeks past it.
 fn list_uploads(t: &SmTrees, q: &ListUploadsQuery) -> Result<UploadsPage, MetaNodeError> {
     let max = match q.max_uploads {
         0 => MAX_LIST_KEYS,
         n => n.min(MAX_LIST_KEYS),
     } as usize;
     let full_prefix = object_key(&q.bucket, &q.prefix);
-    let lower: Bound<Vec<u8>> = if q.key_marker.is_empty() {
+    let mut lower: Bound<Vec<u8>> = if q.key_marker.is_empty() {
         Bound::Included(full_prefix.clone())
     } else if q.upload_id_marker.is_empty() {
         // Every upload of the marker key is skipped: start after all keys
@@ -148,24 +150,56 @@ fn list_uploads(t: &SmTrees, q: &ListUploadsQuery) -> Result<UploadsPage, MetaNo
         Bound::Excluded(upload_key(&q.bucket, &q.key_marker, &q.upload_id_marker))
     };
     let mut page = UploadsPage::default();
-    for item in t.uploads.range((lower, Bound::Unbounded)) {
-        let (k, v) = item?;
-        if !k.starts_with(&full_prefix) {
-            break;
-        }
-        let u: Upload = dec(&v)?;
-        if u.key < q.key_marker {
-            continue;
-        }
-        if page.uploads.len() == max {
-            page.is_truncated = true;
-            if let Some(last) = page.uploads.last() {
-                page.next_key_marker = Some(last.key.clone());
-                page.next_upload_id_marker = Some(last.upload_id.clone());
+    let mut returned = 0usize;
+    // Key and upload id (or common prefix alone) of the last entry.
+    let mut last: Option<(String, Option<String>)> = None;
+    'scan: loop {
+        for item in t.uploads.range((lower.clone(), Bound::Unbounded)) {
+            let (k, v) = item?;
+            if !k.starts_with(&full_prefix) {
+                break 'scan;
             }
-            break;
+            let u: Upload = dec(&v)?;
+            if u.key < q.key_marker {
+                continue;
+            }
+            if !q.delimiter.is_empty() {
+                let rest = u.key.get(q.prefix.len()..).unwrap_or("");
+                if let Some(pos) = rest.find(q.delimiter.as_str()) {
+                    let cp = u.key[..q.prefix.len() + pos + q.delimiter.len()].to_string();
+                    if cp.as_str() > q.key_marker.as_str() {
+                        if returned == max {
+                            page.is_truncated = true;
+                            break 'scan;
+                        }
+                        page.common_prefixes.push(cp.clone());
+                        returned += 1;
+                        last = Some((cp.clone(), None));
+                    }
+                    match prefix_successor(&object_key(&q.bucket, &cp)) {
+                        Some(next) => {
+                            lower = Bound::Included(next);
+                            continue 'scan;
+                        }
+                        None => break 'scan,
+                    }
+                }
+            }
+            if returned == max {
+                page.is_truncated = true;
+                break 'scan;
+            }
+            last = Some((u.key.clone(), Some(u.upload_id.clone())));
+            page.uploads.push(u);
+            returned += 1;
         }
-        page.uploads.push(u);
+        break;
+    }
+    if page.is_truncated {
+        if let Some((key, id)) = last {
+            page.next_key_marker = Some(key);
+            page.next_upload_id_marker = id;
+        }
     }
     Ok(page)
 }
