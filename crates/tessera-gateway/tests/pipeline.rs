@@ -255,12 +255,21 @@ async fn write_meets_quorum_with_one_node_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_write_deletes_its_shards() {
+    // RS(4,2) with only 2 of 6 nodes alive: not even a narrowed class
+    // (k >= 1 plus 2 parity) fits, so the write fails.
     let r = rig(6).await;
-    r.nodes[0].dead.store(true, Ordering::SeqCst);
-    r.nodes[1].dead.store(true, Ordering::SeqCst);
+    for node in &r.nodes[..4] {
+        node.dead.store(true, Ordering::SeqCst);
+    }
     let data = pattern(SIZE, 8);
     let err = put(&r.dp, &data).await.unwrap_err();
-    assert!(matches!(err, ApiError::WriteQuorum { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ApiError::WriteQuorum { .. } | ApiError::NotEnoughNodes { .. }
+        ),
+        "{err}"
+    );
     // Cleanup runs after a short delay.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -332,4 +341,34 @@ async fn stalled_body_times_out() {
         .unwrap();
     assert!(matches!(err, ApiError::RequestTimeout(_)), "{err}");
     assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dead_nodes_narrow_the_stripe_and_keep_its_parity() {
+    // The cluster map still says all 6 nodes are Up: the writer learns of
+    // the dead ones from failed shard writes and narrows RS(4,2) to RS(2,2)
+    // on the 4 live nodes.
+    let r = rig(6).await;
+    r.nodes[0].dead.store(true, Ordering::SeqCst);
+    r.nodes[1].dead.store(true, Ordering::SeqCst);
+    let data = pattern(SIZE, 12);
+    let m = put(&r.dp, &data).await.unwrap();
+    let mut narrowed = 0;
+    for stripe in m.stripes() {
+        assert_eq!(stripe.class.m, 2, "parity is never reduced");
+        assert_eq!(stripe.shards.len(), stripe.class.total_shards());
+        let mut nodes: Vec<_> = stripe.shards.iter().map(|s| s.node.clone()).collect();
+        nodes.sort();
+        nodes.dedup();
+        assert_eq!(nodes.len(), stripe.shards.len(), "one shard per node");
+        if stripe.class.k == 2 {
+            narrowed += 1;
+        }
+    }
+    assert!(narrowed > 0, "no stripe was narrowed");
+    assert_eq!(get(&r.dp, &m, 0..SIZE as u64).await.unwrap(), data);
+    // Two more losses among the live nodes are still survivable.
+    r.nodes[2].dead.store(true, Ordering::SeqCst);
+    r.nodes[3].dead.store(true, Ordering::SeqCst);
+    assert_eq!(get(&r.dp, &m, 0..SIZE as u64).await.unwrap(), data);
 }
