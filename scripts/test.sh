@@ -17,6 +17,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 
+step "Kubernetes manifests: offline schema validation"
+bash deploy/k8s/validate.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
