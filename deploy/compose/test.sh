@@ -81,7 +81,8 @@ export TESSERA_SUSPECT_AFTER_MS=3000
 # Fresh credentials for every run: nothing real is ever committed.
 TESSERA_ROOT_ACCESS_KEY="TESSERACI$(python3 -c 'import secrets; print(secrets.token_hex(6).upper())')"
 TESSERA_ROOT_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(30))')"
-export TESSERA_ROOT_ACCESS_KEY TESSERA_ROOT_SECRET_KEY
+TESSERA_CLUSTER_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+export TESSERA_ROOT_ACCESS_KEY TESSERA_ROOT_SECRET_KEY TESSERA_CLUSTER_SECRET
 
 compose() { "${COMPOSE[@]}" -p "$project" -f "$here/docker-compose.yml" "$@"; }
 # Container id of a service, running or not (by label: same for Compose v1

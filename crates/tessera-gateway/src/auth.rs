@@ -121,6 +121,11 @@ pub struct RequireAuth;
 #[async_trait::async_trait]
 impl S3Access for RequireAuth {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        // Name the operation for the request metrics.
+        let op = cx.s3_op().name().to_string();
+        if let Some(slot) = cx.extensions_mut().get::<crate::metrics::OpSlot>() {
+            slot.set(&op);
+        }
         match cx.credentials() {
             Some(_) => Ok(()),
             None => Err(ApiError::AccessDenied("anonymous access is not allowed").into()),

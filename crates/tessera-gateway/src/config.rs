@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use tessera_proto::ClusterSecret;
 use tessera_types::StorageClass;
 
 use crate::GatewayError;
@@ -62,6 +63,14 @@ pub struct GatewayConfig {
     /// Delay before the shards of a replaced or deleted object are deleted
     /// (reads that started before the change may still need them).
     pub gc_grace_ms: u64,
+    /// Address of the admin HTTP port (`/metrics`, `/health/live`,
+    /// `/health/ready`); unset = none.
+    pub admin_listen: Option<String>,
+    /// The cluster secret that signs every call to meta and storage nodes
+    /// (which refuse unsigned calls). `tessera gateway` requires it; never
+    /// serialized.
+    #[serde(skip_serializing)]
+    pub cluster_secret: Option<ClusterSecret>,
 }
 
 impl Default for GatewayConfig {
@@ -89,6 +98,8 @@ impl Default for GatewayConfig {
             auth_cache_ttl_ms: 10_000,
             auth_negative_ttl_ms: 1_000,
             gc_grace_ms: 30_000,
+            admin_listen: None,
+            cluster_secret: None,
         }
     }
 }

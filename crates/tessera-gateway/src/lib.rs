@@ -11,6 +11,7 @@
 //! - [`error`]: the error types, and the one mapping to S3 error codes.
 //! - [`auth`]: secret-key lookup (cached) and the no-anonymous rule.
 //! - [`names`]: bucket-name and key rules.
+//! - [`metrics`]: request metrics around the s3s service.
 //! - [`cluster`]: the cached cluster map and placement.
 //! - [`pipeline`]: stripe writer, stripe reader, deferred shard deletion.
 //! - [`s3`]: the S3 operations, one file per family.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod names;
 pub mod pipeline;
 pub mod s3;
@@ -27,7 +29,7 @@ mod server;
 
 use std::sync::Arc;
 
-use tessera_proto::{MetaClient, StoragePool};
+use tessera_proto::{ClusterAuth, MetaClient, StoragePool};
 use tokio_util::sync::CancellationToken;
 
 pub use config::GatewayConfig;
@@ -41,8 +43,26 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     config.validate()?;
-    let meta = MetaClient::new(config.meta.clone());
-    let storage = Arc::new(StoragePool::new());
+    let (meta, storage) = match &config.cluster_secret {
+        Some(secret) => {
+            let auth = ClusterAuth::new(secret.clone());
+            (
+                MetaClient::with_auth(
+                    config.meta.clone(),
+                    tessera_proto::meta_client::DEFAULT_DEADLINE,
+                    auth.clone(),
+                ),
+                StoragePool::with_auth(auth),
+            )
+        }
+        None => {
+            // Only fakes answer unsigned calls; `tessera gateway` refuses
+            // to start without a secret.
+            tracing::warn!("no cluster secret: meta and storage nodes will refuse every call");
+            (MetaClient::new(config.meta.clone()), StoragePool::new())
+        }
+    };
+    let storage = Arc::new(storage);
     let cluster = Arc::new(cluster::ClusterView::new(meta.clone()));
     let background = shutdown.child_token();
     tokio::spawn(cluster.clone().run(
@@ -52,14 +72,27 @@ pub async fn serve(
     let dp = Arc::new(pipeline::DataPlane::new(
         &config,
         storage,
-        cluster,
+        cluster.clone(),
         background.clone(),
     ));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, region = %config.region, k = config.k, m = config.m,
             "S3 gateway listening");
     }
+    let metrics = Arc::new(metrics::GatewayMetrics::default());
+    if let Some(addr) = &config.admin_listen {
+        let admin = tokio::net::TcpListener::bind(addr).await?;
+        let view = cluster.clone();
+        tokio::spawn(tessera_observe::serve_admin(
+            admin,
+            metrics.registry.clone(),
+            // Ready once a cluster map with storage nodes came from meta.
+            Arc::new(move || !view.current().map.nodes.is_empty()),
+            background.clone(),
+        ));
+    }
     let service = server::build_service(&config, s3::Tessera::new(config.clone(), meta, dp));
+    let service = metrics::Metered::new(service, metrics);
     server::serve_http(listener, service, &config, shutdown).await;
     background.cancel();
     Ok(())

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{MetaAuth, RequireAuth};
 use crate::config::GatewayConfig;
+use crate::metrics::Metered;
 use crate::names::BucketNameRules;
 use crate::s3::Tessera;
 
@@ -66,7 +67,7 @@ pub(crate) fn build_service(config: &GatewayConfig, s3: Tessera) -> S3Service {
 /// Serves `service` on `listener` until `shutdown`, then drains.
 pub(crate) async fn serve_http(
     listener: TcpListener,
-    service: S3Service,
+    service: Metered,
     config: &GatewayConfig,
     shutdown: CancellationToken,
 ) {

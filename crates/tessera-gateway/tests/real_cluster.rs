@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 use tessera_gateway::GatewayConfig;
-use tessera_proto::MetaClient;
+use tessera_proto::{ClusterAuth, ClusterSecret, MetaClient};
 use tessera_types::meta::{MetaCommand, MetaQuery, MetaReply, QueryReply};
 use tessera_types::{AccessKey, NodeState};
 use tokio::net::TcpListener;
@@ -23,6 +23,7 @@ use common::s3client::S3Client;
 async fn real_meta_and_storage() {
     let dir = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
+    let secret = ClusterSecret::new("real-cluster-test-secret").unwrap();
 
     let meta_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let meta_addr = meta_listener.local_addr().unwrap().to_string();
@@ -31,6 +32,7 @@ async fn real_meta_and_storage() {
         data_dir: dir.path().join("meta"),
         peers: BTreeMap::from([(1, meta_addr.clone())]),
         bootstrap: true,
+        cluster_secret: Some(secret.clone()),
         ..Default::default()
     };
     tokio::spawn(tessera_meta::serve(
@@ -48,13 +50,18 @@ async fn real_meta_and_storage() {
             zone: format!("z{i}"),
             meta: vec![meta_addr.clone()],
             heartbeat_ms: 200,
+            cluster_secret: Some(secret.clone()),
             ..Default::default()
         };
         tokio::spawn(tessera_storage::serve(config, l, token.clone()));
         storage_tokens.push(token);
     }
 
-    let meta = MetaClient::new(vec![meta_addr.clone()]);
+    let meta = MetaClient::with_auth(
+        vec![meta_addr.clone()],
+        Duration::from_secs(15),
+        ClusterAuth::new(secret.clone()),
+    );
     let key = AccessKey::generate("test", 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -79,6 +86,7 @@ async fn real_meta_and_storage() {
     let config = GatewayConfig {
         meta: vec![meta_addr.clone()],
         shard_size: 64 << 10,
+        cluster_secret: Some(secret.clone()),
         ..GatewayConfig::default()
     };
     let server = tokio::spawn(tessera_gateway::serve(config, listener, shutdown.clone()));

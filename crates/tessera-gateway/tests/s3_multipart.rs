@@ -39,6 +39,7 @@ impl Drop for Cluster {
 async fn cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
+    let secret = tessera_proto::ClusterSecret::new("multipart-test-secret-01").unwrap();
     let meta_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let meta_addr = meta_listener.local_addr().unwrap().to_string();
     let meta_config = tessera_meta::MetaConfig {
@@ -46,6 +47,7 @@ async fn cluster() -> Cluster {
         data_dir: dir.path().join("meta"),
         peers: BTreeMap::from([(1, meta_addr.clone())]),
         bootstrap: true,
+        cluster_secret: Some(secret.clone()),
         ..Default::default()
     };
     tokio::spawn(tessera_meta::serve(
@@ -60,11 +62,16 @@ async fn cluster() -> Cluster {
             zone: format!("z{i}"),
             meta: vec![meta_addr.clone()],
             heartbeat_ms: 200,
+            cluster_secret: Some(secret.clone()),
             ..Default::default()
         };
         tokio::spawn(tessera_storage::serve(config, l, shutdown.child_token()));
     }
-    let meta = MetaClient::new(vec![meta_addr.clone()]);
+    let meta = MetaClient::with_auth(
+        vec![meta_addr.clone()],
+        Duration::from_secs(15),
+        tessera_proto::ClusterAuth::new(secret.clone()),
+    );
     let key = AccessKey::generate("test", 0);
     let other = AccessKey::generate("other", 0);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -92,6 +99,7 @@ async fn cluster() -> Cluster {
         meta: vec![meta_addr],
         shard_size: 256 << 10,
         gc_grace_ms: 200,
+        cluster_secret: Some(secret),
         ..GatewayConfig::default()
     };
     tokio::spawn(tessera_gateway::serve(config, listener, shutdown.clone()));

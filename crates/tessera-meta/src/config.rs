@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use tessera_proto::ClusterSecret;
+
 use crate::MetaNodeError;
 
 /// Meta node configuration (TOML, kebab-case).
@@ -38,6 +40,13 @@ pub struct MetaConfig {
     /// Log entries kept behind a snapshot, so a briefly lagging follower
     /// catches up from the log instead of receiving a whole snapshot.
     pub raft_logs_to_keep: u64,
+    /// Address of the admin HTTP port (`/metrics`, `/health/live`,
+    /// `/health/ready`); unset = none.
+    pub admin_listen: Option<String>,
+    /// The cluster secret that signs and checks every internode call.
+    /// Required; never serialized.
+    #[serde(skip_serializing)]
+    pub cluster_secret: Option<ClusterSecret>,
 }
 
 impl Default for MetaConfig {
@@ -55,6 +64,8 @@ impl Default for MetaConfig {
             election_timeout_ms: 800,
             detector_interval_ms: 500,
             raft_logs_to_keep: 1_000,
+            admin_listen: None,
+            cluster_secret: None,
         }
     }
 }
@@ -84,6 +95,9 @@ impl MetaConfig {
         }
         if self.detector_interval_ms == 0 {
             return bad("detector-interval-ms must be >= 1");
+        }
+        if self.cluster_secret.is_none() {
+            return bad(tessera_proto::auth::MISSING_SECRET_HELP);
         }
         Ok(())
     }

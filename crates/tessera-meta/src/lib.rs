@@ -7,11 +7,13 @@
 //!
 //! Only this crate touches sled and openraft. It depends on
 //! `tessera-types` (domain types, codec) and `tessera-proto` (generated
-//! gRPC code, channels) and on nothing above them.
+//! gRPC code, channels), `tessera-observe` (metrics, admin port) and on
+//! nothing above them.
 
 pub mod config;
 pub mod detector;
 pub mod error;
+mod metrics;
 pub mod network;
 pub mod server;
 pub mod service;

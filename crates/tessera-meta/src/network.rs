@@ -23,13 +23,13 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
+use tessera_proto::auth::AuthChannel;
 use tessera_proto::channel::ChannelPool;
 use tessera_proto::meta::raft_client::RaftClient;
 use tessera_proto::meta::raft_server::Raft as RaftRpc;
 use tessera_proto::meta::RaftPayload;
-use tessera_proto::{RpcError, MAX_MESSAGE_BYTES};
+use tessera_proto::{ClusterAuth, RpcError, MAX_MESSAGE_BYTES};
 use tessera_types::codec;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -42,17 +42,17 @@ pub type MetaRaft = openraft::Raft<TypeConfig>;
 const FRAMING_SLACK: usize = 64 << 10;
 
 /// Builds one [`PeerClient`] per replication target; channels are pooled
-/// per address.
+/// per address and sign every request with the cluster secret.
 pub struct NetworkFactory {
     id: RaftNodeId,
     pool: Arc<ChannelPool>,
 }
 
 impl NetworkFactory {
-    pub fn new(id: RaftNodeId) -> Self {
+    pub fn new(id: RaftNodeId, auth: Arc<ClusterAuth>) -> Self {
         NetworkFactory {
             id,
-            pool: Arc::new(ChannelPool::default()),
+            pool: Arc::new(ChannelPool::with_auth(auth)),
         }
     }
 }
@@ -75,7 +75,7 @@ pub struct PeerClient {
     id: RaftNodeId,
     target: RaftNodeId,
     node: BasicNode,
-    channel: Result<Channel, RpcError>,
+    channel: Result<AuthChannel, RpcError>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<RaftNodeId, BasicNode, RaftError<RaftNodeId, E>>>;

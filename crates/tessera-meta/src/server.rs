@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
+use tessera_proto::auth::{RequireAuthLayer, MISSING_SECRET_HELP};
 use tessera_proto::meta::meta_server::MetaServer;
 use tessera_proto::meta::raft_server::RaftServer;
-use tessera_proto::MAX_MESSAGE_BYTES;
+use tessera_proto::{ClusterAuth, MAX_MESSAGE_BYTES};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +48,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), MetaNodeError> {
     config.validate()?;
+    let auth = ClusterAuth::new(
+        config
+            .cluster_secret
+            .clone()
+            .ok_or_else(|| MetaNodeError::Config(MISSING_SECRET_HELP.into()))?,
+    );
     let local = listener.local_addr()?;
+    let admin = match &config.admin_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
     let advertise = config
         .advertise
         .clone()
@@ -59,7 +70,7 @@ pub async fn serve(
     let raft = MetaRaft::new(
         config.id,
         Arc::new(raft_config(&config)?),
-        NetworkFactory::new(config.id),
+        NetworkFactory::new(config.id, auth.clone()),
         log_store,
         sm,
     )
@@ -67,12 +78,24 @@ pub async fn serve(
     .map_err(|e| MetaNodeError::Raft(e.to_string()))?;
     tracing::info!(id = config.id, %local, %advertise, "meta node started");
 
+    if let Some(admin) = admin {
+        let (registry, ready) =
+            crate::metrics::start(raft.clone(), trees.clone(), shutdown.child_token());
+        tokio::spawn(tessera_observe::serve_admin(
+            admin,
+            registry,
+            ready,
+            shutdown.child_token(),
+        ));
+    }
+
     let liveness = Arc::new(Liveness::default());
     let meta = MetaService::new(config.id, raft.clone(), trees.clone(), liveness.clone());
     let server_stop = shutdown.child_token();
     let stop = server_stop.clone();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(RequireAuthLayer::new(auth.clone()))
             .add_service(
                 RaftServer::new(RaftTransport::new(raft.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tessera_meta::{serve, MetaConfig, MetaNodeError};
 use tessera_proto::meta::HeartbeatRequest;
-use tessera_proto::MetaClient;
+use tessera_proto::{ClusterAuth, ClusterSecret, MetaClient};
 use tessera_types::meta::{
     ListObjectsQuery, MetaCommand, MetaQuery, MetaReply, QueryReply, WriteCondition,
 };
@@ -24,6 +24,14 @@ struct Node {
     task: JoinHandle<Result<(), MetaNodeError>>,
 }
 
+const SECRET: &str = "meta-test-secret-0123456";
+
+/// A meta client signing with the group's secret.
+fn client_for(addrs: Vec<String>) -> MetaClient {
+    let auth = ClusterAuth::new(ClusterSecret::new(SECRET).unwrap());
+    MetaClient::with_auth(addrs, tessera_proto::meta_client::DEFAULT_DEADLINE, auth)
+}
+
 fn config(id: u64, dir: &Path, peers: &BTreeMap<u64, String>) -> MetaConfig {
     MetaConfig {
         id,
@@ -37,6 +45,7 @@ fn config(id: u64, dir: &Path, peers: &BTreeMap<u64, String>) -> MetaConfig {
         detector_interval_ms: 100,
         // A restarted node has to catch up through a snapshot.
         raft_logs_to_keep: 0,
+        cluster_secret: Some(ClusterSecret::new(SECRET).unwrap()),
         ..MetaConfig::default()
     }
 }
@@ -138,7 +147,7 @@ async fn writes_follow_the_leader_survive_failover_and_restarts() {
     let root = tempfile::tempdir().unwrap();
     let (mut nodes, peers) = cluster(root.path()).await;
     let addrs: Vec<String> = peers.values().cloned().collect();
-    let client = MetaClient::new(addrs.clone());
+    let client = client_for(addrs.clone());
 
     let r = client
         .write(&MetaCommand::CreateBucket(Bucket {
@@ -152,7 +161,7 @@ async fn writes_follow_the_leader_survive_failover_and_restarts() {
 
     // Through each node's address alone: followers hand out the leader.
     for (i, addr) in addrs.iter().enumerate() {
-        let one = MetaClient::new(vec![addr.clone()]);
+        let one = client_for(vec![addr.clone()]);
         for j in 0..10 {
             put(&one, "photos", &format!("n{i}/k{j:02}")).await;
         }
@@ -205,7 +214,7 @@ async fn writes_follow_the_leader_survive_failover_and_restarts() {
         let l = TcpListener::bind(peers[&id].as_str()).await.unwrap();
         nodes.push(start(id, l, &dir, &peers));
     }
-    let client = MetaClient::new(addrs.clone());
+    let client = client_for(addrs.clone());
     let keys = list_all(&client, "photos").await;
     assert_eq!(keys.len(), 61);
     assert!(keys.contains(&"after-failover".to_string()));
@@ -253,7 +262,7 @@ async fn wait_state(client: &MetaClient, id: &str, state: NodeState, within: Dur
 async fn heartbeats_register_nodes_and_silence_marks_them_down() {
     let root = tempfile::tempdir().unwrap();
     let (nodes, peers) = cluster(root.path()).await;
-    let client = MetaClient::new(peers.values().cloned().collect());
+    let client = client_for(peers.values().cloned().collect());
 
     client.heartbeat(hb("s-alive")).await.unwrap();
     client.heartbeat(hb("s-quiet")).await.unwrap();

@@ -1,12 +1,13 @@
 //! Channels between nodes: the only place that sets connect timeouts,
-//! keepalives and message limits, and keeps one pooled HTTP/2 connection
-//! per peer address.
+//! keepalives and message limits, keeps one pooled HTTP/2 connection per
+//! peer address, and signs requests with the cluster secret.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::auth::{AuthChannel, ClusterAuth};
 use crate::RpcError;
 
 /// Connect timeout for every internode connection.
@@ -34,18 +35,29 @@ pub fn lazy_channel(addr: &str) -> Result<Channel, RpcError> {
 
 /// One channel per peer address, created on first use and shared by every
 /// caller (tonic channels multiplex requests over one HTTP/2 connection).
+/// Requests are signed with the pool's cluster secret; a pool without one
+/// (`Default`) sends unsigned requests, which every real node refuses.
 #[derive(Default)]
 pub struct ChannelPool {
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, AuthChannel>>,
+    auth: Option<Arc<ClusterAuth>>,
 }
 
 impl ChannelPool {
-    pub fn get(&self, addr: &str) -> Result<Channel, RpcError> {
+    /// A pool whose requests are signed with `auth`.
+    pub fn with_auth(auth: Arc<ClusterAuth>) -> Self {
+        ChannelPool {
+            channels: Mutex::default(),
+            auth: Some(auth),
+        }
+    }
+
+    pub fn get(&self, addr: &str) -> Result<AuthChannel, RpcError> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = lazy_channel(addr)?;
+        let ch = AuthChannel::new(lazy_channel(addr)?, self.auth.clone());
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -1,13 +1,17 @@
 //! Tessera's gRPC protocol: the code generated from `proto/`, the one place
-//! that builds channels between nodes, and typed clients for the meta and
-//! storage services. Protobuf types stay in this crate and at the edges of
+//! that builds channels between nodes, internode authentication with the
+//! cluster secret (`auth`), and typed clients for the meta and storage
+//! services. Protobuf types stay in this crate and at the edges of
 //! the service crates; everything above speaks `tessera-types`.
 
+pub mod auth;
 pub mod channel;
 pub mod error;
 pub mod meta_client;
+pub mod raw;
 pub mod storage_client;
 
+pub use auth::{ClusterAuth, ClusterSecret};
 pub use error::RpcError;
 pub use meta_client::MetaClient;
 pub use storage_client::StoragePool;

@@ -14,6 +14,7 @@ use tessera_types::codec;
 use tessera_types::meta::{MetaCommand, MetaQuery, MetaReply, QueryReply};
 use tokio::time::Instant;
 
+use crate::auth::{AuthChannel, ClusterAuth};
 use crate::channel::ChannelPool;
 use crate::meta::meta_client::MetaClient as GrpcMetaClient;
 use crate::meta::{Envelope, HeartbeatRequest, RaftStatusRequest, RaftStatusResponse};
@@ -37,17 +38,30 @@ struct Inner {
 }
 
 impl MetaClient {
-    /// A client for the meta group reachable at any of `addrs`.
+    /// A client for the meta group reachable at any of `addrs` that sends
+    /// unsigned requests (real meta nodes refuse them; for tests against
+    /// fakes). Nodes use [`MetaClient::with_auth`].
     pub fn new(addrs: Vec<String>) -> Self {
-        Self::with_deadline(addrs, DEFAULT_DEADLINE)
+        Self::build(addrs, DEFAULT_DEADLINE, ChannelPool::default())
     }
 
+    /// Unsigned, with a deadline per request; see [`MetaClient::new`].
     pub fn with_deadline(addrs: Vec<String>, deadline: Duration) -> Self {
+        Self::build(addrs, deadline, ChannelPool::default())
+    }
+
+    /// A client whose requests are signed with the cluster secret, with a
+    /// deadline per request (retries included).
+    pub fn with_auth(addrs: Vec<String>, deadline: Duration, auth: Arc<ClusterAuth>) -> Self {
+        Self::build(addrs, deadline, ChannelPool::with_auth(auth))
+    }
+
+    fn build(addrs: Vec<String>, deadline: Duration, pool: ChannelPool) -> Self {
         MetaClient {
             inner: Arc::new(Inner {
                 addrs,
                 leader: Mutex::new(None),
-                pool: ChannelPool::default(),
+                pool,
                 deadline,
             }),
         }
@@ -111,7 +125,7 @@ impl MetaClient {
         }
     }
 
-    fn grpc(&self, addr: &str) -> Result<GrpcMetaClient<tonic::transport::Channel>, RpcError> {
+    fn grpc(&self, addr: &str) -> Result<GrpcMetaClient<AuthChannel>, RpcError> {
         let ch = self.inner.pool.get(addr)?;
         Ok(GrpcMetaClient::new(ch)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -123,7 +137,7 @@ impl MetaClient {
     async fn call<T, R, F, Fut>(&self, f: F, req: T) -> Result<R, RpcError>
     where
         T: Clone,
-        F: Fn(GrpcMetaClient<tonic::transport::Channel>, T) -> Fut,
+        F: Fn(GrpcMetaClient<AuthChannel>, T) -> Fut,
         Fut: std::future::Future<Output = Result<R, tonic::Status>>,
     {
         let start = Instant::now();

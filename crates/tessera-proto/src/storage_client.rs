@@ -1,12 +1,14 @@
 //! The client of storage nodes: one pooled connection per node, shard data
 //! streamed in ~1 MiB frames, a timeout on every call.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tessera_types::StripeId;
 
+use crate::auth::{AuthChannel, ClusterAuth};
 use crate::channel::ChannelPool;
 use crate::storage::storage_client::StorageClient;
 use crate::storage::{
@@ -46,11 +48,20 @@ async fn timed<T>(
 }
 
 impl StoragePool {
+    /// A pool that sends unsigned requests (real storage nodes refuse
+    /// them; for tests against fakes). Nodes use [`StoragePool::with_auth`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn client(&self, addr: &str) -> Result<StorageClient<tonic::transport::Channel>, RpcError> {
+    /// A pool whose requests are signed with the cluster secret.
+    pub fn with_auth(auth: Arc<ClusterAuth>) -> Self {
+        StoragePool {
+            pool: ChannelPool::with_auth(auth),
+        }
+    }
+
+    fn client(&self, addr: &str) -> Result<StorageClient<AuthChannel>, RpcError> {
         let ch = self.pool.get(addr)?;
         Ok(StorageClient::new(ch)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -2,14 +2,15 @@
 //! client (which follows the leader).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tessera_proto::meta::RaftStatusResponse;
-use tessera_proto::{MetaClient, RpcError};
+use tessera_proto::{ClusterAuth, MetaClient, RpcError};
 use tessera_types::meta::{MetaCommand, MetaError, MetaQuery, MetaReply, QueryReply};
 use tessera_types::{AccessKey, ClusterMap, NodeState};
 use tokio::task::JoinSet;
@@ -26,9 +27,10 @@ const DEFAULT_CLUSTER_FILE: &str = "./tessera-data/cluster.json";
 /// Runs an admin command; the exit code tells scripts whether it worked.
 pub async fn run(args: AdminArgs) -> Result<ExitCode> {
     let addrs = resolve_meta(&args.target)?;
+    let auth = resolve_auth(&args.target)?;
     match args.command {
         AdminCommand::Status { json } => {
-            let report = status(&addrs).await;
+            let report = status(&addrs, auth).await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -41,11 +43,43 @@ pub async fn run(args: AdminArgs) -> Result<ExitCode> {
             })
         }
         AdminCommand::Key(cmd) => {
-            let client = MetaClient::with_deadline(addrs, REQUEST_DEADLINE);
+            let client = MetaClient::with_auth(addrs, REQUEST_DEADLINE, auth);
             key(&client, cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The cluster secret from --cluster-secret-file or
+/// $TESSERA_CLUSTER_SECRET, else from the `cluster-secret` file that
+/// `tessera dev` keeps beside its cluster.json (--cluster,
+/// $TESSERA_CLUSTER, ./tessera-data/cluster.json).
+pub fn resolve_auth(t: &MetaTarget) -> Result<Arc<ClusterAuth>> {
+    if let Some(s) = crate::config::resolve_secret(&t.secret, None)? {
+        return Ok(ClusterAuth::new(s));
+    }
+    let cluster_file = t
+        .cluster
+        .clone()
+        .or_else(|| {
+            std::env::var("TESSERA_CLUSTER")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CLUSTER_FILE));
+    let beside = cluster_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(crate::dev::SECRET_FILE);
+    if beside.exists() {
+        let text = std::fs::read_to_string(&beside)
+            .with_context(|| format!("reading {}", beside.display()))?;
+        let secret = tessera_proto::ClusterSecret::new(&text)
+            .with_context(|| format!("{} holds no usable secret", beside.display()))?;
+        return Ok(ClusterAuth::new(secret));
+    }
+    bail!("{}", tessera_proto::auth::MISSING_SECRET_HELP)
 }
 
 /// Meta addresses from, in order: --meta, --cluster, $TESSERA_META,
@@ -145,8 +179,8 @@ pub struct StorageNodeStatus {
 
 /// Asks every meta node (those given and the members they report) for its
 /// Raft view, and the leader for the cluster map.
-pub async fn status(addrs: &[String]) -> StatusReport {
-    let client = MetaClient::with_deadline(addrs.to_vec(), REQUEST_DEADLINE);
+pub async fn status(addrs: &[String], auth: Arc<ClusterAuth>) -> StatusReport {
+    let client = MetaClient::with_auth(addrs.to_vec(), REQUEST_DEADLINE, auth);
     let mut views: BTreeMap<String, Result<RaftStatusResponse, RpcError>> = BTreeMap::new();
     let mut known_ids: BTreeMap<String, u64> = BTreeMap::new();
     let mut pending: BTreeSet<String> = addrs.iter().cloned().collect();
@@ -567,6 +601,7 @@ mod tests {
         let t = MetaTarget {
             meta: vec!["a:1,b:2".into(), "c:3".into()],
             cluster: Some("/nonexistent.json".into()),
+            secret: Default::default(),
         };
         assert_eq!(resolve_meta(&t).unwrap(), vec!["a:1", "b:2", "c:3"]);
     }
@@ -587,11 +622,18 @@ mod tests {
         let t = MetaTarget {
             meta: vec![],
             cluster: Some(p),
+            secret: Default::default(),
         };
         assert_eq!(
             resolve_meta(&t).unwrap(),
             vec!["127.0.0.1:9011", "127.0.0.1:9012"]
         );
+        // The secret comes from the file `tessera dev` keeps beside it.
+        if std::env::var_os(crate::config::SECRET_ENV).is_none() {
+            assert!(resolve_auth(&t).is_err());
+            std::fs::write(dir.path().join("cluster-secret"), "0123456789abcdef0123\n").unwrap();
+            resolve_auth(&t).unwrap();
+        }
     }
 
     fn view(id: u64, leader: u64, term: u64) -> RaftStatusResponse {

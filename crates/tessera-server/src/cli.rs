@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use tessera_proto::ClusterSecret;
 
 /// Tessera: an erasure-coded, S3-compatible object store.
 ///
@@ -62,6 +63,12 @@ pub struct MetaArgs {
     /// flags merged) as TOML, and exit.
     #[arg(long)]
     pub print_config: bool,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Address of the admin HTTP port serving `/metrics` (Prometheus),
+    /// `/health/live` and `/health/ready`. [default: none]
+    #[arg(long, env = "TESSERA_ADMIN_LISTEN", value_name = "HOST:PORT")]
+    pub admin_listen: Option<String>,
     /// Address to listen on for Raft and meta RPCs. [default: 127.0.0.1:7001]
     #[arg(long, env = "TESSERA_LISTEN", value_name = "HOST:PORT")]
     pub listen: Option<String>,
@@ -117,6 +124,12 @@ pub struct StorageArgs {
     /// flags merged) as TOML, and exit.
     #[arg(long)]
     pub print_config: bool,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Address of the admin HTTP port serving `/metrics` (Prometheus),
+    /// `/health/live` and `/health/ready`. [default: none]
+    #[arg(long, env = "TESSERA_ADMIN_LISTEN", value_name = "HOST:PORT")]
+    pub admin_listen: Option<String>,
     /// Address to listen on for shard RPCs. [default: 127.0.0.1:7101]
     #[arg(long, env = "TESSERA_LISTEN", value_name = "HOST:PORT")]
     pub listen: Option<String>,
@@ -167,6 +180,12 @@ pub struct GatewayArgs {
     /// flags merged) as TOML, and exit.
     #[arg(long)]
     pub print_config: bool,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Address of the admin HTTP port serving `/metrics` (Prometheus),
+    /// `/health/live` and `/health/ready`. [default: none]
+    #[arg(long, env = "TESSERA_ADMIN_LISTEN", value_name = "HOST:PORT")]
+    pub admin_listen: Option<String>,
     /// Address to serve S3 (HTTP) on. [default: 127.0.0.1:9000]
     #[arg(long, env = "TESSERA_LISTEN", value_name = "HOST:PORT")]
     pub listen: Option<String>,
@@ -277,6 +296,28 @@ pub struct AdminArgs {
     pub command: AdminCommand,
 }
 
+/// Where a node finds the cluster secret that signs and checks every
+/// internode call. First match wins: --cluster-secret-file,
+/// $TESSERA_CLUSTER_SECRET, `cluster-secret` in the config file. There is
+/// no default: meta, storage and gateway refuse to start without one. The
+/// secret itself is never a flag (it would show in `ps`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct SecretArgs {
+    /// File holding the cluster secret (the same on every node, at least
+    /// 16 bytes, e.g. from `openssl rand -hex 32`). The secret itself can
+    /// come from $TESSERA_CLUSTER_SECRET instead.
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_CLUSTER_SECRET_FILE",
+        value_name = "FILE"
+    )]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// A secret set by the caller (tests, `tessera dev` in-process).
+    #[arg(skip)]
+    pub cluster_secret: Option<ClusterSecret>,
+}
+
 /// Where the admin CLI finds the meta group. First match wins: --meta,
 /// --cluster, $TESSERA_META, $TESSERA_CLUSTER, ./tessera-data/cluster.json.
 #[derive(Debug, Clone, Default, Args)]
@@ -288,6 +329,10 @@ pub struct MetaTarget {
     /// (env: TESSERA_CLUSTER).
     #[arg(long, global = true, value_name = "FILE")]
     pub cluster: Option<PathBuf>,
+    /// The cluster secret; for a dev cluster it is read from the
+    /// `cluster-secret` file beside its cluster.json.
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 #[derive(Debug, Clone, Subcommand)]

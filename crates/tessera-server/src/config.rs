@@ -13,9 +13,51 @@ use std::path::{Path, PathBuf};
 use serde::{de::DeserializeOwned, Serialize};
 use tessera_gateway::GatewayConfig;
 use tessera_meta::MetaConfig;
+use tessera_proto::auth::MISSING_SECRET_HELP;
+use tessera_proto::ClusterSecret;
 use tessera_storage::StorageConfig;
 
-use crate::cli::{GatewayArgs, MetaArgs, StorageArgs};
+use crate::cli::{GatewayArgs, MetaArgs, SecretArgs, StorageArgs};
+
+/// Environment variable holding the cluster secret itself.
+pub const SECRET_ENV: &str = "TESSERA_CLUSTER_SECRET";
+
+/// The cluster secret from, first match wins: --cluster-secret-file, a
+/// secret set by the caller, $TESSERA_CLUSTER_SECRET, then `from_file`
+/// (the config file's `cluster-secret`). Errors never include the value.
+pub fn resolve_secret(
+    args: &SecretArgs,
+    from_file: Option<ClusterSecret>,
+) -> Result<Option<ClusterSecret>, ConfigError> {
+    if let Some(path) = &args.cluster_secret_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                "cluster-secret-file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        return ClusterSecret::new(&text)
+            .map(Some)
+            .map_err(|e| invalid("cluster-secret-file", e.to_string()));
+    }
+    if let Some(s) = &args.cluster_secret {
+        return Ok(Some(s.clone()));
+    }
+    if let Some(text) = std::env::var_os(SECRET_ENV) {
+        let text = text.to_string_lossy();
+        return ClusterSecret::new(&text)
+            .map(Some)
+            .map_err(|e| invalid("cluster-secret", format!("${SECRET_ENV}: {e}")));
+    }
+    Ok(from_file)
+}
+
+fn require_secret(s: &Option<ClusterSecret>) -> Result<(), ConfigError> {
+    match s {
+        Some(_) => Ok(()),
+        None => Err(invalid("cluster-secret", MISSING_SECRET_HELP)),
+    }
+}
 
 /// Default listen address of a meta node.
 pub const DEFAULT_META_LISTEN: &str = "127.0.0.1:7001";
@@ -127,6 +169,10 @@ impl MetaSettings {
         if let Some(v) = args.election_timeout_ms {
             c.election_timeout_ms = v;
         }
+        c.cluster_secret = resolve_secret(&args.secret, c.cluster_secret.take())?;
+        if let Some(v) = &args.admin_listen {
+            c.admin_listen = Some(v.clone());
+        }
         // A lone node needs no --peers: it is its own group.
         if c.peers.is_empty() {
             let me = c.advertise.clone().unwrap_or_else(|| s.listen.clone());
@@ -197,6 +243,10 @@ impl MetaSettings {
         if c.snapshot_every == 0 {
             return Err(invalid("snapshot-every", "must be positive"));
         }
+        if let Some(a) = &c.admin_listen {
+            check_addr("admin-listen", a)?;
+        }
+        require_secret(&c.cluster_secret)?;
         c.validate().map_err(|e| rejected("meta", e))
     }
 }
@@ -233,6 +283,10 @@ impl StorageSettings {
         }
         if let Some(v) = args.max_shard_bytes {
             c.max_shard_bytes = v;
+        }
+        c.cluster_secret = resolve_secret(&args.secret, c.cluster_secret.take())?;
+        if let Some(v) = &args.admin_listen {
+            c.admin_listen = Some(v.clone());
         }
         s.validate()?;
         Ok(s)
@@ -285,6 +339,10 @@ impl StorageSettings {
         if c.heartbeat_ms == 0 {
             return Err(invalid("heartbeat-ms", "must be positive"));
         }
+        if let Some(a) = &c.admin_listen {
+            check_addr("admin-listen", a)?;
+        }
+        require_secret(&c.cluster_secret)?;
         c.validate().map_err(|e| rejected("storage", e))
     }
 }
@@ -337,6 +395,10 @@ impl GatewaySettings {
         if let Some(v) = &args.domain {
             c.domain = Some(v.clone());
         }
+        c.cluster_secret = resolve_secret(&args.secret, c.cluster_secret.take())?;
+        if let Some(v) = &args.admin_listen {
+            c.admin_listen = Some(v.clone());
+        }
         s.validate()?;
         Ok(s)
     }
@@ -358,6 +420,10 @@ impl GatewaySettings {
         if c.region.trim().is_empty() {
             return Err(invalid("region", "must not be empty"));
         }
+        if let Some(a) = &c.admin_listen {
+            check_addr("admin-listen", a)?;
+        }
+        require_secret(&c.cluster_secret)?;
         // Sizes, buffers and timeouts: the gateway knows its limits best.
         c.validate().map_err(|e| rejected("gateway", e))
     }
@@ -450,10 +516,12 @@ where
     };
     // Every key that was read shows up when the struct is written back;
     // whatever does not was ignored by serde, i.e. is unknown.
-    let known: BTreeSet<String> = match serde_json::to_value(&config) {
+    let mut known: BTreeSet<String> = match serde_json::to_value(&config) {
         Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
         _ => BTreeSet::new(),
     };
+    // Read but never written back.
+    known.insert("cluster-secret".into());
     let unknown: Vec<String> = keys.into_iter().filter(|k| !known.contains(k)).collect();
     if !unknown.is_empty() {
         return Err(ConfigError::UnknownKeys {
@@ -574,6 +642,13 @@ mod tests {
         ));
     }
 
+    fn secret() -> SecretArgs {
+        SecretArgs {
+            cluster_secret: Some(ClusterSecret::new("test-secret-0123456789").unwrap()),
+            ..SecretArgs::default()
+        }
+    }
+
     fn field_of(e: ConfigError) -> &'static str {
         match e {
             ConfigError::Invalid { field, .. } => field,
@@ -588,6 +663,7 @@ mod tests {
                 k,
                 m,
                 meta: vec!["127.0.0.1:7001".into()],
+                cluster_secret: secret().cluster_secret,
                 ..GatewayConfig::default()
             },
         }
@@ -637,6 +713,7 @@ mod tests {
         MetaArgs {
             id: Some(id),
             peers: peers.iter().map(|(i, a)| (*i, a.to_string())).collect(),
+            secret: secret(),
             ..MetaArgs::default()
         }
     }
@@ -671,7 +748,11 @@ mod tests {
 
     #[test]
     fn lone_meta_node_is_its_own_group() {
-        let s = MetaSettings::load(&MetaArgs::default()).unwrap();
+        let lone = MetaArgs {
+            secret: secret(),
+            ..MetaArgs::default()
+        };
+        let s = MetaSettings::load(&lone).unwrap();
         assert_eq!(s.listen, DEFAULT_META_LISTEN);
         assert_eq!(
             s.config.peers.get(&1).map(String::as_str),
@@ -680,6 +761,7 @@ mod tests {
         // A wildcard listen address cannot be a peer address.
         let a = MetaArgs {
             listen: Some("0.0.0.0:7001".into()),
+            secret: secret(),
             ..MetaArgs::default()
         };
         assert_eq!(field_of(MetaSettings::load(&a).unwrap_err()), "peers");
@@ -698,6 +780,7 @@ mod tests {
             config: Some(file),
             k: Some(8),
             meta: vec!["b:2".into(), "c:3".into()],
+            secret: secret(),
             ..GatewayArgs::default()
         };
         let s = GatewaySettings::load(&args).unwrap();
@@ -727,6 +810,63 @@ mod tests {
     }
 
     #[test]
+    fn every_role_requires_a_cluster_secret() {
+        if std::env::var_os(SECRET_ENV).is_some() {
+            return;
+        }
+        let mut g = gateway(4, 2);
+        g.config.cluster_secret = None;
+        let e = g.validate().unwrap_err();
+        assert!(e.to_string().contains("TESSERA_CLUSTER_SECRET"), "{e}");
+        assert_eq!(field_of(e), "cluster-secret");
+        let e = MetaSettings::load(&MetaArgs::default()).unwrap_err();
+        assert_eq!(field_of(e), "cluster-secret");
+        let a = StorageArgs {
+            meta: vec!["127.0.0.1:7001".into()],
+            ..StorageArgs::default()
+        };
+        assert_eq!(
+            field_of(StorageSettings::load(&a).unwrap_err()),
+            "cluster-secret"
+        );
+    }
+
+    #[test]
+    fn secret_comes_from_file_or_config_and_is_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-the-secret-file-1234\n").unwrap();
+        let args = SecretArgs {
+            cluster_secret_file: Some(file.clone()),
+            ..SecretArgs::default()
+        };
+        let got = resolve_secret(&args, None).unwrap().unwrap();
+        assert_eq!(
+            got,
+            ClusterSecret::new("from-the-secret-file-1234").unwrap()
+        );
+        std::fs::write(&file, "short").unwrap();
+        assert_eq!(
+            field_of(resolve_secret(&args, None).unwrap_err()),
+            "cluster-secret-file"
+        );
+
+        let toml_file = dir.path().join("meta.toml");
+        std::fs::write(&toml_file, "cluster-secret = \"from-the-config-file-99\"\n").unwrap();
+        let a = MetaArgs {
+            config: Some(toml_file),
+            ..MetaArgs::default()
+        };
+        if std::env::var_os(SECRET_ENV).is_none() {
+            let s = MetaSettings::load(&a).unwrap();
+            assert!(s.config.cluster_secret.is_some());
+            let text = render_toml(&s.listen, &s.config).unwrap();
+            assert!(!text.contains("from-the-config"), "{text}");
+            assert!(!format!("{s:?}").contains("from-the-config"));
+        }
+    }
+
+    #[test]
     fn missing_file_is_a_read_error() {
         let args = StorageArgs {
             config: Some("/nonexistent/tessera.toml".into()),
@@ -744,6 +884,7 @@ mod tests {
             meta: vec!["127.0.0.1:7001".into()],
             data_dirs: vec!["/d1".into(), "/d2".into()],
             zone: Some("z1".into()),
+            secret: secret(),
             ..StorageArgs::default()
         };
         let s = StorageSettings::load(&base).unwrap();

@@ -8,6 +8,8 @@
 //! DIR/storage-<i>/       storage node i (1..=N)
 //! DIR/logs/<role>-<i>.log  each child's stdout and stderr, appended
 //! DIR/credentials.json   the root access key, created once (mode 0600)
+//! DIR/cluster-secret     the internode secret, created once (mode 0600),
+//!                        handed to children in $TESSERA_CLUSTER_SECRET
 //! DIR/cluster.json       endpoint, credentials, nodes; rewritten on every start
 //! DIR/dev.lock           held while a supervisor runs on DIR
 //! ```
@@ -16,12 +18,16 @@
 //!
 //! ```text
 //! B                 gateway, S3 over HTTP
-//! B+1  ..= B+9      reserved for the gateway
+//! B+1               gateway admin HTTP (/metrics, /health/*)
+//! B+2  ..= B+9      reserved for the gateway
 //! B+11 ..= B+13     meta node 1..=3  (B+10+i)
+//! B+16 ..= B+18     meta node 1..=3 admin HTTP  (B+15+i)
 //! B+21 ..= B+20+N   storage node 1..=N  (B+20+i)
+//! B+21+N ..= B+20+2N  storage node 1..=N admin HTTP  (B+20+N+i)
 //! ```
 //!
-//! Storage ports come last, so any N fits as long as B+20+N <= 65535.
+//! Storage ports come last, so any N fits as long as B+20+2N <= 65535.
+//! Every node's admin address is in cluster.json (`admin_addr`).
 //! Restarting on the same directory reuses the same ports, ids and data.
 //!
 //! The supervisor never restarts a child: tests kill nodes on purpose and
@@ -42,7 +48,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tessera_proto::MetaClient;
+use tessera_proto::{ClusterAuth, ClusterSecret, MetaClient};
 use tessera_types::meta::{MetaCommand, MetaQuery, MetaReply, QueryReply};
 use tessera_types::{AccessKey, ClusterMap, NodeState};
 use tokio::time::Instant;
@@ -56,6 +62,8 @@ use crate::fsutil::write_atomic;
 pub const META_NODES: usize = 3;
 /// How long children get to stop after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// File of the cluster secret in a dev data directory.
+pub const SECRET_FILE: &str = "cluster-secret";
 /// Name of the root access key.
 pub const ROOT_KEY_NAME: &str = "root";
 
@@ -73,6 +81,18 @@ pub fn meta_port(base: u16, i: usize) -> u16 {
 /// Storage node `i`'s port (i = 1..=N).
 pub fn storage_port(base: u16, i: usize) -> u16 {
     offset_port(base, 20 + i)
+}
+/// The gateway's admin HTTP port.
+pub fn gateway_admin_port(base: u16) -> u16 {
+    offset_port(base, 1)
+}
+/// Meta node `i`'s admin HTTP port (i = 1..=3).
+pub fn meta_admin_port(base: u16, i: usize) -> u16 {
+    offset_port(base, 15 + i)
+}
+/// Storage node `i`'s admin HTTP port, of `n` storage nodes (i = 1..=n).
+pub fn storage_admin_port(base: u16, n: usize, i: usize) -> u16 {
+    offset_port(base, 20 + n + i)
 }
 fn offset_port(base: u16, off: usize) -> u16 {
     // Range-checked by `DevOptions::validate`.
@@ -139,10 +159,11 @@ impl DevOptions {
         if self.port_base == 0 {
             bail!("--port-base must be a real port (1..)");
         }
-        let top = usize::from(self.port_base) + 20 + self.storage_nodes;
+        let top = usize::from(self.port_base) + 20 + 2 * self.storage_nodes;
         if top > usize::from(u16::MAX) {
             bail!(
-                "--port-base {} + 20 + {} storage nodes = {top} is past port 65535",
+                "--port-base {} + 20 + 2 x {} storage nodes (service and admin ports) = {top} \
+                 is past port 65535",
                 self.port_base,
                 self.storage_nodes
             );
@@ -187,6 +208,10 @@ pub struct NodeEntry {
     pub pid: u32,
     /// `host:port` it listens on.
     pub addr: String,
+    /// `host:port` of its admin HTTP port (`/metrics`, `/health/live`,
+    /// `/health/ready`).
+    #[serde(default)]
+    pub admin_addr: String,
 }
 
 impl ClusterInfo {
@@ -240,6 +265,7 @@ struct ChildSpec {
     /// `meta-1`, `storage-4`, `gateway-1`.
     name: String,
     addr: String,
+    admin_addr: String,
     args: Vec<OsString>,
 }
 
@@ -247,6 +273,7 @@ struct ChildProc {
     role: Role,
     name: String,
     addr: String,
+    admin_addr: String,
     log: PathBuf,
     child: Child,
     exit: Option<ExitStatus>,
@@ -283,6 +310,7 @@ impl ChildProc {
 /// [`DevCluster::stop`] for a graceful stop.
 pub struct DevCluster {
     opts: DevOptions,
+    secret: ClusterSecret,
     data_dir: PathBuf,
     info: ClusterInfo,
     children: Vec<ChildProc>,
@@ -316,6 +344,7 @@ impl DevCluster {
         let lock = lock_dir(&data_dir)?;
         fs::create_dir_all(data_dir.join("logs"))?;
         let root = load_or_create_root_key(&data_dir)?;
+        let secret = load_or_create_secret(&data_dir)?;
         let specs = child_specs(&opts, &data_dir);
         check_ports_free(&specs)?;
         let binary = match &opts.binary {
@@ -332,6 +361,7 @@ impl DevCluster {
                 nodes: vec![],
             },
             opts,
+            secret,
             data_dir,
             children: Vec::new(),
             started_in: Duration::ZERO,
@@ -344,6 +374,7 @@ impl DevCluster {
                 &cluster.data_dir,
                 spec,
                 cluster.opts.log_level.as_deref(),
+                &text_of(&cluster.data_dir)?,
             )?;
             debug!(node = %child.name, pid = child.child.id(), "spawned");
             cluster.children.push(child);
@@ -518,7 +549,11 @@ impl DevCluster {
         let deadline = Instant::now() + timeout;
         let logs = self.data_dir.join("logs");
         let meta_addrs = self.meta_addrs();
-        let client = MetaClient::with_deadline(meta_addrs.clone(), Duration::from_secs(5));
+        let client = MetaClient::with_auth(
+            meta_addrs.clone(),
+            Duration::from_secs(5),
+            ClusterAuth::new(self.secret.clone()),
+        );
 
         // 1. A meta leader.
         let mut status;
@@ -632,6 +667,7 @@ impl DevCluster {
                     id,
                     pid: c.child.id(),
                     addr: c.addr.clone(),
+                    admin_addr: c.admin_addr.clone(),
                 }
             })
             .collect()
@@ -712,6 +748,43 @@ fn lock_dir(dir: &Path) -> Result<File> {
     Ok(f)
 }
 
+/// The secret text as the children get it (from the file, so that the
+/// value never needs a `Display`).
+fn text_of(dir: &Path) -> Result<String> {
+    let path = dir.join(SECRET_FILE);
+    Ok(fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+/// `DIR/cluster-secret`: 32 random bytes as hex, created once (0600).
+fn load_or_create_secret(dir: &Path) -> Result<ClusterSecret> {
+    let path = dir.join(SECRET_FILE);
+    if path.exists() {
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        return ClusterSecret::new(&text).with_context(|| {
+            format!(
+                "{} holds no usable secret; delete it to generate a new one \
+                 (every node of this directory gets the new one)",
+                path.display()
+            )
+        });
+    }
+    let bytes: [u8; 32] = rand::random();
+    let text = hex_encode(&bytes);
+    write_atomic(&path, format!("{text}\n").as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))?;
+    info!(file = %path.display(), "generated the cluster secret");
+    Ok(ClusterSecret::new(&text)?)
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn load_or_create_root_key(dir: &Path) -> Result<AccessKey> {
     let path = dir.join("credentials.json");
     if path.exists() {
@@ -764,6 +837,8 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
         args.extend(["--data-dir".into(), dir.join(format!("meta-{i}")).into()]);
         args.extend(["--peers".into(), peers.clone().into()]);
         args.extend(["--bootstrap".into(), "true".into()]);
+        let admin = addr(meta_admin_port(o.port_base, i));
+        args.extend(["--admin-listen".into(), admin.clone().into()]);
         if let Some(ms) = o.suspect_after_ms {
             args.extend(["--suspect-after-ms".into(), ms.to_string().into()]);
         }
@@ -774,6 +849,7 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
             role: Role::Meta,
             name: format!("meta-{i}"),
             addr: a.clone(),
+            admin_addr: admin,
             args,
         });
     }
@@ -786,10 +862,13 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
         args.extend(["--data-dir".into(), dir.join(format!("storage-{i}")).into()]);
         args.extend(["--zone".into(), zone.into()]);
         args.extend(["--meta".into(), meta_list.clone().into()]);
+        let admin = addr(storage_admin_port(o.port_base, o.storage_nodes, i));
+        args.extend(["--admin-listen".into(), admin.clone().into()]);
         specs.push(ChildSpec {
             role: Role::Storage,
             name: format!("storage-{i}"),
             addr: a,
+            admin_addr: admin,
             args,
         });
     }
@@ -800,10 +879,13 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
     args.extend(["--region".into(), o.region.clone().into()]);
     args.extend(["--k".into(), o.k.to_string().into()]);
     args.extend(["--m".into(), o.m.to_string().into()]);
+    let admin = addr(gateway_admin_port(o.port_base));
+    args.extend(["--admin-listen".into(), admin.clone().into()]);
     specs.push(ChildSpec {
         role: Role::Gateway,
         name: "gateway-1".into(),
         addr: a,
+        admin_addr: admin,
         args,
     });
     specs
@@ -813,8 +895,12 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
 fn check_ports_free(specs: &[ChildSpec]) -> Result<()> {
     let busy: Vec<String> = specs
         .iter()
-        .filter(|s| std::net::TcpListener::bind(&s.addr).is_err())
-        .map(|s| format!("{} ({})", s.addr, s.name))
+        .flat_map(|s| {
+            [(&s.addr, ""), (&s.admin_addr, " admin")]
+                .into_iter()
+                .filter(|(a, _)| std::net::TcpListener::bind(a.as_str()).is_err())
+                .map(move |(a, what)| format!("{a} ({}{what})", s.name))
+        })
         .collect();
     if !busy.is_empty() {
         bail!(
@@ -830,6 +916,7 @@ fn spawn_child(
     dir: &Path,
     spec: ChildSpec,
     log_level: Option<&str>,
+    secret: &str,
 ) -> Result<ChildProc> {
     let log_path = dir.join("logs").join(format!("{}.log", spec.name));
     let mut log = OpenOptions::new()
@@ -858,6 +945,8 @@ fn spawn_child(
             cmd.env_remove(k);
         }
     }
+    // By environment, not argv: argv shows in `ps` to every local user.
+    cmd.env(crate::config::SECRET_ENV, secret);
     // SAFETY: getpid is async-signal-safe; so are the calls in the hook.
     let parent = unsafe { libc::getpid() };
     unsafe {
@@ -870,6 +959,7 @@ fn spawn_child(
         role: spec.role,
         name: spec.name,
         addr: spec.addr,
+        admin_addr: spec.admin_addr,
         log: log_path,
         child,
         exit: None,
@@ -951,9 +1041,11 @@ mod tests {
     fn port_ranges_never_collide() {
         for n in [1usize, 6, 9, 60, 400] {
             let base = 9000;
-            let mut ports = vec![gateway_port(base)];
+            let mut ports = vec![gateway_port(base), gateway_admin_port(base)];
             ports.extend((1..=META_NODES).map(|i| meta_port(base, i)));
+            ports.extend((1..=META_NODES).map(|i| meta_admin_port(base, i)));
             ports.extend((1..=n).map(|i| storage_port(base, i)));
+            ports.extend((1..=n).map(|i| storage_admin_port(base, n, i)));
             let mut sorted = ports.clone();
             sorted.sort_unstable();
             sorted.dedup();
@@ -965,6 +1057,8 @@ mod tests {
         }
         assert_eq!(meta_port(9000, 1), 9011);
         assert_eq!(storage_port(9000, 6), 9026);
+        assert_eq!(storage_admin_port(9000, 6, 1), 9027);
+        assert_eq!(meta_admin_port(9000, 3), 9018);
     }
 
     #[test]

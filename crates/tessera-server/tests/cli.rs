@@ -14,6 +14,17 @@ fn parse(args: &[&str]) -> Cli {
     }
 }
 
+/// A role command line with a cluster secret file (roles require one).
+fn parse_role(args: &[&str]) -> (Cli, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster-secret");
+    std::fs::write(&file, "cli-test-secret-0123456789\n").unwrap();
+    let mut all: Vec<&str> = args.to_vec();
+    let path = file.to_str().unwrap().to_string();
+    all.extend(["--cluster-secret-file", &path]);
+    (parse(&all), dir)
+}
+
 #[test]
 fn clap_definition_is_consistent() {
     Cli::command().debug_assert();
@@ -28,7 +39,7 @@ fn version_flag_prints_the_crate_version() {
 
 #[test]
 fn meta_flags() {
-    let cli = parse(&[
+    let (cli, _dir) = parse_role(&[
         "tessera",
         "meta",
         "--id",
@@ -75,7 +86,7 @@ fn malformed_peers_are_rejected_by_the_parser() {
 
 #[test]
 fn storage_data_dir_repeats() {
-    let cli = parse(&[
+    let (cli, _dir) = parse_role(&[
         "tessera",
         "storage",
         "--listen",
@@ -107,7 +118,7 @@ fn storage_data_dir_repeats() {
 
 #[test]
 fn gateway_flags_and_validation() {
-    let cli = parse(&[
+    let (cli, _dir) = parse_role(&[
         "tessera",
         "gateway",
         "--listen",

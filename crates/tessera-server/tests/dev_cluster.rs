@@ -20,7 +20,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 /// Dev clusters are heavy (ten processes each): one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A port base whose whole range (base ..= base+20+n) is free right now,
+/// A port base whose whole range (base ..= base+20+2n) is free right now,
 /// picked pseudo-randomly so that concurrent test runs rarely meet.
 fn free_port_base(storage_nodes: usize) -> u16 {
     static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -33,7 +33,8 @@ fn free_port_base(storage_nodes: usize) -> u16 {
     for attempt in 0..300u64 {
         let slot = (seed.wrapping_add(attempt * 7919)) % 300;
         let base = 20_000 + (slot as u16) * 100;
-        let free = (0..=20 + storage_nodes as u16)
+        // Service ports and admin ports (B+20+2N, see `dev`).
+        let free = (0..=20 + 2 * storage_nodes as u16)
             .all(|off| std::net::TcpListener::bind(("127.0.0.1", base + off)).is_ok());
         if free {
             return base;
@@ -144,6 +145,111 @@ fn check_status(s: &StatusReport, info: &ClusterInfo) {
     assert_eq!(listed, known);
 }
 
+/// A plain HTTP/1.1 GET: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read response");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the first sample line starting with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `check` on the body of GET `path` until it holds (20 s).
+fn wait_for(addr: &str, path: &str, check: impl Fn(u16, &str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http_get(addr, path);
+        if check(status, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {addr}{path}: {status}\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every node serves /health/live, /health/ready and /metrics on its admin
+/// port, and the gateway counts requests, refused ones included.
+fn check_admin_ports(info: &ClusterInfo) {
+    for n in &info.nodes {
+        assert!(!n.admin_addr.is_empty(), "{n:?}");
+        assert_eq!(http_get(&n.admin_addr, "/health/live").0, 200, "{n:?}");
+        wait_for(&n.admin_addr, "/health/ready", |st, _| st == 200);
+        let want: &[&str] = match n.role.as_str() {
+            "meta" => &[
+                "tessera_meta_raft_term ",
+                "tessera_meta_raft_leader_id ",
+                "tessera_meta_raft_applied_index ",
+                "tessera_meta_storage_nodes{state=\"up\"} 6",
+                "tessera_meta_gc_backlog_items ",
+            ],
+            "storage" => &[
+                "tessera_storage_capacity_bytes ",
+                "tessera_storage_used_bytes ",
+                "# TYPE tessera_storage_shard_reads_total counter",
+                "# TYPE tessera_storage_checksum_failures_total counter",
+            ],
+            _ => &["# TYPE tessera_gateway_s3_requests_total counter"],
+        };
+        wait_for(&n.admin_addr, "/metrics", |st, body| {
+            st == 200 && want.iter().all(|w| body.contains(w))
+        });
+        assert_eq!(http_get(&n.admin_addr, "/nope").0, 404);
+    }
+    let gw = info.nodes.iter().find(|n| n.role == "gateway").unwrap();
+    let series = "tessera_gateway_s3_requests_total{op=\"ListBuckets\",status=\"403\"}";
+    let before = sample(&http_get(&gw.admin_addr, "/metrics").1, series).unwrap_or(0.0);
+    // An anonymous request: refused, and still counted.
+    let s3 = info.s3_endpoint.trim_start_matches("http://");
+    assert_eq!(http_get(s3, "/").0, 403);
+    let body = http_get(&gw.admin_addr, "/metrics").1;
+    assert_eq!(sample(&body, series), Some(before + 1.0), "{body}");
+    assert!(body.contains("tessera_gateway_s3_request_duration_seconds_count{op=\"ListBuckets\"}"));
+    assert!(sample(&body, "tessera_gateway_s3_sent_bytes_total").unwrap_or(0.0) > 0.0);
+}
+
+/// The internode secret is private to the owner and never on a command line.
+fn check_secret_handling(dir: &Path, info: &ClusterInfo) {
+    let file = dir.join("cluster-secret");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let secret = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert!(secret.len() >= 32);
+    for n in &info.nodes {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", n.pid)).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(&secret),
+            "{} has the secret on its command line",
+            n.role
+        );
+    }
+}
+
 fn alive(pid: u32) -> bool {
     // A zombie (exited, not yet reaped by whoever adopted it) is dead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -167,6 +273,8 @@ async fn dev_cluster_starts_reports_and_restarts_with_its_data() {
     let info = check_cluster_json(&cluster, base);
     let file = cluster.cluster_file();
     check_status(&status(&file), &info);
+    check_admin_ports(&info);
+    check_secret_handling(&dir, &info);
 
     // Meta state that must survive the restart.
     let out = admin(&file, &["key", "create", "alice"]);

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tessera_proto::ClusterSecret;
 
 use crate::StorageError;
 
@@ -33,6 +34,13 @@ pub struct StorageConfig {
     /// How long `serve` waits for in-flight requests and background tasks
     /// after shutdown is requested, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Address of the admin HTTP port (`/metrics`, `/health/live`,
+    /// `/health/ready`); unset = none.
+    pub admin_listen: Option<String>,
+    /// The cluster secret that signs and checks every internode call.
+    /// Required; never serialized.
+    #[serde(skip_serializing)]
+    pub cluster_secret: Option<ClusterSecret>,
 }
 
 impl Default for StorageConfig {
@@ -47,6 +55,8 @@ impl Default for StorageConfig {
             max_shard_bytes: 64 << 20,
             read_buffer_bytes: 256 << 20,
             shutdown_grace_ms: 10_000,
+            admin_listen: None,
+            cluster_secret: None,
         }
     }
 }
@@ -91,6 +101,9 @@ impl StorageConfig {
             if a.is_empty() {
                 return bad("advertise must not be empty when set".into());
             }
+        }
+        if self.cluster_secret.is_none() {
+            return bad(tessera_proto::auth::MISSING_SECRET_HELP.into());
         }
         Ok(())
     }

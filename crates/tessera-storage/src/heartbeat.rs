@@ -9,6 +9,7 @@ use tessera_proto::MetaClient;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::StorageMetrics;
 use crate::store::ShardStore;
 use crate::StorageError;
 
@@ -23,6 +24,7 @@ pub(crate) struct Heartbeat {
     pub zone: String,
     pub weight: f64,
     pub period: Duration,
+    pub metrics: Arc<StorageMetrics>,
 }
 
 impl Heartbeat {
@@ -71,6 +73,7 @@ impl Heartbeat {
 
     async fn beat(&self) -> Result<(), StorageError> {
         let usage = self.store.usage().await?;
+        self.metrics.usage(&usage);
         let req = crate::service::heartbeat_request(
             &self.store,
             &self.advertise,
@@ -78,6 +81,8 @@ impl Heartbeat {
             self.weight,
             usage,
         );
-        Ok(self.meta.heartbeat(req).await?)
+        self.meta.heartbeat(req).await?;
+        self.metrics.heartbeat_succeeded();
+        Ok(())
     }
 }

@@ -10,22 +10,26 @@
 //! - [`store`]: the shard store on disk (layout, file format, durability).
 //! - [`service`]: the gRPC service; the only module that speaks protobuf.
 //! - `heartbeat`: the liveness and usage reports to meta.
+//! - [`metrics`]: counters, gauges and readiness for the admin port.
 //! - [`error`]: the crate's error type.
 
 pub mod config;
 mod durable;
 pub mod error;
 mod heartbeat;
+pub mod metrics;
 pub mod service;
 pub mod store;
 
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_proto::auth::{RequireAuthLayer, MISSING_SECRET_HELP};
 use tessera_proto::storage::storage_server::StorageServer;
-use tessera_proto::{MetaClient, MAX_MESSAGE_BYTES};
+use tessera_proto::{ClusterAuth, MetaClient, MAX_MESSAGE_BYTES};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +40,7 @@ pub use service::StorageService;
 pub use store::{ShardStore, StoreOptions};
 
 use heartbeat::Heartbeat;
+use metrics::StorageMetrics;
 
 /// Serves the storage node on `listener` until `shutdown` is cancelled.
 ///
@@ -49,6 +54,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), StorageError> {
     config.validate()?;
+    let auth = ClusterAuth::new(
+        config
+            .cluster_secret
+            .clone()
+            .ok_or_else(|| StorageError::Config(MISSING_SECRET_HELP.into()))?,
+    );
     let store = ShardStore::open(
         config.data_dirs.clone(),
         StoreOptions {
@@ -68,6 +79,21 @@ pub async fn serve(
     tracing::info!(node_id = %store.node_id(), %local, %advertise, zone = %config.zone, "storage node serving");
 
     let tasks = shutdown.child_token();
+    let metrics = Arc::new(StorageMetrics::default());
+    if let Ok(u) = store.usage().await {
+        metrics.usage(&u);
+    }
+    if let Some(addr) = &config.admin_listen {
+        let admin = tokio::net::TcpListener::bind(addr).await?;
+        let m = metrics.clone();
+        let no_meta = config.meta.is_empty();
+        tokio::spawn(tessera_observe::serve_admin(
+            admin,
+            metrics.registry.clone(),
+            Arc::new(move || no_meta || m.heartbeat_ok()),
+            tasks.clone(),
+        ));
+    }
     let heartbeat = if config.meta.is_empty() {
         tracing::warn!("no meta addresses configured: not sending heartbeats");
         None
@@ -75,18 +101,27 @@ pub async fn serve(
         let period = config.heartbeat_period();
         let hb = Heartbeat {
             store: store.clone(),
-            meta: MetaClient::with_deadline(config.meta.clone(), Heartbeat::call_deadline(period)),
+            meta: MetaClient::with_auth(
+                config.meta.clone(),
+                Heartbeat::call_deadline(period),
+                auth.clone(),
+            ),
             advertise,
             zone: config.zone.clone(),
             weight: config.weight,
             period,
+            metrics: metrics.clone(),
         };
         Some(tokio::spawn(hb.run(tasks.clone())))
     };
 
-    let service = StorageServer::new(StorageService::new(store, config.zone.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = StorageServer::new(StorageService::with_metrics(
+        store,
+        config.zone.clone(),
+        metrics,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         if let Ok(s) = &conn {
             // Shard frames are latency-sensitive; never wait for Nagle.
@@ -97,6 +132,7 @@ pub async fn serve(
     let stop = tasks.clone();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(RequireAuthLayer::new(auth))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
     );

@@ -18,17 +18,62 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
 use crate::error::{ShardKey, StorageError};
+use crate::metrics::StorageMetrics;
 use crate::store::ShardStore;
 
 /// Serves [`Storage`] from a [`ShardStore`].
 pub struct StorageService {
     store: Arc<ShardStore>,
     zone: String,
+    metrics: Arc<StorageMetrics>,
 }
 
 impl StorageService {
     pub fn new(store: Arc<ShardStore>, zone: String) -> Self {
-        StorageService { store, zone }
+        Self::with_metrics(store, zone, Arc::default())
+    }
+
+    /// A service that counts reads, writes and checksum failures in
+    /// `metrics`.
+    pub fn with_metrics(
+        store: Arc<ShardStore>,
+        zone: String,
+        metrics: Arc<StorageMetrics>,
+    ) -> Self {
+        StorageService {
+            store,
+            zone,
+            metrics,
+        }
+    }
+
+    async fn put_inner(&self, request: Request<Streaming<PutShardRequest>>) -> Result<(), Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(PutShardRequest {
+                msg: Some(put_shard_request::Msg::Header(h)),
+            })) => h,
+            Some(Ok(_)) => return Err(invalid("the first message must be the header").into()),
+            Some(Err(status)) => return Err(status),
+            None => return Err(invalid("empty request stream").into()),
+        };
+        let key = shard_key(header.shard.as_ref())?;
+        tracing::Span::current().record("shard", tracing::field::display(key));
+        let Some(blake3) = hash(&header.blake3, false)? else {
+            return Err(invalid("missing BLAKE3 hash").into());
+        };
+        let mut writer = self.store.begin_put(key, header.length, blake3).await?;
+        while let Some(msg) = stream.next().await {
+            match msg?.msg {
+                Some(put_shard_request::Msg::Data(data)) => writer.write(data).await?,
+                Some(put_shard_request::Msg::Header(_)) => {
+                    return Err(invalid("a second header in the stream").into())
+                }
+                None => return Err(invalid("an empty message in the stream").into()),
+            }
+        }
+        writer.finish().await?;
+        Ok(())
     }
 }
 
@@ -105,32 +150,9 @@ impl Storage for StorageService {
         &self,
         request: Request<Streaming<PutShardRequest>>,
     ) -> Result<Response<PutShardResponse>, Status> {
-        let mut stream = request.into_inner();
-        let header = match stream.next().await {
-            Some(Ok(PutShardRequest {
-                msg: Some(put_shard_request::Msg::Header(h)),
-            })) => h,
-            Some(Ok(_)) => return Err(invalid("the first message must be the header").into()),
-            Some(Err(status)) => return Err(status),
-            None => return Err(invalid("empty request stream").into()),
-        };
-        let key = shard_key(header.shard.as_ref())?;
-        tracing::Span::current().record("shard", tracing::field::display(key));
-        let Some(blake3) = hash(&header.blake3, false)? else {
-            return Err(invalid("missing BLAKE3 hash").into());
-        };
-        let mut writer = self.store.begin_put(key, header.length, blake3).await?;
-        while let Some(msg) = stream.next().await {
-            match msg?.msg {
-                Some(put_shard_request::Msg::Data(data)) => writer.write(data).await?,
-                Some(put_shard_request::Msg::Header(_)) => {
-                    return Err(invalid("a second header in the stream").into())
-                }
-                None => return Err(invalid("an empty message in the stream").into()),
-            }
-        }
-        writer.finish().await?;
-        Ok(Response::new(PutShardResponse {}))
+        let r = self.put_inner(request).await;
+        self.metrics.write(r.is_ok());
+        r.map(|()| Response::new(PutShardResponse {}))
     }
 
     type GetShardStream = ChunkStream;
@@ -144,7 +166,12 @@ impl Storage for StorageService {
         let key = shard_key(req.shard.as_ref())?;
         tracing::Span::current().record("shard", tracing::field::display(key));
         let expected = hash(&req.blake3, true)?;
-        let (data, budget) = self.store.get(key, expected).await?.into_parts();
+        let got = self.store.get(key, expected).await;
+        self.metrics.read(got.is_ok());
+        if let Err(StorageError::Corrupt { .. }) = &got {
+            self.metrics.checksum_failure();
+        }
+        let (data, budget) = got?.into_parts();
         Ok(Response::new(Box::pin(frames(data, budget))))
     }
 

@@ -1,0 +1,219 @@
+//! The gateway's metrics: S3 requests by operation and status, their
+//! latency (until the response head is ready), and body bytes in and out,
+//! counted by a layer around the s3s service.
+//!
+//! The operation name comes from s3s (recorded during the access check,
+//! which every request that passed signature checking reaches); requests
+//! refused earlier (bad signature, malformed) are named from their method
+//! and path shape.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use s3s::service::S3Service;
+use tessera_observe::{Counter, Histogram, Registry, LATENCY_BUCKETS};
+
+/// The gateway's metric families.
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    requests: Counter,
+    latency: Histogram,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        GatewayMetrics {
+            requests: r.counter(
+                "tessera_gateway_s3_requests_total",
+                "S3 requests answered, by operation and HTTP status.",
+                &["op", "status"],
+            ),
+            latency: r.histogram(
+                "tessera_gateway_s3_request_duration_seconds",
+                "Time from request to response head, by operation.",
+                &["op"],
+                LATENCY_BUCKETS,
+            ),
+            bytes_in: r.counter(
+                "tessera_gateway_s3_received_bytes_total",
+                "Request body bytes received from S3 clients.",
+                &[],
+            ),
+            bytes_out: r.counter(
+                "tessera_gateway_s3_sent_bytes_total",
+                "Response body bytes sent to S3 clients.",
+                &[],
+            ),
+            registry: r,
+        }
+    }
+}
+
+impl GatewayMetrics {
+    /// Requests counted so far for `op` and `status` (tests).
+    pub fn requests(&self, op: &str, status: u16) -> u64 {
+        self.requests.get(&[op, &status.to_string()])
+    }
+}
+
+/// Where the access check leaves the s3s operation name of a request.
+#[derive(Clone, Default)]
+pub(crate) struct OpSlot(Arc<Mutex<Option<String>>>);
+
+impl OpSlot {
+    pub(crate) fn set(&self, op: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(op.to_string());
+    }
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// An operation name from the request's shape, for requests s3s never
+/// routed.
+fn op_from_shape(method: &http::Method, path: &str, query: Option<&str>) -> &'static str {
+    let mut segs = path.trim_start_matches('/').splitn(2, '/');
+    let bucket = segs.next().is_some_and(|s| !s.is_empty());
+    let key = segs.next().is_some_and(|s| !s.is_empty());
+    let has = |k: &str| {
+        query.is_some_and(|q| {
+            q.split('&')
+                .any(|p| p == k || p.starts_with(&format!("{k}=")))
+        })
+    };
+    use http::Method as M;
+    match (method, bucket, key) {
+        (&M::GET, false, _) => "ListBuckets",
+        (&M::GET, true, false) => "ListObjects",
+        (&M::GET, true, true) => "GetObject",
+        (&M::HEAD, true, false) => "HeadBucket",
+        (&M::HEAD, true, true) => "HeadObject",
+        (&M::PUT, true, false) => "CreateBucket",
+        (&M::PUT, true, true) if has("partNumber") => "UploadPart",
+        (&M::PUT, true, true) => "PutObject",
+        (&M::DELETE, true, false) => "DeleteBucket",
+        (&M::DELETE, true, true) => "DeleteObject",
+        (&M::POST, true, false) if has("delete") => "DeleteObjects",
+        (&M::POST, true, true) if has("uploads") => "CreateMultipartUpload",
+        (&M::POST, true, true) if has("uploadId") => "CompleteMultipartUpload",
+        _ => "Other",
+    }
+}
+
+/// A body that counts the data bytes that pass through it.
+pub struct Counted<B> {
+    inner: Pin<Box<B>>,
+    counter: Counter,
+}
+
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let r = self.inner.as_mut().poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.counter.add(&[], d.len() as u64);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The s3s service with metrics.
+#[derive(Clone)]
+pub(crate) struct Metered {
+    inner: S3Service,
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl Metered {
+    pub(crate) fn new(inner: S3Service, metrics: Arc<GatewayMetrics>) -> Self {
+        Metered { inner, metrics }
+    }
+}
+
+type Incoming = hyper::body::Incoming;
+
+impl hyper::service::Service<http::Request<Incoming>> for Metered {
+    type Response = http::Response<Counted<s3s::Body>>;
+    type Error = s3s::HttpError;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        let start = Instant::now();
+        let slot = OpSlot::default();
+        let shape = op_from_shape(req.method(), req.uri().path(), req.uri().query());
+        let metrics = self.metrics.clone();
+        let mut inner = self.inner.clone();
+        let mut req = req.map(|b| Counted {
+            inner: Box::pin(b),
+            counter: metrics.bytes_in.clone(),
+        });
+        req.extensions_mut().insert(slot.clone());
+        Box::pin(async move {
+            let r = tower::Service::call(&mut inner, req).await;
+            let op = slot.get().unwrap_or_else(|| shape.to_string());
+            let op = op.as_str();
+            let status = match &r {
+                Ok(resp) => resp.status().as_u16().to_string(),
+                Err(_) => "error".to_string(),
+            };
+            metrics.requests.inc(&[op, &status]);
+            metrics
+                .latency
+                .observe(&[op], start.elapsed().as_secs_f64());
+            let counter = metrics.bytes_out.clone();
+            r.map(|resp| {
+                resp.map(|b| Counted {
+                    inner: Box::pin(b),
+                    counter,
+                })
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_name_operations() {
+        let g = http::Method::GET;
+        assert_eq!(op_from_shape(&g, "/", None), "ListBuckets");
+        assert_eq!(op_from_shape(&g, "/b", Some("list-type=2")), "ListObjects");
+        assert_eq!(op_from_shape(&g, "/b/k/x", None), "GetObject");
+        assert_eq!(
+            op_from_shape(&http::Method::PUT, "/b/k", Some("partNumber=1&uploadId=x")),
+            "UploadPart"
+        );
+        assert_eq!(
+            op_from_shape(&http::Method::POST, "/b", Some("delete")),
+            "DeleteObjects"
+        );
+    }
+}

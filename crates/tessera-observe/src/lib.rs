@@ -1,0 +1,14 @@
+//! Tessera's observability: a small Prometheus registry (counters, gauges,
+//! histograms with labels, rendered in the text exposition format) and the
+//! admin HTTP server every role runs (`/metrics`, `/health/live`,
+//! `/health/ready`).
+//!
+//! It depends on nothing of Tessera's: services create their metrics here
+//! and update them; the registry renders them on scrape. Metric names follow
+//! `tessera_<component>_<thing>_<unit>`.
+
+mod metrics;
+mod server;
+
+pub use metrics::{Counter, Gauge, Histogram, Registry, LATENCY_BUCKETS};
+pub use server::{serve_admin, Readiness};
