@@ -1,4 +1,5 @@
-//! The command line: one subcommand per role, plus `dev` and `admin`.
+//! The command line: one subcommand per role, plus `dev`, `admin` and
+//! `bench`.
 //!
 //! Role flags override the values of the `--config` TOML file; every role
 //! flag can also be set through the `TESSERA_*` variable named in its help.
@@ -49,6 +50,9 @@ pub enum Command {
     Dev(DevArgs),
     /// Operate a running cluster: status, access keys.
     Admin(AdminArgs),
+    /// Load-test any S3 endpoint (put, get, stat, list, delete, mixed) and
+    /// report throughput, latency percentiles and server CPU per operation.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `tessera meta`.

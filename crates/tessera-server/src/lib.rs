@@ -1,14 +1,15 @@
 //! The `tessera` binary as a library: command line, role settings (TOML +
 //! `TESSERA_*` env + flags), the three long-running roles, the `dev`
-//! supervisor that runs a whole cluster as child processes, and the `admin`
-//! CLI. `main` only parses flags, sets up logging and calls [`run`]; tests
-//! drive the same code.
+//! supervisor that runs a whole cluster as child processes, the `admin`
+//! CLI and the `bench` S3 load generator. `main` only parses flags, sets
+//! up logging and calls [`run`]; tests drive the same code.
 //!
 //! This is the top layer: it may depend on every other tessera crate, and
 //! none may depend on it. It talks to running nodes only through
 //! `tessera-proto` clients.
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dev;
@@ -30,7 +31,7 @@ use config::{GatewaySettings, MetaSettings, StorageSettings};
 /// commands stay quiet, servers say what they do.
 pub fn default_log_filter(command: &Command) -> &'static str {
     match command {
-        Command::Admin(_) => "warn",
+        Command::Admin(_) | Command::Bench(_) => "warn",
         _ => "info",
     }
 }
@@ -89,6 +90,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
             cluster.stop().await?;
         }
         Command::Admin(args) => return admin::run(args).await,
+        Command::Bench(args) => return bench::run(args, shutdown).await,
     }
     Ok(ExitCode::SUCCESS)
 }
