@@ -13,6 +13,7 @@ use tessera_proto::meta::meta_server::MetaServer;
 use tessera_proto::meta::raft_server::RaftServer;
 use tessera_proto::{ClusterAuth, MAX_MESSAGE_BYTES};
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::detector::{self, DetectorConfig, Liveness};
@@ -93,6 +94,15 @@ pub async fn serve(
     let meta = MetaService::new(config.id, raft.clone(), trees.clone(), liveness.clone());
     let server_stop = shutdown.child_token();
     let stop = server_stop.clone();
+    // A stream of our own listener bypasses tonic's tcp_nodelay setting;
+    // without it every small meta answer waits ~40 ms for Nagle + delayed
+    // ACK (measured: 4 KiB GET p50 46 ms -> 1.7 ms).
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(s) = &conn {
+            let _ = s.set_nodelay(true);
+        }
+        conn
+    });
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(RequireAuthLayer::new(auth.clone()))
@@ -106,9 +116,7 @@ pub async fn serve(
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                stop.cancelled().await
-            }),
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
     );
 
     if config.bootstrap {
