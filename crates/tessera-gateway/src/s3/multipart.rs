@@ -19,12 +19,13 @@ use s3s::S3Request;
 use tessera_types::manifest::MANIFEST_LAYOUT;
 use tessera_types::meta::{
     ListUploadsQuery, MetaCommand, MetaError, MetaQuery, MetaReply, PartRecord, QueryReply, Upload,
-    WriteCondition,
 };
 use tessera_types::{ObjectData, ObjectManifest, Part};
 
 use super::copy::{check_source_conditions, copy_source, source_body};
-use super::put::{committed, parse_md5, standard_headers, user_metadata, BodyStream};
+use super::put::{
+    committed, parse_md5, standard_headers, user_metadata, write_condition, BodyStream,
+};
 use super::{get, timestamp, Tessera};
 use crate::error::ApiError;
 use crate::names::check_key;
@@ -341,16 +342,7 @@ pub(super) async fn complete_multipart_upload(
     let caller = s.caller(&req)?;
     let input = req.input;
     check_key(&input.key)?;
-    let condition = match (&input.if_none_match, &input.if_match) {
-        (Some(ETagCondition::Any), _) => WriteCondition::IfNoneMatch,
-        (Some(ETagCondition::ETag(_)), _) => {
-            return Err(ApiError::InvalidArgument(
-                "If-None-Match supports only '*'".into(),
-            ))
-        }
-        (None, Some(ETagCondition::ETag(e))) => WriteCondition::IfMatch(e.value().to_string()),
-        _ => WriteCondition::None,
-    };
+    let condition = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref())?;
     s.authorize(&caller, &input.bucket).await?;
     let upload = load_upload(s, &input.bucket, &input.key, &input.upload_id).await?;
     let q = MetaQuery::ListParts {

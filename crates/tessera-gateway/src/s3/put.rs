@@ -41,16 +41,7 @@ pub(super) async fn put_object(
         Some(n) => Some(n as u64),
         None => None,
     };
-    let condition = match (&input.if_none_match, &input.if_match) {
-        (Some(ETagCondition::Any), _) => WriteCondition::IfNoneMatch,
-        (Some(ETagCondition::ETag(_)), _) => {
-            return Err(ApiError::InvalidArgument(
-                "If-None-Match on PUT supports only '*'".into(),
-            ))
-        }
-        (None, Some(ETagCondition::ETag(e))) => WriteCondition::IfMatch(e.value().to_string()),
-        _ => WriteCondition::None,
-    };
+    let condition = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref())?;
     // Authorization before a single body byte is read.
     s.authorize(&caller, &input.bucket).await?;
 
@@ -230,6 +221,25 @@ pub(super) fn standard_headers(
         }
     }
     h
+}
+
+/// The atomic precondition of a write (PutObject, CompleteMultipartUpload):
+/// `If-None-Match: *` or `If-Match: etag`, checked in the meta state
+/// machine when the manifest is committed.
+pub(super) fn write_condition(
+    if_none_match: Option<&ETagCondition>,
+    if_match: Option<&ETagCondition>,
+) -> Result<WriteCondition, ApiError> {
+    Ok(match (if_none_match, if_match) {
+        (Some(ETagCondition::Any), _) => WriteCondition::IfNoneMatch,
+        (Some(ETagCondition::ETag(_)), _) => {
+            return Err(ApiError::InvalidArgument(
+                "If-None-Match on writes supports only '*'".into(),
+            ))
+        }
+        (None, Some(ETagCondition::ETag(e))) => WriteCondition::IfMatch(e.value().to_string()),
+        _ => WriteCondition::None,
+    })
 }
 
 #[cfg(test)]
