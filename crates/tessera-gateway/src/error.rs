@@ -55,6 +55,14 @@ pub enum ApiError {
     /// Content-MD5 (or a body checksum) that does not match the body.
     #[error("the body does not match its digest")]
     BadDigest,
+    /// An `x-amz-checksum-*` value (header or trailer) that does not match
+    /// the body; names the algorithm.
+    #[error("the {0} you specified did not match the calculated checksum")]
+    ChecksumMismatch(&'static str),
+    /// An aws-chunked trailer announced by `x-amz-trailer` is missing or
+    /// malformed.
+    #[error("malformed trailer: {0}")]
+    MalformedTrailer(String),
     /// The body ended before (or went past) its declared length.
     #[error("body of {got} bytes, {expected} declared")]
     IncompleteBody { expected: u64, got: u64 },
@@ -230,6 +238,22 @@ impl From<ApiError> for S3Error {
                 C::BadDigest,
                 "The Content-MD5 or checksum you specified did not match what we received",
             ),
+            ApiError::ChecksumMismatch(algorithm) => s3(
+                C::BadDigest,
+                format!("The {algorithm} you specified did not match the calculated checksum."),
+            ),
+            ApiError::MalformedTrailer(_) => {
+                // Not a variant of s3s 0.14.1 (see XAmzContentSHA256Mismatch).
+                let code: S3ErrorCode = "MalformedTrailerError"
+                    .parse()
+                    .unwrap_or(C::InvalidRequest);
+                let mut e = s3(
+                    code,
+                    "The request contained trailing data that was not well-formed or did not conform to our published schema.",
+                );
+                e.set_status_code(http::StatusCode::BAD_REQUEST);
+                e
+            }
             ApiError::IncompleteBody { .. } | ApiError::Body(_) => s3(
                 C::IncompleteBody,
                 "You did not provide the number of bytes specified by the Content-Length HTTP header",
@@ -322,6 +346,12 @@ mod tests {
             (ApiError::KeyTooLong, "KeyTooLongError", 400),
             (ApiError::BadDigest, "BadDigest", 400),
             (ApiError::InvalidDigest, "InvalidDigest", 400),
+            (ApiError::ChecksumMismatch("CRC32"), "BadDigest", 400),
+            (
+                ApiError::MalformedTrailer("x".into()),
+                "MalformedTrailerError",
+                400,
+            ),
             (
                 ApiError::IncompleteBody {
                     expected: 2,

@@ -10,6 +10,7 @@
 //! - [`config`]: [`GatewayConfig`] and its validation.
 //! - [`error`]: the error types, and the one mapping to S3 error codes.
 //! - [`auth`]: secret-key lookup (cached) and the no-anonymous rule.
+//! - [`checksum`]: S3 flexible checksums: digests, request checks, multipart combination.
 //! - [`names`]: bucket-name and key rules.
 //! - [`metrics`]: request metrics around the s3s service.
 //! - [`cluster`]: the cached cluster map and placement.
@@ -18,6 +19,7 @@
 //! - `server`: the hyper server, connection limits, graceful shutdown.
 
 pub mod auth;
+pub mod checksum;
 pub mod cluster;
 pub mod config;
 pub mod error;

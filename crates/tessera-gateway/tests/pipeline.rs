@@ -86,6 +86,7 @@ async fn put(dp: &Arc<DataPlane>, data: &[u8]) -> Result<ObjectManifest, ApiErro
             number: 1,
             size: out.size,
             etag: hex::encode(out.md5),
+            checksums: out.checksums.to_map(),
             stripes,
         }]),
     };

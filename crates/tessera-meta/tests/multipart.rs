@@ -143,6 +143,7 @@ fn part(number: u32, etag: &str, seed: u8) -> Part {
         number,
         size: 10,
         etag: etag.into(),
+        checksums: BTreeMap::new(),
         stripes: vec![stripe(seed)],
     }
 }

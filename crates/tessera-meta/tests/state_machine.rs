@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
-use tessera_meta::store::{open_db, query::query, StateMachineStore};
-use tessera_meta::TypeConfig;
+use openraft::RaftSnapshotBuilder;
+use tessera_meta::store::query::query;
 use tessera_types::meta::{
     ListObjectsPage, ListObjectsQuery, MetaCommand, MetaError, MetaQuery, MetaReply, QueryReply,
     WriteCondition,
@@ -16,38 +15,10 @@ use tessera_types::{
     Stripe, StripeId,
 };
 
-struct Harness {
-    dir: tempfile::TempDir,
-    sm: StateMachineStore,
-    index: u64,
-}
-
-fn open(dir: &std::path::Path) -> StateMachineStore {
-    let db = sled::Config::new().path(dir).open().unwrap();
-    open_db(db).unwrap().1
-}
+mod common;
+use common::{open, Harness};
 
 impl Harness {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let sm = open(dir.path());
-        Harness { dir, sm, index: 0 }
-    }
-
-    async fn cmd(&mut self, c: MetaCommand) -> MetaReply {
-        self.index += 1;
-        let entry: Entry<TypeConfig> = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
-            payload: EntryPayload::Normal(c),
-        };
-        let mut r = self.sm.apply(vec![entry]).await.unwrap();
-        r.pop().unwrap()
-    }
-
-    fn q(&self, q: MetaQuery) -> QueryReply {
-        query(&self.sm.trees(), &q).unwrap()
-    }
-
     async fn bucket(&mut self, name: &str) {
         let r = self
             .cmd(MetaCommand::CreateBucket(bucket(name, "alice")))
@@ -114,6 +85,7 @@ fn manifest_with(b: &str, k: &str, etag: &str, stripes: Vec<Stripe>) -> ObjectMa
             number: 1,
             size: 10,
             etag: etag.into(),
+            checksums: BTreeMap::new(),
             stripes,
         }]),
     }

@@ -9,6 +9,7 @@ pub mod ids;
 pub mod manifest;
 pub mod meta;
 pub mod node;
+pub mod repair;
 
 pub use ids::{MetaNodeId, NodeId, StripeId};
 pub use manifest::{

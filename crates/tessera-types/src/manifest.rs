@@ -78,6 +78,10 @@ pub struct Part {
     pub size: u64,
     /// Hex MD5 of the part's bytes.
     pub etag: String,
+    /// Checksums of the part's bytes by algorithm name (base64): the
+    /// default CRC64NVME and the upload's or client's algorithm, if any
+    /// (what multipart COMPOSITE and FULL_OBJECT checksums are made of).
+    pub checksums: BTreeMap<String, String>,
     pub stripes: Vec<Stripe>,
 }
 
@@ -110,7 +114,9 @@ pub struct ObjectManifest {
     pub headers: BTreeMap<String, String>,
     /// `x-amz-meta-*` without the prefix, lower-cased names.
     pub user_metadata: BTreeMap<String, String>,
-    /// Checksums by algorithm name (e.g. "CRC64NVME" -> base64).
+    /// Checksums by algorithm name (e.g. "CRC64NVME" -> base64): always the
+    /// full-object CRC64NVME, and the algorithm the client asked for; a
+    /// composite multipart value ends in `-N`.
     pub checksums: BTreeMap<String, String>,
     pub created: UnixMillis,
     pub data: ObjectData,

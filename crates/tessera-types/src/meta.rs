@@ -6,9 +6,13 @@
 //! Commands are deterministic: anything time-dependent (creation times,
 //! ids) is chosen by the proposer and carried in the command.
 
+use crate::repair::{
+    DurabilityStatus, GcLease, RepairConfig, RepairItem, RepairOutcome, RepairTask, ShardLiveness,
+    ShardProblem, StripeOwner,
+};
 use crate::{
-    AccessKey, Bucket, ClusterMap, NodeId, NodeInfo, NodeState, ObjectManifest, Part, Stripe,
-    UnixMillis,
+    AccessKey, Bucket, ClusterMap, NodeId, NodeInfo, NodeState, ObjectManifest, Part, ShardEntry,
+    Stripe, StripeId, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -90,6 +94,63 @@ pub enum MetaCommand {
         key: String,
         upload_id: String,
     },
+    /// Bad shards found by a reader, a writer or a scrubber: their stripes
+    /// are queued for repair (shards of stripes no manifest references are
+    /// ignored: they are garbage already).
+    ReportShards {
+        problems: Vec<ShardProblem>,
+        at: UnixMillis,
+    },
+    /// Leases up to `max` queued stripes, riskiest first, to `worker`
+    /// until `at + lease_ms`. Replies [`MetaReply::Repairs`].
+    LeaseRepairs {
+        worker: String,
+        max: u32,
+        lease_ms: u64,
+        at: UnixMillis,
+    },
+    /// Compare-and-set of a stripe's shard list after a repair: applied
+    /// only if `owner` still holds stripe `stripe` with exactly `expected`
+    /// shards. Shards of `expected` not kept in `shards` go to the GC
+    /// queue; on a failed check (reply `Err(PreconditionFailed)`) the new
+    /// shards of `shards` do instead. Drops the queue item either way.
+    CommitRepair {
+        worker: String,
+        owner: StripeOwner,
+        stripe: StripeId,
+        expected: Vec<ShardEntry>,
+        shards: Vec<ShardEntry>,
+        /// Shard bytes written by the repair (for the totals).
+        bytes: u64,
+        at: UnixMillis,
+    },
+    /// Gives back a leased item (see [`RepairOutcome`]).
+    ReleaseRepair {
+        worker: String,
+        stripe: StripeId,
+        outcome: RepairOutcome,
+        at: UnixMillis,
+    },
+    SetRepairConfig(RepairConfig),
+    /// Leases up to `max` GC items queued before `before` to `worker`
+    /// until `at + lease_ms`. Replies [`MetaReply::Gc`].
+    LeaseGc {
+        worker: String,
+        max: u32,
+        before: UnixMillis,
+        lease_ms: u64,
+        at: UnixMillis,
+    },
+    /// Removes GC items whose shards were deleted.
+    AckGc {
+        keys: Vec<Vec<u8>>,
+    },
+    /// Queues every stripe with a shard on `node` for a check (after a
+    /// disk was replaced).
+    CheckNode {
+        id: NodeId,
+        at: UnixMillis,
+    },
 }
 
 impl MetaCommand {
@@ -109,6 +170,14 @@ impl MetaCommand {
             MetaCommand::PutPart { .. } => "put_part",
             MetaCommand::CompleteUpload { .. } => "complete_upload",
             MetaCommand::AbortUpload { .. } => "abort_upload",
+            MetaCommand::ReportShards { .. } => "report_shards",
+            MetaCommand::LeaseRepairs { .. } => "lease_repairs",
+            MetaCommand::CommitRepair { .. } => "commit_repair",
+            MetaCommand::ReleaseRepair { .. } => "release_repair",
+            MetaCommand::SetRepairConfig(_) => "set_repair_config",
+            MetaCommand::LeaseGc { .. } => "lease_gc",
+            MetaCommand::AckGc { .. } => "ack_gc",
+            MetaCommand::CheckNode { .. } => "check_node",
         }
     }
 }
@@ -151,6 +220,10 @@ pub enum MetaReply {
     /// object, for the gateway's deferred deletion (they are also queued in
     /// the GC queue).
     Released(Vec<Stripe>),
+    /// LeaseRepairs: the leased items.
+    Repairs(Vec<RepairTask>),
+    /// LeaseGc: the leased GC items.
+    Gc(Vec<GcLease>),
 }
 
 /// A read of the current state.
@@ -190,6 +263,19 @@ pub enum MetaQuery {
         max_parts: u32,
     },
     ListUploads(ListUploadsQuery),
+    /// Repair queue, GC backlog and totals.
+    Durability,
+    RepairConfig,
+    /// Whether each shard is referenced by a live manifest at `node`
+    /// (a shard repaired elsewhere while its node was away is not).
+    ShardsLive {
+        node: NodeId,
+        shards: Vec<ShardLiveness>,
+    },
+    /// The first `max` queued items in queue order (riskiest first).
+    RepairQueue {
+        max: u32,
+    },
 }
 
 /// A multipart upload in progress: what CreateMultipartUpload fixed for
@@ -302,4 +388,9 @@ pub enum QueryReply {
     Upload(Option<Upload>),
     Parts(PartsPage),
     Uploads(UploadsPage),
+    Durability(DurabilityStatus),
+    RepairConfig(RepairConfig),
+    /// ShardsLive: one answer per asked shard, in order.
+    Live(Vec<bool>),
+    RepairItems(Vec<RepairItem>),
 }

@@ -329,6 +329,7 @@ mod tests {
                 number: i as u32 + 1,
                 size: lens.iter().sum(),
                 etag: String::new(),
+                checksums: Default::default(),
                 stripes: lens
                     .iter()
                     .map(|&len| Stripe {

@@ -1,5 +1,6 @@
 //! The stripe writer: streams a body into stripe buffers of `k * shard_size`
-//! bytes, hashes it (MD5) on the way, and for each full stripe encodes
+//! bytes, hashes it on the way (MD5 for the ETag, and the S3 checksums the
+//! caller asks for, CRC64NVME by default: one pass, a stripe at a time), and for each full stripe encodes
 //! parity (on the blocking pool), picks nodes by placement and sends all
 //! k + m shards concurrently. At most `stripes_in_flight` stripes are being
 //! encoded or sent at once; the next stripe is filled while they are.
@@ -21,6 +22,7 @@ use tessera_types::{NodeId, ShardEntry, Stripe, StripeId};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{join_error, AbortOnDrop, DataPlane};
+use crate::checksum::{Algorithm, Computed, Hashers};
 use crate::error::ApiError;
 
 /// Delay before the shards of a failed write are deleted, so that puts cut
@@ -39,7 +41,26 @@ pub enum WrittenBody {
 pub struct WriteOutcome {
     pub size: u64,
     pub md5: [u8; 16],
+    /// The checksums asked for, over the whole body.
+    pub checksums: Computed,
     pub body: WrittenBody,
+}
+
+/// The digests of a body being written, fed a stripe at a time.
+struct BodyHash {
+    md5: Md5,
+    sums: Hashers,
+}
+
+impl BodyHash {
+    fn update(&mut self, data: &[u8]) {
+        self.md5.update(data);
+        self.sums.update(data);
+    }
+
+    fn finish(self) -> ([u8; 16], Computed) {
+        (self.md5.finalize().into(), self.sums.finish())
+    }
 }
 
 /// Limits of one write.
@@ -119,13 +140,27 @@ impl Drop for WriteGuard {
     }
 }
 
-/// Writes `body` (inline or as erasure-coded stripes). On success the
-/// caller commits a manifest and then disarms the returned guard; on error
-/// the shards already written are deleted in the background.
+/// Writes `body` (inline or as erasure-coded stripes), computing the
+/// default CRC64NVME. On success the caller commits a manifest and then
+/// disarms the returned guard; on error the shards already written are
+/// deleted in the background.
 pub async fn write_body<S>(
+    dp: &Arc<DataPlane>,
+    body: S,
+    limits: WriteLimits,
+) -> Result<(WriteOutcome, WriteGuard), ApiError>
+where
+    S: Stream<Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>> + Unpin,
+{
+    write_body_with(dp, body, limits, &[Algorithm::Crc64Nvme]).await
+}
+
+/// [`write_body`], computing the checksums of `algorithms` as well.
+pub async fn write_body_with<S>(
     dp: &Arc<DataPlane>,
     mut body: S,
     limits: WriteLimits,
+    algorithms: &[Algorithm],
 ) -> Result<(WriteOutcome, WriteGuard), ApiError>
 where
     S: Stream<Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>> + Unpin,
@@ -140,7 +175,10 @@ where
     let guard = WriteGuard::new(dp.clone());
     let stripe_size = usize::try_from(dp.class.stripe_data_size())
         .map_err(|_| ApiError::Internal("stripe size exceeds memory".into()))?;
-    let mut md5 = Md5::new();
+    let mut hash = BodyHash {
+        md5: Md5::new(),
+        sums: Hashers::new(algorithms.iter().copied()),
+    };
     let mut total: u64 = 0;
     let mut buf = BytesMut::new();
     let mut permit: Option<OwnedSemaphorePermit> = None;
@@ -186,7 +224,7 @@ where
             if buf.len() == stripe_size {
                 let data = buf.split().freeze();
                 striped = true;
-                md5 = hash_md5(md5, data.clone()).await?;
+                hash = hash_stripe(hash, data.clone()).await?;
                 while inflight.len() >= dp.stripes_in_flight {
                     if let Some(r) = inflight.next().await {
                         stripes.push(stripe_result(r)?);
@@ -207,25 +245,29 @@ where
     }
     if !striped && total <= limits.inline_threshold {
         let data = buf.freeze();
-        md5.update(&data);
+        hash.update(&data);
+        let (md5, checksums) = hash.finish();
         let outcome = WriteOutcome {
             size: total,
-            md5: md5.finalize().into(),
+            md5,
+            checksums,
             body: WrittenBody::Inline(data),
         };
         return Ok((outcome, guard));
     }
     if !buf.is_empty() {
         let data = buf.split().freeze();
-        md5 = hash_md5(md5, data.clone()).await?;
+        hash = hash_stripe(hash, data.clone()).await?;
         inflight.push_back(spawn_stripe(dp, data, permit.take(), &guard));
     }
     while let Some(r) = inflight.next().await {
         stripes.push(stripe_result(r)?);
     }
+    let (md5, checksums) = hash.finish();
     let outcome = WriteOutcome {
         size: total,
-        md5: md5.finalize().into(),
+        md5,
+        checksums,
         body: WrittenBody::Stripes(stripes),
     };
     Ok((outcome, guard))
@@ -237,12 +279,12 @@ fn stripe_result(
     r.map_err(join_error)?
 }
 
-/// MD5 is sequential over the body; a stripe's worth is hashed on the
-/// blocking pool, not on the executor.
-async fn hash_md5(mut md5: Md5, data: Bytes) -> Result<Md5, ApiError> {
+/// The digests are sequential over the body; a stripe's worth is hashed
+/// on the blocking pool, not on the executor.
+async fn hash_stripe(mut hash: BodyHash, data: Bytes) -> Result<BodyHash, ApiError> {
     tokio::task::spawn_blocking(move || {
-        md5.update(&data);
-        md5
+        hash.update(&data);
+        hash
     })
     .await
     .map_err(join_error)

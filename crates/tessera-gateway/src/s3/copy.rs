@@ -17,12 +17,16 @@ use tessera_types::manifest::MANIFEST_LAYOUT;
 use tessera_types::meta::WriteCondition;
 use tessera_types::{ObjectData, ObjectManifest};
 
-use super::put::{commit_manifest, standard_headers, user_metadata, BodyStream};
+use super::put::{
+    checksum_algorithms, checksum_type, commit_manifest, standard_headers, user_metadata,
+    BodyStream,
+};
 use super::{get, timestamp, Tessera};
+use crate::checksum::{self, set_checksum, Algorithm, Hashers};
 use crate::error::ApiError;
 use crate::names::check_key;
 use crate::pipeline::read::read_range;
-use crate::pipeline::write::{write_body, WriteLimits, WrittenBody};
+use crate::pipeline::write::{write_body_with, WriteLimits, WrittenBody};
 
 /// The `bucket` and `key` of an `x-amz-copy-source` (s3s has URL-decoded
 /// it and removed a leading `/`).
@@ -132,11 +136,24 @@ pub(super) async fn copy_object(
         ),
     };
     let size = source.size;
-    let (data, md5, guard) = match &source.data {
+    // The copy's checksum: the algorithm asked for, else the source's
+    // (recomputed over the whole object: a copy is one part).
+    let algorithm = match input.checksum_algorithm.as_ref() {
+        Some(a) => Some(Algorithm::parse(a.as_str()).ok_or_else(|| {
+            ApiError::InvalidRequest(
+                "Checksum algorithm provided is unsupported. Please try again with any of the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]".into(),
+            )
+        })?),
+        None => checksum::primary(&source.checksums).map(|(a, _, _)| a),
+    };
+    let algorithms = checksum_algorithms([algorithm]);
+    let (data, md5, checksums, guard) = match &source.data {
         ObjectData::Inline(bytes) => {
             let bytes = bytes.clone();
             let md5: [u8; 16] = Md5::digest(&bytes).into();
-            (ObjectData::Inline(bytes), md5, None)
+            let mut h = Hashers::new(algorithms.iter().copied());
+            h.update(&bytes);
+            (ObjectData::Inline(bytes), md5, h.finish().to_map(), None)
         }
         ObjectData::Parts(_) => {
             let body = source_body(s, source, 0..size);
@@ -145,17 +162,19 @@ pub(super) async fn copy_object(
                 max_size: s.config.max_object_size,
                 inline_threshold: s.config.inline_threshold,
             };
-            let (outcome, guard) = write_body(&s.dp, body, limits).await?;
+            let (outcome, guard) = write_body_with(&s.dp, body, limits, &algorithms).await?;
+            let checksums = outcome.checksums.to_map();
             let data = match outcome.body {
                 WrittenBody::Inline(b) => ObjectData::Inline(b),
                 WrittenBody::Stripes(stripes) => ObjectData::Parts(vec![tessera_types::Part {
                     number: 1,
                     size: outcome.size,
                     etag: hex::encode(outcome.md5),
+                    checksums: checksums.clone(),
                     stripes,
                 }]),
             };
-            (data, outcome.md5, Some(guard))
+            (data, outcome.md5, checksums, Some(guard))
         }
     };
     let etag = hex::encode(md5);
@@ -170,17 +189,22 @@ pub(super) async fn copy_object(
         content_type,
         headers,
         user_metadata,
-        checksums: Default::default(),
+        checksums,
         created,
         data,
     };
+    let mut result = CopyObjectResult {
+        e_tag: Some(ETag::Strong(etag)),
+        last_modified: Some(timestamp(created)),
+        ..Default::default()
+    };
+    if let Some((a, v, t)) = checksum::primary(&manifest.checksums) {
+        set_checksum!(result, Some((a, v)));
+        result.checksum_type = Some(checksum_type(t));
+    }
     commit_manifest(s, manifest, WriteCondition::None, guard).await?;
     Ok(CopyObjectOutput {
-        copy_object_result: Some(CopyObjectResult {
-            e_tag: Some(ETag::Strong(etag)),
-            last_modified: Some(timestamp(created)),
-            ..Default::default()
-        }),
+        copy_object_result: Some(result),
         ..Default::default()
     })
 }

@@ -11,7 +11,9 @@ use s3s::S3Request;
 use tessera_types::meta::{MetaError, MetaQuery, QueryReply};
 use tessera_types::{ObjectData, ObjectManifest};
 
+use super::put::checksum_type;
 use super::{timestamp, Tessera};
+use crate::checksum::{self, set_checksum, Algorithm};
 use crate::error::ApiError;
 use crate::names::check_key;
 use crate::pipeline::read::read_range;
@@ -58,6 +60,21 @@ impl ObjectHeaders {
                 .and_then(|v| Timestamp::parse(TimestampFormat::HttpDate, &v).ok()),
         }
     }
+}
+
+/// The object's primary checksum, answered on GET/HEAD only when the
+/// client asks (`x-amz-checksum-mode: ENABLED`) and only for the whole
+/// object (a range has no stored checksum).
+fn answered_checksum(
+    m: &ObjectManifest,
+    mode: Option<&ChecksumMode>,
+    ranged: bool,
+) -> Option<(Algorithm, String, ChecksumType)> {
+    let enabled = mode.is_some_and(|m| m.as_str().eq_ignore_ascii_case(ChecksumMode::ENABLED));
+    if !enabled || ranged {
+        return None;
+    }
+    checksum::primary(&m.checksums).map(|(a, v, t)| (a, v.to_string(), checksum_type(t)))
 }
 
 /// Loads the manifest of an object the caller may read.
@@ -146,6 +163,7 @@ pub(super) async fn get_object(
     )?;
     let (range, content_range) = resolve_range(input.range, m.size)?;
     let h = ObjectHeaders::of(&m);
+    let sum = answered_checksum(&m, input.checksum_mode.as_ref(), content_range.is_some());
     let len = range.end - range.start;
     let body = match &m.data {
         ObjectData::Inline(data) => {
@@ -163,7 +181,7 @@ pub(super) async fn get_object(
         }
         ObjectData::Parts(_) => StreamingBlob::wrap(read_range(s.dp.clone(), Arc::new(m), range)),
     };
-    Ok(GetObjectOutput {
+    let mut out = GetObjectOutput {
         body: Some(body),
         accept_ranges: Some("bytes".to_string()),
         content_length: Some(len as i64),
@@ -178,7 +196,12 @@ pub(super) async fn get_object(
         content_language: h.content_language,
         expires: h.expires,
         ..Default::default()
-    })
+    };
+    if let Some((a, v, t)) = sum {
+        set_checksum!(out, Some((a, v)));
+        out.checksum_type = Some(t);
+    }
+    Ok(out)
 }
 
 pub(super) async fn head_object(
@@ -199,7 +222,8 @@ pub(super) async fn head_object(
     )?;
     let (range, content_range) = resolve_range(input.range, m.size)?;
     let h = ObjectHeaders::of(&m);
-    Ok(HeadObjectOutput {
+    let sum = answered_checksum(&m, input.checksum_mode.as_ref(), content_range.is_some());
+    let mut out = HeadObjectOutput {
         accept_ranges: Some("bytes".to_string()),
         content_length: Some((range.end - range.start) as i64),
         content_range,
@@ -213,7 +237,12 @@ pub(super) async fn head_object(
         content_language: h.content_language,
         expires: h.expires,
         ..Default::default()
-    })
+    };
+    if let Some((a, v, t)) = sum {
+        set_checksum!(out, Some((a, v)));
+        out.checksum_type = Some(t);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

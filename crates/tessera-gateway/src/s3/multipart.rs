@@ -9,6 +9,14 @@
 //! or object references any more (replaced parts, parts left out of the
 //! object, aborted uploads) come back from meta and are deleted after the
 //! GC grace period.
+//!
+//! Checksums: CreateMultipartUpload fixes the upload's algorithm and type
+//! (kept in the upload's header map under `x-tessera-checksum-*` keys,
+//! which never reach the object). Every part gets the default CRC64NVME and
+//! the upload's algorithm computed while it streams, plus any value the
+//! client sent, verified before the part is recorded. Complete checks the
+//! part checksums the client lists and derives the object's checksums from
+//! the parts' (COMPOSITE or FULL_OBJECT), without reading the data again.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -23,14 +31,128 @@ use tessera_types::meta::{
 use tessera_types::{ObjectData, ObjectManifest, Part};
 
 use super::copy::{check_source_conditions, copy_source, source_body};
+use super::put::{checksum_algorithms, checksum_type, declared_length};
 use super::put::{
     committed, parse_md5, standard_headers, user_metadata, write_condition, BodyStream,
 };
 use super::{get, timestamp, Tessera};
+use crate::checksum::{
+    self, get_checksums, set_checksum, Algorithm, ChecksumType as SumType, RequestChecksum,
+};
 use crate::error::ApiError;
 use crate::names::check_key;
 use crate::pipeline::gc;
-use crate::pipeline::write::{write_body, WriteGuard, WriteLimits, WriteOutcome, WrittenBody};
+use crate::pipeline::write::{write_body_with, WriteGuard, WriteLimits, WriteOutcome, WrittenBody};
+
+/// Keys of an upload's header map that hold its checksum algorithm and
+/// type (internal: stripped when the object is built).
+const UPLOAD_CHECKSUM_ALGORITHM: &str = "x-tessera-checksum-algorithm";
+const UPLOAD_CHECKSUM_TYPE: &str = "x-tessera-checksum-type";
+
+/// The checksum algorithm (if the client named one) and type of an
+/// upload; without an algorithm the object gets a FULL_OBJECT CRC64NVME.
+fn upload_checksum(upload: &Upload) -> (Option<Algorithm>, SumType) {
+    let alg = upload
+        .headers
+        .get(UPLOAD_CHECKSUM_ALGORITHM)
+        .and_then(|a| Algorithm::parse(a));
+    let ty = upload
+        .headers
+        .get(UPLOAD_CHECKSUM_TYPE)
+        .and_then(|t| SumType::parse(t))
+        .unwrap_or(SumType::FullObject);
+    (alg, ty)
+}
+
+/// CreateMultipartUpload's ChecksumAlgorithm and ChecksumType, checked.
+fn requested_checksum(
+    algorithm: Option<&ChecksumAlgorithm>,
+    ty: Option<&ChecksumType>,
+) -> Result<Option<(Algorithm, SumType)>, ApiError> {
+    let alg = algorithm
+        .map(|a| {
+            Algorithm::parse(a.as_str()).ok_or_else(|| {
+                ApiError::InvalidRequest(
+                    "Checksum algorithm provided is unsupported. Please try again with any of the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]".into(),
+                )
+            })
+        })
+        .transpose()?;
+    let ty = ty
+        .map(|t| {
+            SumType::parse(t.as_str()).ok_or_else(|| {
+                ApiError::InvalidRequest("Value for x-amz-checksum-type header is invalid.".into())
+            })
+        })
+        .transpose()?;
+    match (alg, ty) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(ApiError::InvalidRequest(
+            "The x-amz-checksum-type header can only be used with the x-amz-checksum-algorithm header.".into(),
+        )),
+        (Some(a), t) => {
+            let t = t.unwrap_or(a.default_type());
+            if !a.supports(t) {
+                return Err(ApiError::InvalidRequest(format!(
+                    "The {} checksum type cannot be used with the {} checksum algorithm.",
+                    t.name(),
+                    a.name().to_ascii_lowercase()
+                )));
+            }
+            Ok(Some((a, t)))
+        }
+    }
+}
+
+/// The raw values of algorithm `a` of every part, with the parts' sizes;
+/// None if a part has none (written before checksums were kept).
+fn part_values(parts: &[Part], a: Algorithm) -> Option<Vec<(Vec<u8>, u64)>> {
+    parts
+        .iter()
+        .map(|p| {
+            let v = p.checksums.get(a.name())?;
+            let raw = checksum::decode_value(a, v, "part checksum").ok()?;
+            Some((raw, p.size))
+        })
+        .collect()
+}
+
+/// The object checksums of a multipart upload from its parts': the
+/// FULL_OBJECT CRC64NVME, and the upload's algorithm of its type.
+fn object_checksums(
+    parts: &[Part],
+    alg: Option<Algorithm>,
+    ty: SumType,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut sums = BTreeMap::new();
+    let default = Algorithm::Crc64Nvme;
+    if let Some(values) = part_values(parts, default) {
+        let v = checksum::combine_parts(default, SumType::FullObject, &values)?;
+        sums.insert(default.name().to_string(), v);
+    }
+    if let Some(a) = alg.filter(|&a| a != default) {
+        if let Some(values) = part_values(parts, a) {
+            sums.insert(
+                a.name().to_string(),
+                checksum::combine_parts(a, ty, &values)?,
+            );
+        }
+    }
+    Ok(sums)
+}
+
+/// The checksum answered for a part: the one the client sent, else the
+/// upload's, else the default.
+fn part_answer(
+    part: &Part,
+    sent: Option<Algorithm>,
+    upload: Option<Algorithm>,
+) -> Option<(Algorithm, String)> {
+    [sent, upload, Some(Algorithm::Crc64Nvme)]
+        .into_iter()
+        .flatten()
+        .find_map(|a| part.checksums.get(a.name()).map(|v| (a, v.clone())))
+}
 
 /// Part numbers S3 accepts.
 pub const MAX_PART_NUMBER: u32 = 10_000;
@@ -96,7 +218,22 @@ pub(super) async fn create_multipart_upload(
     let mut input = req.input;
     check_key(&input.key)?;
     let user_metadata = user_metadata(input.metadata.take())?;
+    let sum = requested_checksum(
+        input.checksum_algorithm.as_ref(),
+        input.checksum_type.as_ref(),
+    )?;
     s.authorize(&caller, &input.bucket).await?;
+    let mut headers = standard_headers(
+        input.cache_control,
+        input.content_disposition,
+        input.content_encoding,
+        input.content_language,
+        input.expires,
+    );
+    if let Some((a, t)) = sum {
+        headers.insert(UPLOAD_CHECKSUM_ALGORITHM.into(), a.name().into());
+        headers.insert(UPLOAD_CHECKSUM_TYPE.into(), t.name().into());
+    }
     let upload = Upload {
         bucket: input.bucket.clone(),
         key: input.key.clone(),
@@ -104,13 +241,7 @@ pub(super) async fn create_multipart_upload(
         owner: caller,
         initiated: tessera_types::now_millis(),
         content_type: input.content_type.filter(|c| !c.is_empty()),
-        headers: standard_headers(
-            input.cache_control,
-            input.content_disposition,
-            input.content_encoding,
-            input.content_language,
-            input.expires,
-        ),
+        headers,
         user_metadata,
     };
     let upload_id = upload.upload_id.clone();
@@ -119,6 +250,8 @@ pub(super) async fn create_multipart_upload(
         bucket: Some(input.bucket),
         key: Some(input.key),
         upload_id: Some(upload_id),
+        checksum_algorithm: sum.map(|(a, _)| ChecksumAlgorithm::from(a.name().to_string())),
+        checksum_type: sum.map(|(_, t)| checksum_type(t)),
         ..Default::default()
     })
 }
@@ -144,6 +277,7 @@ async fn store_part(
             number,
             size: outcome.size,
             etag: hex::encode(outcome.md5),
+            checksums: outcome.checksums.to_map(),
             stripes,
         },
         uploaded: tessera_types::now_millis(),
@@ -189,31 +323,34 @@ pub(super) async fn upload_part(
     check_key(&input.key)?;
     let number = part_number(input.part_number)?;
     let content_md5 = input.content_md5.as_deref().map(parse_md5).transpose()?;
-    let expected = match input.content_length {
-        Some(n) if n < 0 => {
-            return Err(ApiError::InvalidArgument("negative Content-Length".into()))
-        }
-        Some(n) => Some(n as u64),
-        None => None,
-    };
+    let sum = RequestChecksum::from_headers(&req.headers)?;
+    let expected = declared_length(input.content_length, &req.headers)?;
     // Authorization and the upload before a single body byte is read.
     s.authorize(&caller, &input.bucket).await?;
     let upload = load_upload(s, &input.bucket, &input.key, &input.upload_id).await?;
+    let (upload_alg, _) = upload_checksum(&upload);
     let body: BodyStream = match input.body.take() {
         Some(b) => futures::StreamExt::boxed(b),
         None => futures::StreamExt::boxed(futures::stream::empty()),
     };
-    let (outcome, guard) = write_body(&s.dp, body, part_limits(s, expected)).await?;
+    let algorithms = checksum_algorithms([upload_alg, sum.algorithm]);
+    let (outcome, guard) =
+        write_body_with(&s.dp, body, part_limits(s, expected), &algorithms).await?;
+    // Checked before the part is recorded; the dropped guard deletes the
+    // shards of a part that fails.
     if let Some(want) = content_md5 {
         if want != outcome.md5 {
             return Err(ApiError::BadDigest);
         }
     }
+    sum.verify(&outcome.checksums, req.trailing_headers.as_ref())?;
     let record = store_part(s, &upload, number, outcome, guard).await?;
-    Ok(UploadPartOutput {
-        e_tag: Some(ETag::Strong(record.part.etag)),
+    let mut out = UploadPartOutput {
+        e_tag: Some(ETag::Strong(record.part.etag.clone())),
         ..Default::default()
-    })
+    };
+    set_checksum!(out, part_answer(&record.part, sum.algorithm, upload_alg));
+    Ok(out)
 }
 
 /// `x-amz-copy-source-range: bytes=first-last` (both required, inclusive)
@@ -261,14 +398,19 @@ pub(super) async fn upload_part_copy(
     let range = copy_range(input.copy_source_range.as_deref(), source.size)?;
     let len = range.end - range.start;
     let body = source_body(s, source, range);
-    let (outcome, guard) = write_body(&s.dp, body, part_limits(s, Some(len))).await?;
+    let (upload_alg, _) = upload_checksum(&upload);
+    let algorithms = checksum_algorithms([upload_alg]);
+    let (outcome, guard) =
+        write_body_with(&s.dp, body, part_limits(s, Some(len)), &algorithms).await?;
     let record = store_part(s, &upload, number, outcome, guard).await?;
+    let mut result = CopyPartResult {
+        e_tag: Some(ETag::Strong(record.part.etag.clone())),
+        last_modified: Some(timestamp(record.uploaded)),
+        ..Default::default()
+    };
+    set_checksum!(result, part_answer(&record.part, None, upload_alg));
     Ok(UploadPartCopyOutput {
-        copy_part_result: Some(CopyPartResult {
-            e_tag: Some(ETag::Strong(record.part.etag)),
-            last_modified: Some(timestamp(record.uploaded)),
-            ..Default::default()
-        }),
+        copy_part_result: Some(result),
         ..Default::default()
     })
 }
@@ -320,6 +462,14 @@ fn choose_parts(
         if want != Some(rec.part.etag.as_str()) {
             return Err(ApiError::InvalidPart(number));
         }
+        // A part checksum the client lists must be the one stored.
+        for (a, v) in get_checksums!(p) {
+            if let Some(v) = v {
+                if rec.part.checksums.get(a.name()).map(String::as_str) != Some(v.trim()) {
+                    return Err(ApiError::InvalidPart(number));
+                }
+            }
+        }
         parts.push(rec.part);
     }
     if let Some(small) = parts[..parts.len() - 1]
@@ -361,6 +511,33 @@ pub(super) async fn complete_multipart_upload(
         .and_then(|m| m.parts)
         .unwrap_or_default();
     let parts = choose_parts(&named, stored)?;
+    let (alg, ty) = upload_checksum(&upload);
+    if let Some(t) = input.checksum_type.as_ref() {
+        if SumType::parse(t.as_str()) != Some(ty) {
+            return Err(ApiError::InvalidRequest(format!(
+                "The upload was created using the {} checksum mode. The complete request must use the same checksum mode.",
+                ty.name()
+            )));
+        }
+    }
+    let checksums = object_checksums(&parts, alg, ty)?;
+    // A whole-object checksum the client sends must be the one derived.
+    for (a, v) in get_checksums!(input) {
+        if let Some(v) = v {
+            let ours = checksums.get(a.name()).ok_or_else(|| {
+                ApiError::InvalidRequest(format!(
+                    "The upload was not created with the {} checksum algorithm.",
+                    a.name()
+                ))
+            })?;
+            let base = |x: &str| x.trim().split('-').next().unwrap_or_default().to_string();
+            if base(ours) != base(v) {
+                return Err(ApiError::ChecksumMismatch(a.name()));
+            }
+        }
+    }
+    let mut headers = upload.headers;
+    headers.retain(|k, _| k != UPLOAD_CHECKSUM_ALGORITHM && k != UPLOAD_CHECKSUM_TYPE);
     let etag = multipart_etag(&parts);
     let manifest = ObjectManifest {
         layout: MANIFEST_LAYOUT,
@@ -370,13 +547,15 @@ pub(super) async fn complete_multipart_upload(
         size: parts.iter().map(|p| p.size).sum(),
         etag: etag.clone(),
         content_type: upload.content_type,
-        headers: upload.headers,
+        headers,
         user_metadata: upload.user_metadata,
-        checksums: BTreeMap::new(),
+        checksums,
         created: tessera_types::now_millis(),
         data: ObjectData::Parts(parts),
     };
     let version = manifest.version_id.clone();
+    let primary = checksum::primary(&manifest.checksums)
+        .map(|(a, v, t)| (a, v.to_string(), checksum_type(t)));
     let cmd = MetaCommand::CompleteUpload {
         upload_id: input.upload_id.clone(),
         manifest,
@@ -389,13 +568,18 @@ pub(super) async fn complete_multipart_upload(
         MetaReply::Err(e) => return Err(e.into()),
         reply => release(s, &reply),
     }
-    Ok(CompleteMultipartUploadOutput {
+    let mut out = CompleteMultipartUploadOutput {
         location: Some(format!("/{}/{}", input.bucket, input.key)),
         bucket: Some(input.bucket),
         key: Some(input.key),
         e_tag: Some(ETag::Strong(etag)),
         ..Default::default()
-    })
+    };
+    if let Some((a, v, t)) = primary {
+        set_checksum!(out, Some((a, v)));
+        out.checksum_type = Some(t);
+    }
+    Ok(out)
 }
 
 pub(super) async fn abort_multipart_upload(
@@ -462,15 +646,22 @@ pub(super) async fn list_parts(
             _ => return Err(ApiError::UnexpectedReply("ListParts")),
         }
     };
+    let (upload_alg, upload_ty) = upload_checksum(&upload);
     let parts: Vec<s3s::dto::Part> = page
         .parts
         .iter()
-        .map(|r| s3s::dto::Part {
-            e_tag: Some(ETag::Strong(r.part.etag.clone())),
-            last_modified: Some(timestamp(r.uploaded)),
-            part_number: Some(r.part.number as i32),
-            size: Some(r.part.size as i64),
-            ..Default::default()
+        .map(|r| {
+            let mut p = s3s::dto::Part {
+                e_tag: Some(ETag::Strong(r.part.etag.clone())),
+                last_modified: Some(timestamp(r.uploaded)),
+                part_number: Some(r.part.number as i32),
+                size: Some(r.part.size as i64),
+                ..Default::default()
+            };
+            if upload_alg.is_some() {
+                set_checksum!(p, part_answer(&r.part, None, upload_alg));
+            }
+            p
         })
         .collect();
     Ok(ListPartsOutput {
@@ -488,6 +679,8 @@ pub(super) async fn list_parts(
             .map(|n| n as i32),
         is_truncated: Some(page.is_truncated),
         parts: Some(parts),
+        checksum_algorithm: upload_alg.map(|a| ChecksumAlgorithm::from(a.name().to_string())),
+        checksum_type: upload_alg.map(|_| checksum_type(upload_ty)),
         ..Default::default()
     })
 }
@@ -560,6 +753,7 @@ mod tests {
                 number,
                 size,
                 etag: etag.to_string(),
+                checksums: BTreeMap::new(),
                 stripes: vec![],
             },
             uploaded: 0,

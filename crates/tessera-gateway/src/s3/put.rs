@@ -14,10 +14,11 @@ use tessera_types::meta::{MetaCommand, MetaReply, WriteCondition};
 use tessera_types::{ObjectData, ObjectManifest, Part};
 
 use super::Tessera;
+use crate::checksum::{self, set_checksum, Algorithm, RequestChecksum};
 use crate::error::ApiError;
 use crate::names::check_key;
 use crate::pipeline::gc;
-use crate::pipeline::write::{write_body, WriteGuard, WriteLimits, WrittenBody};
+use crate::pipeline::write::{write_body_with, WriteGuard, WriteLimits, WrittenBody};
 
 /// Largest total size of user metadata (names and values), as in S3.
 const MAX_USER_METADATA_BYTES: usize = 2048;
@@ -34,13 +35,8 @@ pub(super) async fn put_object(
     check_key(&input.key)?;
     let user_metadata = user_metadata(input.metadata.take())?;
     let content_md5 = input.content_md5.as_deref().map(parse_md5).transpose()?;
-    let expected = match input.content_length {
-        Some(n) if n < 0 => {
-            return Err(ApiError::InvalidArgument("negative Content-Length".into()))
-        }
-        Some(n) => Some(n as u64),
-        None => None,
-    };
+    let sum = RequestChecksum::from_headers(&req.headers)?;
+    let expected = declared_length(input.content_length, &req.headers)?;
     let condition = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref())?;
     // Authorization before a single body byte is read.
     s.authorize(&caller, &input.bucket).await?;
@@ -54,12 +50,17 @@ pub(super) async fn put_object(
         max_size: s.config.max_object_size,
         inline_threshold: s.config.inline_threshold,
     };
-    let (outcome, guard) = write_body(&s.dp, body, limits).await?;
+    let algorithms = checksum_algorithms([sum.algorithm]);
+    let (outcome, guard) = write_body_with(&s.dp, body, limits, &algorithms).await?;
+    // Every check of the body passes before anything is committed; on an
+    // error the dropped guard deletes the shards written.
     if let Some(want) = content_md5 {
         if want != outcome.md5 {
             return Err(ApiError::BadDigest);
         }
     }
+    sum.verify(&outcome.checksums, req.trailing_headers.as_ref())?;
+    let checksums = outcome.checksums.to_map();
     let etag = hex::encode(outcome.md5);
     let data = match outcome.body {
         WrittenBody::Inline(b) => ObjectData::Inline(b),
@@ -67,6 +68,7 @@ pub(super) async fn put_object(
             number: 1,
             size: outcome.size,
             etag: etag.clone(),
+            checksums: checksums.clone(),
             stripes,
         }]),
     };
@@ -86,15 +88,64 @@ pub(super) async fn put_object(
             input.expires,
         ),
         user_metadata,
-        checksums: BTreeMap::new(),
+        checksums,
         created: tessera_types::now_millis(),
         data,
     };
+    let primary = checksum::primary(&manifest.checksums)
+        .map(|(a, v, t)| (a, v.to_string(), checksum_type(t)));
     commit_manifest(s, manifest, condition, Some(guard)).await?;
-    Ok(PutObjectOutput {
+    let mut out = PutObjectOutput {
         e_tag: Some(ETag::Strong(etag)),
         ..Default::default()
-    })
+    };
+    if let Some((a, v, t)) = primary {
+        set_checksum!(out, Some((a, v)));
+        out.checksum_type = Some(t);
+    }
+    Ok(out)
+}
+
+/// The checksums a write computes: the default CRC64NVME and those named.
+pub(super) fn checksum_algorithms<const N: usize>(named: [Option<Algorithm>; N]) -> Vec<Algorithm> {
+    let mut v = vec![Algorithm::Crc64Nvme];
+    v.extend(named.into_iter().flatten());
+    v
+}
+
+/// The S3 form of a checksum type.
+pub(super) fn checksum_type(t: checksum::ChecksumType) -> ChecksumType {
+    ChecksumType::from_static(t.name())
+}
+
+/// The decoded body length the request declares: for aws-chunked
+/// streaming bodies `x-amz-decoded-content-length` (the chunk framing is
+/// not part of the object), else Content-Length.
+pub(super) fn declared_length(
+    content_length: Option<i64>,
+    headers: &http::HeaderMap,
+) -> Result<Option<u64>, ApiError> {
+    let streaming = headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("STREAMING-"));
+    if streaming {
+        if let Some(v) = headers.get("x-amz-decoded-content-length") {
+            let n = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::InvalidArgument("invalid x-amz-decoded-content-length".into())
+                })?;
+            return Ok(Some(n));
+        }
+    }
+    match content_length {
+        Some(n) if n < 0 => Err(ApiError::InvalidArgument("negative Content-Length".into())),
+        Some(n) => Ok(Some(n as u64)),
+        None => Ok(None),
+    }
 }
 
 /// Commits `manifest` (whose stripes `guard` holds, if any) and schedules

@@ -5,6 +5,7 @@
 //! Every value is written with [`tessera_types::codec`] (version byte +
 //! bincode), openraft's own types included.
 
+pub mod durability;
 pub mod log;
 pub mod query;
 pub mod state_machine;

@@ -100,6 +100,10 @@ pub fn query(t: &SmTrees, q: &MetaQuery) -> Result<QueryReply, MetaNodeError> {
             }
             QueryReply::Uploads(list_uploads(t, lq)?)
         }
+        MetaQuery::Durability => QueryReply::Durability(t.durability_status()?),
+        MetaQuery::RepairConfig => QueryReply::RepairConfig(t.repair_config()?),
+        MetaQuery::ShardsLive { node, shards } => QueryReply::Live(t.shards_live(node, shards)?),
+        MetaQuery::RepairQueue { max } => QueryReply::RepairItems(t.repair_queue(*max)?),
     })
 }
 

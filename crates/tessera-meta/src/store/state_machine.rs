@@ -11,6 +11,12 @@
 //!   uploads in progress, listed in order of key then upload id)
 //! - `sm_parts`: `upload id \0` + big-endian part number -> [`PartRecord`]
 //! - `sm_gc`: commit time (sortable) + log index + seq -> [`GcItem`]
+//! - `sm_stripes`: stripe id -> [`StripeOwner`] (every live stripe)
+//! - `sm_node_shards`: `node \0 stripe id shard index` -> () (node -> shard
+//!   index, for repair after a node is lost and for the orphan scan)
+//! - `sm_repair`: surviving shards (u8) + queue time + stripe id ->
+//!   [`RepairItem`] (riskiest first); `sm_repair_idx`: stripe id -> its key
+//!   (see `durability.rs`)
 //! - `sm_meta`: last applied log id, last membership, cluster map epoch,
 //!   state machine clock
 //! - `sm_snapshot`: the current snapshot (meta and data)
@@ -35,8 +41,10 @@ use tessera_types::{
     AccessKey, Bucket, NodeId, NodeInfo, NodeState, ObjectManifest, Stripe, UnixMillis,
 };
 
+use super::durability::{object_owner, Effects};
 use super::{dec, enc, flush, RaftNodeId, StoreError, TypeConfig};
 use crate::MetaNodeError;
+use tessera_types::repair::{RepairReason, StripeOwner};
 
 pub(crate) const META_LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"last_membership";
@@ -55,6 +63,8 @@ pub struct GcItem {
     pub key: String,
     pub version_id: String,
     pub stripes: Vec<Stripe>,
+    /// GC worker holding the item, and until when.
+    pub lease: Option<(String, UnixMillis)>,
 }
 
 /// Last applied log id and the membership in effect.
@@ -112,7 +122,7 @@ pub fn bucket_prefix(bucket: &str) -> Vec<u8> {
 }
 
 /// Sortable big-endian encoding of a signed time.
-fn time_key(t: UnixMillis) -> [u8; 8] {
+pub(crate) fn time_key(t: UnixMillis) -> [u8; 8] {
     ((t as u64) ^ (1 << 63)).to_be_bytes()
 }
 
@@ -128,21 +138,53 @@ pub struct SmTrees {
     pub(crate) uploads: sled::Tree,
     pub(crate) parts: sled::Tree,
     pub(crate) gc: sled::Tree,
+    pub(crate) stripes: sled::Tree,
+    pub(crate) node_shards: sled::Tree,
+    pub(crate) repair: sled::Tree,
+    pub(crate) repair_idx: sled::Tree,
     pub(crate) meta: sled::Tree,
     snapshot: sled::Tree,
 }
 
-/// Pending writes of one entry, committed atomically.
+/// Number of trees in the replicated state.
+const STATE_TREES: usize = 12;
+
+/// Pending writes of one entry, committed atomically. Within a batch the
+/// last write to a key wins.
 #[derive(Default)]
-struct Writes {
-    buckets: sled::Batch,
-    objects: sled::Batch,
-    access_keys: sled::Batch,
-    nodes: sled::Batch,
-    uploads: sled::Batch,
-    parts: sled::Batch,
-    gc: sled::Batch,
-    meta: sled::Batch,
+pub(crate) struct Writes {
+    pub(crate) buckets: sled::Batch,
+    pub(crate) objects: sled::Batch,
+    pub(crate) access_keys: sled::Batch,
+    pub(crate) nodes: sled::Batch,
+    pub(crate) uploads: sled::Batch,
+    pub(crate) parts: sled::Batch,
+    pub(crate) gc: sled::Batch,
+    pub(crate) stripes: sled::Batch,
+    pub(crate) node_shards: sled::Batch,
+    pub(crate) repair: sled::Batch,
+    pub(crate) repair_idx: sled::Batch,
+    pub(crate) meta: sled::Batch,
+}
+
+impl Writes {
+    /// The batches in the order of [`SmTrees::state_trees`].
+    fn batches_mut(&mut self) -> [&mut sled::Batch; STATE_TREES] {
+        [
+            &mut self.buckets,
+            &mut self.objects,
+            &mut self.access_keys,
+            &mut self.nodes,
+            &mut self.uploads,
+            &mut self.parts,
+            &mut self.gc,
+            &mut self.stripes,
+            &mut self.node_shards,
+            &mut self.repair,
+            &mut self.repair_idx,
+            &mut self.meta,
+        ]
+    }
 }
 
 impl SmTrees {
@@ -155,6 +197,10 @@ impl SmTrees {
             uploads: db.open_tree("sm_uploads")?,
             parts: db.open_tree("sm_parts")?,
             gc: db.open_tree("sm_gc")?,
+            stripes: db.open_tree("sm_stripes")?,
+            node_shards: db.open_tree("sm_node_shards")?,
+            repair: db.open_tree("sm_repair")?,
+            repair_idx: db.open_tree("sm_repair_idx")?,
             meta: db.open_tree("sm_meta")?,
             snapshot: db.open_tree("sm_snapshot")?,
             db,
@@ -162,7 +208,7 @@ impl SmTrees {
     }
 
     /// The trees that make up the replicated state, by snapshot name.
-    fn state_trees(&self) -> [(&'static str, &sled::Tree); 8] {
+    fn state_trees(&self) -> [(&'static str, &sled::Tree); STATE_TREES] {
         [
             ("buckets", &self.buckets),
             ("objects", &self.objects),
@@ -171,6 +217,10 @@ impl SmTrees {
             ("uploads", &self.uploads),
             ("parts", &self.parts),
             ("gc", &self.gc),
+            ("stripes", &self.stripes),
+            ("node_shards", &self.node_shards),
+            ("repair", &self.repair),
+            ("repair_idx", &self.repair_idx),
             ("meta", &self.meta),
         ]
     }
@@ -257,26 +307,15 @@ impl SmTrees {
     }
 
     /// Commits `w` atomically over all state trees.
-    fn commit(&self, w: &Writes) -> Result<(), sled::Error> {
-        (
-            &self.buckets,
-            &self.objects,
-            &self.access_keys,
-            &self.nodes,
-            &self.uploads,
-            &self.parts,
-            &self.gc,
-            &self.meta,
-        )
-            .transaction(|(b, o, k, n, u, p, g, m)| {
-                b.apply_batch(&w.buckets)?;
-                o.apply_batch(&w.objects)?;
-                k.apply_batch(&w.access_keys)?;
-                n.apply_batch(&w.nodes)?;
-                u.apply_batch(&w.uploads)?;
-                p.apply_batch(&w.parts)?;
-                g.apply_batch(&w.gc)?;
-                m.apply_batch(&w.meta)?;
+    fn commit(&self, w: &mut Writes) -> Result<(), sled::Error> {
+        let trees: Vec<&sled::Tree> = self.state_trees().iter().map(|(_, t)| *t).collect();
+        let batches = w.batches_mut();
+        trees
+            .as_slice()
+            .transaction(|views| {
+                for (view, batch) in views.iter().zip(batches.iter()) {
+                    view.apply_batch(batch)?;
+                }
                 Ok(())
             })
             .map_err(|e: TransactionError<()>| match e {
@@ -299,6 +338,7 @@ impl SmTrees {
         let clock = self.clock()?;
         let mut new_clock = clock;
         let mut bump_epoch = false;
+        let mut fx = Effects::default();
         let reply = match cmd {
             MetaCommand::CreateBucket(bucket) => {
                 if bucket.name.is_empty() || bucket.name.contains('\0') {
@@ -329,6 +369,7 @@ impl SmTrees {
                     // Uploads in progress go with the bucket; their parts'
                     // stripes are released.
                     let released = self.drop_uploads(name, w)?;
+                    self.index_remove(w, &mut fx, &released);
                     if released.is_empty() {
                         MetaReply::Ok
                     } else {
@@ -360,7 +401,11 @@ impl SmTrees {
                         if let Some(old) = &old {
                             let keep: HashSet<_> = manifest.stripes().map(|s| s.id).collect();
                             push_gc(w, index, 0, new_clock, old, &keep);
+                            let gone = dropped(old, &keep);
+                            self.index_remove(w, &mut fx, &gone);
                         }
+                        let stripes: Vec<Stripe> = manifest.stripes().cloned().collect();
+                        self.index_add(w, &mut fx, &object_owner(manifest), &stripes, new_clock)?;
                         MetaReply::Replaced(old.map(Box::new))
                     }
                 }
@@ -373,6 +418,8 @@ impl SmTrees {
                     if let Some(old) = &old {
                         w.objects.remove(object_key(bucket, key));
                         push_gc(w, index, 0, clock, old, &HashSet::new());
+                        let gone = dropped(old, &HashSet::new());
+                        self.index_remove(w, &mut fx, &gone);
                     }
                     MetaReply::Replaced(old.map(Box::new))
                 }
@@ -392,7 +439,8 @@ impl SmTrees {
             }
             MetaCommand::UpsertNode(info) => {
                 let mut node = info.clone();
-                match self.node(&info.id)? {
+                let before = self.node(&info.id)?;
+                match &before {
                     None => bump_epoch = true,
                     Some(old) => {
                         // A node that heartbeats again is up, unless an
@@ -409,6 +457,8 @@ impl SmTrees {
                     }
                 }
                 new_clock = new_clock.max(node.last_heartbeat);
+                let old_state = before.map(|b| b.state).unwrap_or(NodeState::Up);
+                self.node_state_changed(&mut fx, &node.id, old_state, node.state, new_clock)?;
                 w.nodes.insert(node.id.as_str().as_bytes(), enc(&node));
                 MetaReply::Ok
             }
@@ -417,6 +467,7 @@ impl SmTrees {
                 Some(mut node) => {
                     new_clock = new_clock.max(*at);
                     if node.state != *state {
+                        self.node_state_changed(&mut fx, id, node.state, *state, new_clock)?;
                         node.state = *state;
                         bump_epoch = true;
                         w.nodes.insert(id.as_str().as_bytes(), enc(&node));
@@ -425,12 +476,22 @@ impl SmTrees {
                 }
             },
             MetaCommand::RemoveNode { id } => {
-                if self.node(id)?.is_none() {
-                    MetaReply::Err(MetaError::NoSuchNode)
-                } else {
-                    w.nodes.remove(id.as_str().as_bytes());
-                    bump_epoch = true;
-                    MetaReply::Ok
+                let held = self.node_shard_count(id);
+                match self.node(id)? {
+                    None => MetaReply::Err(MetaError::NoSuchNode),
+                    // A live node's shards must move off first (drain); a
+                    // node that is down has its stripes queued already.
+                    Some(n) if held > 0 && n.state != NodeState::Down => {
+                        MetaReply::Err(MetaError::Invalid(format!(
+                            "node {id} still holds {held} shards: drain it first"
+                        )))
+                    }
+                    Some(_) => {
+                        w.nodes.remove(id.as_str().as_bytes());
+                        self.set_state_in(&mut fx, id, None)?;
+                        bump_epoch = true;
+                        MetaReply::Ok
+                    }
                 }
             }
             MetaCommand::CreateUpload { upload } => {
@@ -467,6 +528,14 @@ impl SmTrees {
                         .filter(|s| part.part.stripes.iter().all(|n| n.id != s.id))
                         .collect();
                     push_gc_stripes(w, index, 0, new_clock, bucket, key, upload_id, &released);
+                    self.index_remove(w, &mut fx, &released);
+                    let owner = StripeOwner::Part {
+                        bucket: bucket.clone(),
+                        key: key.clone(),
+                        upload_id: upload_id.clone(),
+                        number: part.part.number,
+                    };
+                    self.index_add(w, &mut fx, &owner, &part.part.stripes, new_clock)?;
                     MetaReply::Released(released)
                 }
             }
@@ -474,7 +543,15 @@ impl SmTrees {
                 upload_id,
                 manifest,
                 condition,
-            } => self.complete_upload(upload_id, manifest, condition, index, &mut new_clock, w)?,
+            } => self.complete_upload(
+                upload_id,
+                manifest,
+                condition,
+                index,
+                &mut new_clock,
+                w,
+                &mut fx,
+            )?,
             MetaCommand::AbortUpload {
                 bucket,
                 key,
@@ -492,10 +569,73 @@ impl SmTrees {
                         w.parts.remove(k);
                     }
                     push_gc_stripes(w, index, 0, clock, bucket, key, upload_id, &released);
+                    self.index_remove(w, &mut fx, &released);
                     MetaReply::Released(released)
                 }
             }
+            MetaCommand::ReportShards { problems, at } => {
+                new_clock = new_clock.max(*at);
+                self.report_shards(&mut fx, problems, new_clock)?
+            }
+            MetaCommand::LeaseRepairs {
+                worker,
+                max,
+                lease_ms,
+                at,
+            } => {
+                new_clock = new_clock.max(*at);
+                self.lease_repairs(&mut fx, worker, *max, *lease_ms, new_clock)?
+            }
+            MetaCommand::CommitRepair {
+                worker: _,
+                owner,
+                stripe,
+                expected,
+                shards,
+                bytes,
+                at,
+            } => {
+                new_clock = new_clock.max(*at);
+                self.commit_repair(
+                    w, &mut fx, index, owner, stripe, expected, shards, *bytes, new_clock,
+                )?
+            }
+            MetaCommand::ReleaseRepair {
+                worker,
+                stripe,
+                outcome,
+                at,
+            } => {
+                new_clock = new_clock.max(*at);
+                self.release_repair(&mut fx, worker, stripe, *outcome, new_clock)?
+            }
+            MetaCommand::SetRepairConfig(config) => {
+                w.meta
+                    .insert(super::durability::META_REPAIR_CONFIG, enc(config));
+                MetaReply::Ok
+            }
+            MetaCommand::LeaseGc {
+                worker,
+                max,
+                before,
+                lease_ms,
+                at,
+            } => {
+                new_clock = new_clock.max(*at);
+                self.lease_gc(w, worker, *max, *before, *lease_ms, new_clock)?
+            }
+            MetaCommand::AckGc { keys } => self.ack_gc(w, keys),
+            MetaCommand::CheckNode { id, at } => {
+                if self.node(id)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchNode)
+                } else {
+                    new_clock = new_clock.max(*at);
+                    self.queue_node(&mut fx, id, RepairReason::Check(id.clone()), new_clock)?;
+                    MetaReply::Ok
+                }
+            }
         };
+        self.flush_effects(w, fx)?;
         if bump_epoch {
             w.meta.insert(META_EPOCH, enc(&(self.epoch()? + 1)));
         }
@@ -525,7 +665,11 @@ impl SmTrees {
         Ok(released)
     }
 
-    /// CompleteUpload: see [`MetaCommand::CompleteUpload`].
+    /// CompleteUpload: see [`MetaCommand::CompleteUpload`]. Parts are
+    /// matched by number, size, ETag and stripe ids; the object gets the
+    /// stored parts (a repair may have moved shards since the gateway read
+    /// them).
+    #[allow(clippy::too_many_arguments)]
     fn complete_upload(
         &self,
         upload_id: &str,
@@ -534,6 +678,7 @@ impl SmTrees {
         index: u64,
         new_clock: &mut UnixMillis,
         w: &mut Writes,
+        fx: &mut Effects,
     ) -> Result<MetaReply, MetaNodeError> {
         let (bucket, key) = (&manifest.bucket, &manifest.key);
         if self.bucket(bucket)?.is_none() {
@@ -555,12 +700,16 @@ impl SmTrees {
             .into_iter()
             .map(|r| (r.part.number, r))
             .collect();
+        let mut final_parts = Vec::with_capacity(parts.len());
         for p in parts {
             match stored.remove(&p.number) {
-                Some(rec) if rec.part == *p => {}
+                Some(rec) if same_part(&rec.part, p) => final_parts.push(rec.part),
                 _ => return Ok(MetaReply::Err(MetaError::InvalidPart { number: p.number })),
             }
         }
+        let mut manifest = manifest.clone();
+        manifest.data = tessera_types::ObjectData::Parts(final_parts);
+        let manifest = &manifest;
         let old = self.object(bucket, key)?;
         let ok = match (condition, &old) {
             (WriteCondition::None, _) => true,
@@ -586,10 +735,35 @@ impl SmTrees {
         if let Some(old) = &old {
             let keep: HashSet<_> = manifest.stripes().map(|s| s.id).collect();
             push_gc(w, index, 1, *new_clock, old, &keep);
-            released.extend(old.stripes().filter(|s| !keep.contains(&s.id)).cloned());
+            released.extend(dropped(old, &keep));
         }
+        self.index_remove(w, fx, &released);
+        let stripes: Vec<Stripe> = manifest.stripes().cloned().collect();
+        self.index_add(w, fx, &object_owner(manifest), &stripes, *new_clock)?;
         Ok(MetaReply::Released(released))
     }
+}
+
+/// Stripes of `old` not in `keep`.
+fn dropped(old: &ObjectManifest, keep: &HashSet<tessera_types::StripeId>) -> Vec<Stripe> {
+    old.stripes()
+        .filter(|s| !keep.contains(&s.id))
+        .cloned()
+        .collect()
+}
+
+/// A part named in CompleteMultipartUpload is the stored part: same
+/// number, size, ETag and stripes (shard lists may differ after repairs).
+fn same_part(stored: &tessera_types::Part, named: &tessera_types::Part) -> bool {
+    stored.number == named.number
+        && stored.size == named.size
+        && stored.etag == named.etag
+        && stored.stripes.len() == named.stripes.len()
+        && stored
+            .stripes
+            .iter()
+            .zip(&named.stripes)
+            .all(|(a, b)| a.id == b.id && a.len == b.len)
 }
 
 /// `If-Match` compares ETags without quotes; `*` matches any object.
@@ -628,7 +802,7 @@ fn push_gc(
 /// `version` is the upload id). `seq` tells apart the items one entry
 /// queues; the key of item 0 is the 16-byte key of earlier versions.
 #[allow(clippy::too_many_arguments)]
-fn push_gc_stripes(
+pub(crate) fn push_gc_stripes(
     w: &mut Writes,
     index: u64,
     seq: u8,
@@ -647,6 +821,7 @@ fn push_gc_stripes(
         key: key.to_string(),
         version_id: version.to_string(),
         stripes: stripes.to_vec(),
+        lease: None,
     };
     let mut gc_key = Vec::with_capacity(17);
     gc_key.extend_from_slice(&time_key(at));
@@ -688,7 +863,7 @@ impl StateMachineStore {
             }
         };
         w.meta.insert(META_LAST_APPLIED, enc(&Some(log_id)));
-        self.trees.commit(&w)?;
+        self.trees.commit(&mut w)?;
         Ok(reply)
     }
 
@@ -825,18 +1000,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             dec(&data).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         let mut w = Writes::default();
         {
-            let t = &self.trees;
-            let targets: [(&str, &sled::Tree, &mut sled::Batch); 8] = [
-                ("buckets", &t.buckets, &mut w.buckets),
-                ("objects", &t.objects, &mut w.objects),
-                ("access_keys", &t.access_keys, &mut w.access_keys),
-                ("nodes", &t.nodes, &mut w.nodes),
-                ("uploads", &t.uploads, &mut w.uploads),
-                ("parts", &t.parts, &mut w.parts),
-                ("gc", &t.gc, &mut w.gc),
-                ("meta", &t.meta, &mut w.meta),
-            ];
-            for (name, tree, batch) in targets {
+            let trees = self.trees.state_trees();
+            for ((name, tree), batch) in trees.into_iter().zip(w.batches_mut()) {
                 for item in tree.iter() {
                     let (k, _) =
                         item.map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
@@ -852,7 +1017,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         w.meta.insert(META_LAST_APPLIED, enc(&meta.last_log_id));
         w.meta.insert(META_MEMBERSHIP, enc(&meta.last_membership));
         self.trees
-            .commit(&w)
+            .commit(&mut w)
             .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
         Self::save_snapshot(&self.trees, meta, &data).await?;
         Ok(())
