@@ -63,6 +63,25 @@ pub struct GatewayConfig {
     /// Delay before the shards of a replaced or deleted object are deleted
     /// (reads that started before the change may still need them).
     pub gc_grace_ms: u64,
+    /// Run the repair worker: lease stripes with lost, corrupt or
+    /// misplaced shards from meta, rebuild and re-place them. Its rate,
+    /// concurrency and pause switch are cluster-wide settings in meta
+    /// (`tessera admin repair`), not keys here.
+    pub repair_enabled: bool,
+    /// How long a leased repair batch is reserved for this gateway; a
+    /// stripe not finished by then may be leased by another gateway (the
+    /// commit's compare-and-set keeps that safe).
+    pub repair_lease_ms: u64,
+    /// How often the repair worker reads the repair settings from meta, and
+    /// how long it waits when the queue is empty, paused or meta is down.
+    pub repair_poll_ms: u64,
+    /// Run the GC worker: delete the shards of the meta GC queue once they
+    /// are older than `gc-grace-ms`.
+    pub gc_enabled: bool,
+    /// Pause between two GC passes when the queue is drained.
+    pub gc_interval_ms: u64,
+    /// GC items (object versions or part sets) leased per pass.
+    pub gc_batch: u32,
     /// Address of the admin HTTP port (`/metrics`, `/health/live`,
     /// `/health/ready`); unset = none.
     pub admin_listen: Option<String>,
@@ -98,6 +117,12 @@ impl Default for GatewayConfig {
             auth_cache_ttl_ms: 10_000,
             auth_negative_ttl_ms: 1_000,
             gc_grace_ms: 30_000,
+            repair_enabled: true,
+            repair_lease_ms: 60_000,
+            repair_poll_ms: 3_000,
+            gc_enabled: true,
+            gc_interval_ms: 10_000,
+            gc_batch: 64,
             admin_listen: None,
             cluster_secret: None,
         }
@@ -144,6 +169,14 @@ impl GatewayConfig {
         }
         if self.max_buffered_stripes < self.stripes_in_flight + 1 {
             return err("max-buffered-stripes must exceed stripes-in-flight".into());
+        }
+        if self.repair_lease_ms < 1_000 || self.repair_poll_ms == 0 {
+            return err(
+                "repair-lease-ms must be at least 1000 and repair-poll-ms at least 1".into(),
+            );
+        }
+        if self.gc_interval_ms == 0 || self.gc_batch == 0 {
+            return err("gc-interval-ms and gc-batch must be at least 1".into());
         }
         if self.max_connections == 0 {
             return err("max-connections must be at least 1".into());

@@ -15,6 +15,7 @@
 //! - [`metrics`]: request metrics around the s3s service.
 //! - [`cluster`]: the cached cluster map and placement.
 //! - [`pipeline`]: stripe writer, stripe reader, deferred shard deletion.
+//! - [`repair`]: the repair and GC workers, and bad-shard reports from reads.
 //! - [`s3`]: the S3 operations, one file per family.
 //! - `server`: the hyper server, connection limits, graceful shutdown.
 
@@ -26,6 +27,7 @@ pub mod error;
 pub mod metrics;
 pub mod names;
 pub mod pipeline;
+pub mod repair;
 pub mod s3;
 mod server;
 
@@ -77,11 +79,12 @@ pub async fn serve(
         cluster.clone(),
         background.clone(),
     ));
+    let metrics = Arc::new(metrics::GatewayMetrics::default());
+    repair::start(&config, &meta, &dp, &metrics.repair, &background);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, region = %config.region, k = config.k, m = config.m,
-            "S3 gateway listening");
+            repair = config.repair_enabled, gc = config.gc_enabled, "S3 gateway listening");
     }
-    let metrics = Arc::new(metrics::GatewayMetrics::default());
     if let Some(addr) = &config.admin_listen {
         let admin = tokio::net::TcpListener::bind(addr).await?;
         let view = cluster.clone();

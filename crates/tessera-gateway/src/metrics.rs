@@ -1,6 +1,7 @@
 //! The gateway's metrics: S3 requests by operation and status, their
 //! latency (until the response head is ready), and body bytes in and out,
-//! counted by a layer around the s3s service.
+//! counted by a layer around the s3s service; and the repair and GC
+//! workers' progress ([`RepairMetrics`]).
 //!
 //! The operation name comes from s3s (recorded during the access check,
 //! which every request that passed signature checking reaches); requests
@@ -15,11 +16,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use s3s::service::S3Service;
-use tessera_observe::{Counter, Histogram, Registry, LATENCY_BUCKETS};
+use tessera_observe::{Counter, Gauge, Histogram, Registry, LATENCY_BUCKETS};
 
 /// The gateway's metric families.
 pub struct GatewayMetrics {
     pub registry: Registry,
+    /// The repair and GC workers' families, in the same registry.
+    pub repair: RepairMetrics,
     requests: Counter,
     latency: Histogram,
     bytes_in: Counter,
@@ -51,8 +54,93 @@ impl Default for GatewayMetrics {
                 "Response body bytes sent to S3 clients.",
                 &[],
             ),
+            repair: RepairMetrics::new(&r),
             registry: r,
         }
+    }
+}
+
+/// What the repair worker, the GC worker and the shard-problem reporter
+/// have done in this gateway.
+#[derive(Clone)]
+pub struct RepairMetrics {
+    /// Stripes whose rebuilt shards were committed.
+    pub repaired_stripes: Counter,
+    /// Shard bytes rebuilt and written by committed repairs.
+    pub repaired_bytes: Counter,
+    /// Shard bytes read as sources of rebuilds.
+    pub read_bytes: Counter,
+    /// Repairs given back as failed (meta retries them after a back-off).
+    pub failed: Counter,
+    /// Repairs whose compare-and-set lost to a concurrent change.
+    pub lost_races: Counter,
+    /// Leased stripes that turned out whole.
+    pub whole: Counter,
+    /// Stripes being repaired now.
+    pub in_flight: Gauge,
+    /// Shard files deleted by the GC worker.
+    pub gc_deleted: Counter,
+    /// Shard problems sent to meta by degraded reads.
+    pub problems_reported: Counter,
+}
+
+impl RepairMetrics {
+    /// Registers the families in `r`.
+    pub fn new(r: &Registry) -> Self {
+        RepairMetrics {
+            repaired_stripes: r.counter(
+                "tessera_gateway_repair_stripes_total",
+                "Stripes repaired (rebuilt shards committed) by this gateway.",
+                &[],
+            ),
+            repaired_bytes: r.counter(
+                "tessera_gateway_repair_written_bytes_total",
+                "Shard bytes rebuilt and written by committed repairs.",
+                &[],
+            ),
+            read_bytes: r.counter(
+                "tessera_gateway_repair_read_bytes_total",
+                "Shard bytes read as the sources of repairs.",
+                &[],
+            ),
+            failed: r.counter(
+                "tessera_gateway_repair_failures_total",
+                "Repairs that failed and were given back for a later retry.",
+                &[],
+            ),
+            lost_races: r.counter(
+                "tessera_gateway_repair_conflicts_total",
+                "Repairs not committed because the stripe changed meanwhile.",
+                &[],
+            ),
+            whole: r.counter(
+                "tessera_gateway_repair_whole_total",
+                "Leased stripes that needed no repair.",
+                &[],
+            ),
+            in_flight: r.gauge(
+                "tessera_gateway_repair_in_flight_stripes",
+                "Stripes being repaired by this gateway now.",
+                &[],
+            ),
+            gc_deleted: r.counter(
+                "tessera_gateway_gc_deleted_shards_total",
+                "Shard files deleted by the GC worker.",
+                &[],
+            ),
+            problems_reported: r.counter(
+                "tessera_gateway_shard_problems_reported_total",
+                "Missing, corrupt or unreachable shards reported to meta by reads.",
+                &[],
+            ),
+        }
+    }
+}
+
+impl Default for RepairMetrics {
+    /// Families in a registry of their own (tests, tools).
+    fn default() -> Self {
+        RepairMetrics::new(&Registry::new())
     }
 }
 

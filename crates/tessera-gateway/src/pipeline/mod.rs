@@ -12,10 +12,11 @@ pub mod read;
 pub mod write;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tessera_proto::StoragePool;
+use tessera_types::repair::ShardProblem;
 use tessera_types::{NodeId, StorageClass};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::ClusterView;
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
+use crate::repair::ProblemReporter;
 
 /// Everything the pipelines need, shared by all requests.
 pub struct DataPlane {
@@ -46,6 +48,9 @@ pub struct DataPlane {
     /// avoid them until the cluster map catches up (a killed node stays Up
     /// in the map until the meta leader's failure detector notices).
     recent_failures: Mutex<HashMap<NodeId, Instant>>,
+    /// Where reads report missing, corrupt and unreachable shards (set by
+    /// `serve`; while unset nothing is reported).
+    problems: OnceLock<ProblemReporter>,
 }
 
 /// How long a node that failed a shard write is avoided by new stripes.
@@ -72,6 +77,19 @@ impl DataPlane {
             body_idle_timeout: GatewayConfig::ms(config.body_idle_timeout_ms),
             shutdown,
             recent_failures: Mutex::new(HashMap::new()),
+            problems: OnceLock::new(),
+        }
+    }
+
+    /// Sends the bad shards reads find to `reporter` (first call wins).
+    pub fn set_problem_reporter(&self, reporter: ProblemReporter) {
+        let _ = self.problems.set(reporter);
+    }
+
+    /// Reports a bad shard (never blocks; dropped when nobody listens).
+    pub fn report_problem(&self, problem: ShardProblem) {
+        if let Some(r) = self.problems.get() {
+            r.report(problem);
         }
     }
 

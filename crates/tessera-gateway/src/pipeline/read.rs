@@ -9,6 +9,11 @@
 //! fetched until any k verified shards rebuild the stripe. With fewer than
 //! k, the stream ends with an error: the client sees a truncated body,
 //! never wrong bytes.
+//!
+//! A shard that is missing, corrupt or on a node that does not answer is
+//! reported to meta (through [`DataPlane::report_problem`]: non-blocking,
+//! deduplicated, batched), which queues its stripe for repair. Shards a
+//! write never stored need no report: meta queues short stripes itself.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -17,7 +22,9 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tessera_erasure::{data_shards_for_range, decode_stripe, verify_shard};
-use tessera_types::{ObjectData, ObjectManifest, Stripe};
+use tessera_proto::RpcError;
+use tessera_types::repair::{ProblemKind, ShardProblem};
+use tessera_types::{NodeId, ObjectData, ObjectManifest, Stripe};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -263,9 +270,19 @@ pub async fn read_stripe(
                         good += 1;
                     }
                     Err(e) => {
-                        tracing::warn!(stripe = %stripe.id, index = i, error = %e,
-                            "shard read failed; reading parity");
+                        tracing::warn!(stripe = %stripe.id, index = i, node = %e.node,
+                            error = %e.message, "shard read failed; reading parity");
                         degraded = true;
+                        // Best effort, never waited for: meta queues the
+                        // stripe for repair.
+                        if let Some(kind) = e.problem {
+                            dp.report_problem(ShardProblem {
+                                stripe: stripe.id,
+                                index: i as u8,
+                                node: e.node,
+                                kind,
+                            });
+                        }
                     }
                 }
             }
@@ -278,6 +295,37 @@ pub async fn read_stripe(
     }
 }
 
+/// Why a shard read failed, and what to report to meta about it.
+#[derive(Debug)]
+struct ShardFailure {
+    node: NodeId,
+    /// `None`: not the shard's fault (e.g. a refused call); not reported.
+    problem: Option<ProblemKind>,
+    message: String,
+}
+
+impl ShardFailure {
+    fn new(node: &NodeId, problem: Option<ProblemKind>, message: impl Into<String>) -> Self {
+        ShardFailure {
+            node: node.clone(),
+            problem,
+            message: message.into(),
+        }
+    }
+
+    fn from_rpc(node: &NodeId, e: RpcError) -> Self {
+        let problem = match &e {
+            RpcError::NotFound(_) => Some(ProblemKind::Missing),
+            RpcError::Corrupt(_) => Some(ProblemKind::Corrupt),
+            RpcError::Unreachable { .. } | RpcError::Timeout { .. } => {
+                Some(ProblemKind::Unreachable)
+            }
+            _ => None,
+        };
+        ShardFailure::new(node, problem, e.to_string())
+    }
+}
+
 /// Fetches and verifies shard `i` of `stripe`; `None` when the shard has
 /// no readable location (not recorded, node unknown or down).
 fn fetch_shard(
@@ -285,9 +333,11 @@ fn fetch_shard(
     snap: &ClusterSnapshot,
     stripe: &Stripe,
     i: usize,
-) -> Option<impl std::future::Future<Output = (usize, Result<Bytes, String>)> + Send + 'static> {
+) -> Option<impl std::future::Future<Output = (usize, Result<Bytes, ShardFailure>)> + Send + 'static>
+{
     let entry = stripe.shard(u8::try_from(i).ok()?)?;
     let addr = snap.read_addr(&entry.node)?.to_string();
+    let node = entry.node.clone();
     let hash = entry.blake3;
     let storage = dp.storage.clone();
     let (id, shard_len, timeout) = (stripe.id, stripe.shard_len as usize, dp.shard_read_timeout);
@@ -296,18 +346,32 @@ fn fetch_shard(
             match tokio::time::timeout(timeout, storage.get_shard(&addr, id, i as u8, Some(hash)))
                 .await
             {
-                Err(_) => Err(format!("timed out after {timeout:?}")),
-                Ok(Err(e)) => Err(e.to_string()),
-                Ok(Ok(bytes)) if bytes.len() != shard_len => {
-                    Err(format!("{} bytes, expected {shard_len}", bytes.len()))
-                }
+                Err(_) => Err(ShardFailure::new(
+                    &node,
+                    Some(ProblemKind::Unreachable),
+                    format!("timed out after {timeout:?}"),
+                )),
+                Ok(Err(e)) => Err(ShardFailure::from_rpc(&node, e)),
+                Ok(Ok(bytes)) if bytes.len() != shard_len => Err(ShardFailure::new(
+                    &node,
+                    Some(ProblemKind::Corrupt),
+                    format!("{} bytes, expected {shard_len}", bytes.len()),
+                )),
                 Ok(Ok(bytes)) => {
                     // Hashing a shard is CPU work: off the executor.
                     let check = bytes.clone();
                     match tokio::task::spawn_blocking(move || verify_shard(&check, &hash)).await {
                         Ok(true) => Ok(bytes),
-                        Ok(false) => Err("checksum mismatch".to_string()),
-                        Err(e) => Err(format!("verify task failed: {e}")),
+                        Ok(false) => Err(ShardFailure::new(
+                            &node,
+                            Some(ProblemKind::Corrupt),
+                            "checksum mismatch",
+                        )),
+                        Err(e) => Err(ShardFailure::new(
+                            &node,
+                            None,
+                            format!("verify task failed: {e}"),
+                        )),
                     }
                 }
             };

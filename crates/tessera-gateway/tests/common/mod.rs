@@ -25,8 +25,12 @@ use tessera_types::meta::{
     ListObjectsPage, ListObjectsQuery, MetaCommand, MetaError, MetaQuery, MetaReply, ObjectSummary,
     QueryReply, WriteCondition,
 };
+use tessera_types::repair::{
+    GcLease, RepairConfig, RepairItem, RepairOutcome, RepairTask, ShardProblem, StripeOwner,
+};
 use tessera_types::{
-    AccessKey, Bucket, ClusterMap, NodeId, NodeInfo, NodeState, ObjectManifest, StripeId,
+    AccessKey, Bucket, ClusterMap, NodeId, NodeInfo, NodeState, ObjectData, ObjectManifest, Stripe,
+    StripeId,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -234,6 +238,19 @@ pub struct FakeMeta {
     pub map: Mutex<ClusterMap>,
     /// Every call fails as if meta were unreachable.
     pub dead: AtomicBool,
+    /// A minimal repair queue: items are leased in order, whatever their
+    /// lease or back-off (tests lease explicitly).
+    pub repairs: Mutex<Vec<RepairItem>>,
+    pub repair_config: Mutex<Option<RepairConfig>>,
+    /// Every ReleaseRepair, in order.
+    pub released: Mutex<Vec<(StripeId, RepairOutcome)>>,
+    /// Every CommitRepair that was applied.
+    pub committed: Mutex<Vec<StripeId>>,
+    /// Every ReportShards problem.
+    pub reports: Mutex<Vec<ShardProblem>>,
+    /// GC queue (CommitRepair feeds it like meta does); acked items go.
+    pub gc: Mutex<Vec<GcLease>>,
+    gc_seq: AtomicU64,
 }
 
 impl FakeMeta {
@@ -249,7 +266,213 @@ impl FakeMeta {
         );
     }
 
+    /// Queues `stripe` of `bucket`/`key` for repair (as meta would when a
+    /// node goes down).
+    pub fn queue_repair(&self, bucket: &str, key: &str, stripe: StripeId) {
+        self.repairs.lock().unwrap().push(RepairItem {
+            stripe,
+            owner: StripeOwner::Object {
+                bucket: bucket.into(),
+                key: key.into(),
+            },
+            surviving: 0,
+            bad: vec![],
+            reasons: vec![],
+            queued_at: 0,
+            attempts: 0,
+            lease: None,
+            not_before: 0,
+        });
+    }
+
+    /// The stripe `id` of `bucket`/`key` as the fake holds it now.
+    pub fn stripe(&self, bucket: &str, key: &str, id: StripeId) -> Option<Stripe> {
+        let objects = self.objects.lock().unwrap();
+        let m = objects.get(&(bucket.to_string(), key.to_string()))?;
+        let found = m.stripes().find(|s| s.id == id).cloned();
+        found
+    }
+
+    pub fn push_gc(&self, stripes: Vec<Stripe>) {
+        let seq = self.gc_seq.fetch_add(1, Ordering::SeqCst);
+        self.gc.lock().unwrap().push(GcLease {
+            key: seq.to_be_bytes().to_vec(),
+            at: 0,
+            stripes,
+        });
+    }
+
+    /// The repair commands (separate from `apply`'s locks on the
+    /// namespace, which they take themselves).
+    fn apply_repair(&self, cmd: MetaCommand) -> MetaReply {
+        match cmd {
+            MetaCommand::LeaseRepairs { worker, max, .. } => {
+                let mut q = self.repairs.lock().unwrap();
+                let objects = self.objects.lock().unwrap();
+                let mut tasks = vec![];
+                q.retain(|item| {
+                    let StripeOwner::Object { bucket, key } = &item.owner else {
+                        return false;
+                    };
+                    // An owner that no longer holds the stripe drops it.
+                    objects
+                        .get(&(bucket.clone(), key.clone()))
+                        .is_some_and(|m| m.stripes().any(|s| s.id == item.stripe))
+                });
+                for item in q.iter_mut().take(max as usize) {
+                    let StripeOwner::Object { bucket, key } = &item.owner else {
+                        continue;
+                    };
+                    let Some(stripe) = objects
+                        .get(&(bucket.clone(), key.clone()))
+                        .and_then(|m| m.stripes().find(|s| s.id == item.stripe).cloned())
+                    else {
+                        continue;
+                    };
+                    item.lease = Some((worker.clone(), i64::MAX));
+                    tasks.push(RepairTask {
+                        item: item.clone(),
+                        stripe,
+                    });
+                }
+                MetaReply::Repairs(tasks)
+            }
+            MetaCommand::ReleaseRepair {
+                stripe, outcome, ..
+            } => {
+                self.released.lock().unwrap().push((stripe, outcome));
+                let mut q = self.repairs.lock().unwrap();
+                match outcome {
+                    RepairOutcome::Done => q.retain(|i| i.stripe != stripe),
+                    RepairOutcome::Failed => {
+                        for i in q.iter_mut().filter(|i| i.stripe == stripe) {
+                            i.attempts += 1;
+                            i.lease = None;
+                        }
+                    }
+                }
+                MetaReply::Ok
+            }
+            MetaCommand::CommitRepair {
+                owner,
+                stripe,
+                expected,
+                shards,
+                ..
+            } => {
+                self.repairs.lock().unwrap().retain(|i| i.stripe != stripe);
+                let StripeOwner::Object { bucket, key } = owner else {
+                    return MetaReply::Err(MetaError::Invalid(
+                        "parts unsupported by the fake".into(),
+                    ));
+                };
+                let mut objects = self.objects.lock().unwrap();
+                let target = objects
+                    .get_mut(&(bucket, key))
+                    .and_then(|m| match &mut m.data {
+                        ObjectData::Parts(parts) => parts
+                            .iter_mut()
+                            .flat_map(|p| p.stripes.iter_mut())
+                            .find(|s| s.id == stripe),
+                        ObjectData::Inline(_) => None,
+                    });
+                let (reply, garbage) = match target {
+                    Some(s) if s.shards == expected => {
+                        let old = std::mem::replace(&mut s.shards, shards.clone());
+                        let mut g = s.clone();
+                        g.shards = old.into_iter().filter(|e| !shards.contains(e)).collect();
+                        self.committed.lock().unwrap().push(stripe);
+                        (MetaReply::Ok, g)
+                    }
+                    other => {
+                        let mut g = other.map(|s| s.clone()).unwrap_or(Stripe {
+                            id: stripe,
+                            len: 0,
+                            shard_len: 0,
+                            class: tessera_types::StorageClass::rs(1, 0, 1),
+                            shards: vec![],
+                        });
+                        g.shards = shards
+                            .into_iter()
+                            .filter(|e| !expected.contains(e))
+                            .collect();
+                        (MetaReply::Err(MetaError::PreconditionFailed), g)
+                    }
+                };
+                drop(objects);
+                if !garbage.shards.is_empty() {
+                    self.push_gc(vec![garbage]);
+                }
+                reply
+            }
+            MetaCommand::ReportShards { problems, .. } => {
+                // Queue each reported stripe, with the shard as bad, as meta
+                // does.
+                let owners: Vec<(String, String, StripeId)> = {
+                    let objects = self.objects.lock().unwrap();
+                    problems
+                        .iter()
+                        .filter_map(|p| {
+                            objects
+                                .values()
+                                .find(|m| m.stripes().any(|s| s.id == p.stripe))
+                                .map(|m| (m.bucket.clone(), m.key.clone(), p.stripe))
+                        })
+                        .collect()
+                };
+                for (bucket, key, stripe) in owners {
+                    if !self
+                        .repairs
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .any(|i| i.stripe == stripe)
+                    {
+                        self.queue_repair(&bucket, &key, stripe);
+                    }
+                }
+                {
+                    let mut q = self.repairs.lock().unwrap();
+                    for p in &problems {
+                        for item in q.iter_mut().filter(|i| i.stripe == p.stripe) {
+                            if !item.bad.contains(&(p.index, p.node.clone())) {
+                                item.bad.push((p.index, p.node.clone()));
+                            }
+                        }
+                    }
+                }
+                self.reports.lock().unwrap().extend(problems);
+                MetaReply::Ok
+            }
+            MetaCommand::SetRepairConfig(c) => {
+                *self.repair_config.lock().unwrap() = Some(c);
+                MetaReply::Ok
+            }
+            MetaCommand::LeaseGc { max, .. } => {
+                let gc = self.gc.lock().unwrap();
+                MetaReply::Gc(gc.iter().take(max as usize).cloned().collect())
+            }
+            MetaCommand::AckGc { keys } => {
+                self.gc.lock().unwrap().retain(|l| !keys.contains(&l.key));
+                MetaReply::Ok
+            }
+            _ => MetaReply::Ok,
+        }
+    }
+
     pub fn apply(&self, cmd: MetaCommand) -> MetaReply {
+        if matches!(
+            cmd,
+            MetaCommand::LeaseRepairs { .. }
+                | MetaCommand::ReleaseRepair { .. }
+                | MetaCommand::CommitRepair { .. }
+                | MetaCommand::ReportShards { .. }
+                | MetaCommand::SetRepairConfig(_)
+                | MetaCommand::LeaseGc { .. }
+                | MetaCommand::AckGc { .. }
+        ) {
+            return self.apply_repair(cmd);
+        }
         let mut buckets = self.buckets.lock().unwrap();
         let mut objects = self.objects.lock().unwrap();
         match cmd {
@@ -327,6 +550,9 @@ impl FakeMeta {
                 QueryReply::AccessKey(self.keys.lock().unwrap().get(&id).cloned())
             }
             MetaQuery::ClusterMap => QueryReply::ClusterMap(self.map.lock().unwrap().clone()),
+            MetaQuery::RepairConfig => {
+                QueryReply::RepairConfig(self.repair_config.lock().unwrap().unwrap_or_default())
+            }
             _ => QueryReply::Err(MetaError::Invalid("unsupported by the fake".into())),
         }
     }

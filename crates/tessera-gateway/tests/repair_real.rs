@@ -1,0 +1,301 @@
+//! Repair and GC against the real services: one `tessera_meta::serve`
+//! node (the real repair queue, leases, compare-and-set and GC queue) and
+//! seven `tessera_storage::serve` nodes in this process, over real gRPC,
+//! behind a real gateway. The repair worker is driven step by step.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_gateway::cluster::ClusterView;
+use tessera_gateway::metrics::RepairMetrics;
+use tessera_gateway::pipeline::DataPlane;
+use tessera_gateway::repair::{Attempt, GcWorker, RepairWorker};
+use tessera_gateway::GatewayConfig;
+use tessera_proto::{ClusterAuth, ClusterSecret, MetaClient, StoragePool};
+use tessera_types::meta::{MetaCommand, MetaQuery, MetaReply, QueryReply};
+use tessera_types::repair::{DurabilityStatus, RepairConfig, RepairItem, StripeOwner};
+use tessera_types::{now_millis, AccessKey, NodeId, NodeState, ObjectManifest, StripeId};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use common::pattern;
+use common::s3client::S3Client;
+
+const SIZE: usize = 3 * 65_536 + 12_345;
+
+const UNLIMITED: RepairConfig = RepairConfig {
+    rate_bytes_per_sec: 0,
+    concurrency: 4,
+    paused: false,
+};
+
+async fn manifest(meta: &MetaClient, key: &str) -> ObjectManifest {
+    let q = MetaQuery::GetObject {
+        bucket: "rep".into(),
+        key: key.into(),
+    };
+    match meta.query(&q).await.unwrap() {
+        QueryReply::Object(Some(m)) => *m,
+        other => panic!("no manifest for {key}: {other:?}"),
+    }
+}
+
+async fn queue(meta: &MetaClient) -> Vec<RepairItem> {
+    match meta
+        .query(&MetaQuery::RepairQueue { max: 1000 })
+        .await
+        .unwrap()
+    {
+        QueryReply::RepairItems(items) => items,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn durability(meta: &MetaClient) -> DurabilityStatus {
+    match meta.query(&MetaQuery::Durability).await.unwrap() {
+        QueryReply::Durability(d) => d,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn set_down(meta: &MetaClient, id: &NodeId) {
+    let cmd = MetaCommand::SetNodeState {
+        id: id.clone(),
+        state: NodeState::Down,
+        at: now_millis(),
+    };
+    assert_eq!(meta.write(&cmd).await.unwrap(), MetaReply::Ok);
+}
+
+fn stripes_on(m: &ObjectManifest, node: &NodeId) -> HashSet<StripeId> {
+    m.stripes()
+        .filter(|s| s.shards.iter().any(|e| &e.node == node))
+        .map(|s| s.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_meta_repair_race_gc_and_hopeless_stripes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let secret = ClusterSecret::new("repair-real-test-secret").unwrap();
+
+    let meta_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let meta_addr = meta_listener.local_addr().unwrap().to_string();
+    let meta_config = tessera_meta::MetaConfig {
+        id: 1,
+        data_dir: dir.path().join("meta"),
+        peers: BTreeMap::from([(1, meta_addr.clone())]),
+        bootstrap: true,
+        cluster_secret: Some(secret.clone()),
+        ..Default::default()
+    };
+    tokio::spawn(tessera_meta::serve(
+        meta_config,
+        meta_listener,
+        shutdown.clone(),
+    ));
+    // Storage nodes by address, to stop the one a shard is on.
+    let mut storage: Vec<(String, CancellationToken)> = Vec::new();
+    for i in 0..7 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let token = shutdown.child_token();
+        let config = tessera_storage::StorageConfig {
+            data_dirs: vec![dir.path().join(format!("storage{i}"))],
+            zone: format!("z{i}"),
+            meta: vec![meta_addr.clone()],
+            heartbeat_ms: 200,
+            cluster_secret: Some(secret.clone()),
+            ..Default::default()
+        };
+        tokio::spawn(tessera_storage::serve(config, l, token.clone()));
+        storage.push((addr, token));
+    }
+    let meta = MetaClient::with_auth(
+        vec![meta_addr.clone()],
+        Duration::from_secs(15),
+        ClusterAuth::new(secret.clone()),
+    );
+    let key = AccessKey::generate("test", 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match meta.write(&MetaCommand::PutAccessKey(key.clone())).await {
+            Ok(MetaReply::Ok | MetaReply::Replaced(_)) => break,
+            r => assert!(Instant::now() < deadline, "meta not ready: {r:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let map = loop {
+        if let Ok(QueryReply::ClusterMap(m)) = meta.query(&MetaQuery::ClusterMap).await {
+            if m.nodes.iter().filter(|n| n.state == NodeState::Up).count() == 7 {
+                break m;
+            }
+        }
+        assert!(Instant::now() < deadline, "storage nodes did not register");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stop = |id: &NodeId| {
+        let addr = &map.node(id).unwrap().addr;
+        let (_, token) = storage.iter().find(|(a, _)| a == addr).unwrap();
+        token.cancel();
+    };
+
+    let gw = GatewayConfig {
+        meta: vec![meta_addr.clone()],
+        shard_size: 16 << 10,
+        inline_threshold: 1024,
+        cluster_refresh_ms: 200,
+        repair_enabled: false,
+        gc_enabled: false,
+        cluster_secret: Some(secret.clone()),
+        ..GatewayConfig::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tessera_gateway::serve(
+        gw.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    let s3 = S3Client::new(&endpoint, Some((&key.id, &key.secret)));
+    assert_eq!(s3.put("/rep", vec![]).await.status, 200);
+    let data1 = pattern(SIZE, 1);
+    assert_eq!(s3.put("/rep/obj1", data1.clone()).await.status, 200);
+    assert_eq!(s3.put("/rep/obj2", pattern(SIZE, 2)).await.status, 200);
+    let m1 = manifest(&meta, "obj1").await;
+    let m2 = manifest(&meta, "obj2").await;
+
+    // The worker under test.
+    let cluster = Arc::new(ClusterView::new(meta.clone()));
+    let dp = Arc::new(DataPlane::new(
+        &gw,
+        Arc::new(StoragePool::with_auth(ClusterAuth::new(secret.clone()))),
+        cluster.clone(),
+        shutdown.clone(),
+    ));
+    let metrics = RepairMetrics::default();
+    let worker = RepairWorker::new(
+        &gw,
+        "w-real".into(),
+        meta.clone(),
+        dp.clone(),
+        metrics.clone(),
+    );
+    let gc_config = GatewayConfig {
+        gc_grace_ms: 0,
+        ..gw.clone()
+    };
+    let gc = GcWorker::new(
+        &gc_config,
+        "w-real".into(),
+        meta.clone(),
+        dp.clone(),
+        metrics.clone(),
+    );
+
+    // A node dies and is marked down: meta queues its stripes.
+    let victim = m1.stripes().next().unwrap().shards[0].node.clone();
+    stop(&victim);
+    set_down(&meta, &victim).await;
+    cluster.refresh().await.unwrap();
+    let on1 = stripes_on(&m1, &victim);
+    let on2 = stripes_on(&m2, &victim);
+    let queued: HashSet<StripeId> = queue(&meta).await.iter().map(|i| i.stripe).collect();
+    assert_eq!(queued, on1.union(&on2).copied().collect());
+
+    // Lease everything, then overwrite obj2 while its repairs run.
+    let lease = MetaCommand::LeaseRepairs {
+        worker: worker.id().to_string(),
+        max: 100,
+        lease_ms: 60_000,
+        at: now_millis(),
+    };
+    let MetaReply::Repairs(tasks) = meta.write(&lease).await.unwrap() else {
+        panic!("no lease");
+    };
+    assert_eq!(tasks.len(), queued.len());
+    let data2 = pattern(SIZE, 3);
+    assert_eq!(s3.put("/rep/obj2", data2.clone()).await.status, 200);
+    for t in &tasks {
+        let attempt = worker.repair(t).await;
+        let StripeOwner::Object { key, .. } = &t.item.owner else {
+            panic!("not an object's stripe");
+        };
+        match key.as_str() {
+            "obj1" => assert!(
+                matches!(attempt, Attempt::Repaired { complete: true, .. }),
+                "{attempt:?}"
+            ),
+            _ => assert!(matches!(attempt, Attempt::LostRace), "{attempt:?}"),
+        }
+    }
+    assert!(queue(&meta).await.is_empty(), "every item dropped");
+    let d = durability(&meta).await;
+    assert_eq!(d.repaired_stripes, on1.len() as u64);
+    let after = manifest(&meta, "obj1").await;
+    for s in after.stripes() {
+        assert_eq!(s.shards.len(), 6);
+        let nodes: HashSet<&NodeId> = s.shards.iter().map(|e| &e.node).collect();
+        assert_eq!(nodes.len(), 6, "distinct nodes");
+        assert!(!nodes.contains(&victim));
+    }
+    assert!(
+        s3.get("/rep/obj1").await.body[..] == data1[..],
+        "obj1 identical"
+    );
+    assert!(
+        s3.get("/rep/obj2").await.body[..] == data2[..],
+        "obj2 identical"
+    );
+
+    // GC: the old obj2 and the rebuilt shards that lost the race are
+    // deleted; the victim's replaced shards are left to its orphan scan.
+    let (mut deleted, mut skipped) = (0, 0);
+    for _ in 0..20 {
+        let r = gc.run_once().await.unwrap();
+        deleted += r.deleted;
+        skipped += r.skipped;
+        if r.items == 0 {
+            break;
+        }
+    }
+    assert!(deleted >= 5 * m2.stripes().count(), "deleted {deleted}");
+    assert!(skipped >= on1.len(), "skipped {skipped}");
+    assert_eq!(durability(&meta).await.gc_items, 0);
+    assert!(s3.get("/rep/obj1").await.body[..] == data1[..]);
+
+    // Three more nodes die: no stripe has k readable shards any more. The
+    // repairs fail, change nothing, and are backed off.
+    let more: Vec<NodeId> = after
+        .stripes()
+        .next()
+        .unwrap()
+        .shards
+        .iter()
+        .take(3)
+        .map(|e| e.node.clone())
+        .collect();
+    for id in &more {
+        stop(id);
+        set_down(&meta, id).await;
+    }
+    cluster.refresh().await.unwrap();
+    let report = worker.run_once(&UNLIMITED).await.unwrap();
+    assert!(report.leased > 0);
+    assert_eq!(report.failed, report.leased, "{report:?}");
+    assert_eq!(manifest(&meta, "obj1").await, after);
+    let first = after.stripes().next().unwrap().id;
+    let item = queue(&meta)
+        .await
+        .into_iter()
+        .find(|i| i.stripe == first)
+        .expect("still queued");
+    assert_eq!(item.attempts, 1);
+    assert!(item.not_before > now_millis(), "backed off");
+
+    shutdown.cancel();
+}
