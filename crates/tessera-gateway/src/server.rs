@@ -2,7 +2,10 @@
 //! no anonymous access, bucket-name rules, virtual hosts) and serves it
 //! over HTTP/1.1 and h2 with hyper-util, with a header read timeout, a
 //! connection limit and a graceful shutdown that waits for in-flight
-//! requests up to a deadline.
+//! requests up to a deadline. With `tls-cert` and `tls-key` the same port
+//! speaks HTTPS only (rustls with the ring provider; ALPN h2 and
+//! http/1.1); the handshake runs in the connection's task under the header
+//! read timeout, so a client that stalls in it holds only its own slot.
 
 use std::sync::Arc;
 
@@ -16,8 +19,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
 use crate::auth::{MetaAuth, RequireAuth};
 use crate::config::GatewayConfig;
+use crate::error::GatewayError;
 use crate::metrics::Metered;
 use crate::names::BucketNameRules;
 use crate::s3::Tessera;
@@ -64,6 +72,37 @@ pub(crate) fn build_service(config: &GatewayConfig, s3: Tessera) -> S3Service {
     builder.build()
 }
 
+/// The rustls server configuration of `tls-cert` and `tls-key`, or None
+/// when neither is set (plain HTTP).
+pub(crate) fn tls_config(
+    config: &GatewayConfig,
+) -> Result<Option<Arc<rustls::ServerConfig>>, GatewayError> {
+    let err = |m: String| GatewayError::Config(m);
+    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        _ => return Err(err("tls-cert and tls-key must be set together".into())),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| err(format!("tls-cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(err(format!("tls-cert {}: no certificate", cert.display())));
+    }
+    // The error names the file, never its contents.
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| err(format!("tls-key {}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(format!("tls: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| err(format!("tls-cert/tls-key: {e}")))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(tls)))
+}
+
 /// Serves `service` on `listener` until `shutdown`, then drains.
 pub(crate) async fn serve_http(
     listener: TcpListener,
@@ -82,6 +121,16 @@ pub(crate) async fn serve_http(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(std::time::Duration::from_secs(20)))
         .max_concurrent_streams(128);
+    let tls = match tls_config(config) {
+        Ok(t) => t.map(TlsAcceptor::from),
+        Err(e) => {
+            // validate() loads the same files; they changed since.
+            tracing::error!(error = %e, "TLS configuration failed; not serving");
+            return;
+        }
+    };
+    let handshake_timeout = GatewayConfig::ms(config.header_read_timeout_ms);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.max_connections));
     loop {
@@ -105,12 +154,36 @@ pub(crate) async fn serve_http(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, service, tls) = (builder.clone(), service.clone(), tls.clone());
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let r = match tls {
+                None => {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    watcher.watch(conn).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .into_owned();
+                            watcher.watch(conn).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);

@@ -240,6 +240,13 @@ pub struct GatewayArgs {
     /// [default: path-style only]
     #[arg(long, env = "TESSERA_DOMAIN")]
     pub domain: Option<String>,
+    /// PEM certificate chain: with --tls-key, S3 is served over HTTPS
+    /// (only) on --listen. [default: plain HTTP]
+    #[arg(long, env = "TESSERA_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TESSERA_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `tessera dev`.
@@ -289,6 +296,10 @@ pub struct DevArgs {
     /// long. [default: the meta default]
     #[arg(long, value_name = "MS")]
     pub down_after_ms: Option<u64>,
+    /// Serve S3 over HTTPS with a self-signed certificate for localhost and
+    /// 127.0.0.1, created once in DIR/tls/ (trust DIR/tls/ca.pem).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// `tessera admin`.

@@ -395,6 +395,12 @@ impl GatewaySettings {
         if let Some(v) = &args.domain {
             c.domain = Some(v.clone());
         }
+        if let Some(v) = &args.tls_cert {
+            c.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &args.tls_key {
+            c.tls_key = Some(v.clone());
+        }
         c.cluster_secret = resolve_secret(&args.secret, c.cluster_secret.take())?;
         if let Some(v) = &args.admin_listen {
             c.admin_listen = Some(v.clone());

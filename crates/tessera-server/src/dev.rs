@@ -12,12 +12,15 @@
 //!                        handed to children in $TESSERA_CLUSTER_SECRET
 //! DIR/cluster.json       endpoint, credentials, nodes; rewritten on every start
 //! DIR/dev.lock           held while a supervisor runs on DIR
+//! DIR/tls/               with --tls, created once: ca.pem (the dev CA to
+//!                        trust), cert.pem (localhost and 127.0.0.1, chain
+//!                        with the CA) and key.pem (mode 0600)
 //! ```
 //!
 //! Ports, from `--port-base B` (all on 127.0.0.1):
 //!
 //! ```text
-//! B                 gateway, S3 over HTTP
+//! B                 gateway, S3 over HTTP (HTTPS with --tls)
 //! B+1               gateway admin HTTP (/metrics, /health/*)
 //! B+2  ..= B+9      reserved for the gateway
 //! B+11 ..= B+13     meta node 1..=3  (B+10+i)
@@ -118,6 +121,8 @@ pub struct DevOptions {
     pub log_level: Option<String>,
     pub suspect_after_ms: Option<u64>,
     pub down_after_ms: Option<u64>,
+    /// Serve S3 over HTTPS with a self-signed dev certificate (DIR/tls/).
+    pub tls: bool,
 }
 
 impl Default for DevOptions {
@@ -135,6 +140,7 @@ impl Default for DevOptions {
             log_level: None,
             suspect_after_ms: None,
             down_after_ms: None,
+            tls: false,
         }
     }
 }
@@ -183,6 +189,10 @@ pub struct ClusterInfo {
     pub access_key: String,
     pub secret_key: String,
     pub nodes: Vec<NodeEntry>,
+    /// With `--tls`: the CA certificate (PEM) that signed the gateway's
+    /// certificate, for clients to trust (`AWS_CA_BUNDLE`, boto3 `verify=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_path: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterInfo {
@@ -345,6 +355,11 @@ impl DevCluster {
         fs::create_dir_all(data_dir.join("logs"))?;
         let root = load_or_create_root_key(&data_dir)?;
         let secret = load_or_create_secret(&data_dir)?;
+        let tls = if opts.tls {
+            Some(load_or_create_tls(&data_dir)?)
+        } else {
+            None
+        };
         let specs = child_specs(&opts, &data_dir);
         check_ports_free(&specs)?;
         let binary = match &opts.binary {
@@ -354,11 +369,16 @@ impl DevCluster {
 
         let mut cluster = DevCluster {
             info: ClusterInfo {
-                s3_endpoint: format!("http://{LOOPBACK}:{}", gateway_port(opts.port_base)),
+                s3_endpoint: format!(
+                    "{}://{LOOPBACK}:{}",
+                    if tls.is_some() { "https" } else { "http" },
+                    gateway_port(opts.port_base)
+                ),
                 region: opts.region.clone(),
                 access_key: root.id.clone(),
                 secret_key: root.secret.clone(),
                 nodes: vec![],
+                ca_path: tls.map(|t| t.ca.display().to_string()),
             },
             opts,
             secret,
@@ -490,7 +510,15 @@ impl DevCluster {
              \x20 aws --endpoint-url {ep} s3 ls\n\
              \n\
              Status:  tessera admin status --cluster {dir}/cluster.json\n\
+             {tls}\
              Press Ctrl-C to stop; run the same command again to bring the data back.\n",
+            tls = match &i.ca_path {
+                Some(ca) => format!(
+                    "TLS: self-signed dev certificate for localhost and 127.0.0.1 in {dir}/tls/;\n\
+                     \x20 trust its CA: export AWS_CA_BUNDLE='{ca}'  (boto3: verify='{ca}')\n\n"
+                ),
+                None => String::new(),
+            },
             secs = self.started_in.as_secs_f64(),
             region = i.region,
             ak = i.access_key,
@@ -881,6 +909,11 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
     args.extend(["--m".into(), o.m.to_string().into()]);
     let admin = addr(gateway_admin_port(o.port_base));
     args.extend(["--admin-listen".into(), admin.clone().into()]);
+    if o.tls {
+        let t = tls_paths(dir);
+        args.extend(["--tls-cert".into(), t.cert.into()]);
+        args.extend(["--tls-key".into(), t.key.into()]);
+    }
     specs.push(ChildSpec {
         role: Role::Gateway,
         name: "gateway-1".into(),
@@ -889,6 +922,79 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
         args,
     });
     specs
+}
+
+/// The files of a dev cluster's TLS certificate.
+struct DevTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn tls_paths(dir: &Path) -> DevTls {
+    let t = dir.join("tls");
+    DevTls {
+        ca: t.join("ca.pem"),
+        cert: t.join("cert.pem"),
+        key: t.join("key.pem"),
+    }
+}
+
+/// DIR/tls/: a dev CA and a server certificate it signed for `localhost`
+/// and `127.0.0.1`, created once and reused. A CA plus a leaf (rather than
+/// one self-signed leaf) is what strict verifiers (Python 3.13's
+/// VERIFY_X509_STRICT, used by urllib3 and so boto3) accept.
+fn load_or_create_tls(dir: &Path) -> Result<DevTls> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let t = tls_paths(dir);
+    if t.ca.exists() && t.cert.exists() && t.key.exists() {
+        return Ok(t);
+    }
+    let tls_dir = dir.join("tls");
+    fs::create_dir_all(&tls_dir).with_context(|| format!("creating {}", tls_dir.display()))?;
+    let gen = || -> std::result::Result<(String, String, String), rcgen::Error> {
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.distinguished_name
+            .push(DnType::CommonName, "Tessera dev CA");
+        let ca_key = KeyPair::generate()?;
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string(), LOOPBACK.to_string()])?;
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        leaf.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.use_authority_key_identifier_extension = true;
+        let leaf_key = KeyPair::generate()?;
+        let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+        Ok((
+            ca_cert.pem(),
+            format!("{}{}", leaf_cert.pem(), ca_cert.pem()),
+            leaf_key.serialize_pem(),
+        ))
+    };
+    let (ca_pem, chain_pem, key_pem) =
+        gen().map_err(|e| anyhow!("generating the dev TLS certificate: {e}"))?;
+    write_atomic(&t.key, key_pem.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", t.key.display()))?;
+    write_atomic(&t.cert, chain_pem.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", t.cert.display()))?;
+    write_atomic(&t.ca, ca_pem.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", t.ca.display()))?;
+    info!(dir = %tls_dir.display(), "created a dev TLS certificate");
+    Ok(t)
 }
 
 /// A clear error up front beats a child dying with "address in use".
@@ -1156,6 +1262,7 @@ mod tests {
             access_key: "TKX".into(),
             secret_key: "very-secret".into(),
             nodes: vec![],
+            ca_path: None,
         };
         assert!(!format!("{info:?}").contains("very-secret"));
     }

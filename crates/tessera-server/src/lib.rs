@@ -77,6 +77,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
                 log_level: cli.log.log_level,
                 suspect_after_ms: args.suspect_after_ms,
                 down_after_ms: args.down_after_ms,
+                tls: args.tls,
             };
             let mut cluster = match dev::DevCluster::start_cancellable(opts, shutdown.clone()).await
             {

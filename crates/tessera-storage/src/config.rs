@@ -41,7 +41,39 @@ pub struct StorageConfig {
     /// Required; never serialized.
     #[serde(skip_serializing)]
     pub cluster_secret: Option<ClusterSecret>,
+    /// Scrubber read rate, in bytes per second: the background re-hash of
+    /// every shard never reads faster than this.
+    pub scrub_rate: u64,
+    /// One full scrub pass per this period, in milliseconds: the next pass
+    /// starts when the period since the start of the last one has elapsed
+    /// (at once if the pass took longer). 0 = scrubber off.
+    pub scrub_period_ms: u64,
+    /// How often the orphan scan runs, in milliseconds: shard files no live
+    /// manifest places on this node (failed uploads, a crash before commit,
+    /// shards rebuilt elsewhere while this node was away) are deleted.
+    /// 0 = orphan scan off. It never runs without `meta`.
+    pub orphan_scan_interval_ms: u64,
+    /// The orphan scan considers only shard files older than this, in
+    /// milliseconds; it must be longer than any upload can take (a shard is
+    /// written before the manifest that references it is committed).
+    pub orphan_safety_age_ms: u64,
+    /// Optional limit on the bytes held by shard files (headers included),
+    /// below the file system's own: a write that would exceed it fails as
+    /// if the disk were full. Unset = the file system's capacity.
+    pub capacity_bytes: Option<u64>,
 }
+
+/// Default scrub rate: 64 MiB/s.
+pub const DEFAULT_SCRUB_RATE: u64 = 64 << 20;
+/// Default scrub period: one pass a day.
+pub const DEFAULT_SCRUB_PERIOD_MS: u64 = 24 * 3600 * 1000;
+/// Default orphan scan interval: hourly.
+pub const DEFAULT_ORPHAN_SCAN_INTERVAL_MS: u64 = 3600 * 1000;
+/// Default orphan safety age: one hour, longer than any upload.
+pub const DEFAULT_ORPHAN_SAFETY_AGE_MS: u64 = 3600 * 1000;
+/// Below this safety age the orphan scan may delete the shards of an
+/// upload still in progress: allowed (tests, chaos runs) but warned about.
+const SHORT_SAFETY_AGE_MS: u64 = 60 * 1000;
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -57,6 +89,11 @@ impl Default for StorageConfig {
             shutdown_grace_ms: 10_000,
             admin_listen: None,
             cluster_secret: None,
+            scrub_rate: DEFAULT_SCRUB_RATE,
+            scrub_period_ms: DEFAULT_SCRUB_PERIOD_MS,
+            orphan_scan_interval_ms: DEFAULT_ORPHAN_SCAN_INTERVAL_MS,
+            orphan_safety_age_ms: DEFAULT_ORPHAN_SAFETY_AGE_MS,
+            capacity_bytes: None,
         }
     }
 }
@@ -102,10 +139,43 @@ impl StorageConfig {
                 return bad("advertise must not be empty when set".into());
             }
         }
+        if self.scrub_rate == 0 {
+            return bad(
+                "scrub-rate must be positive (turn the scrubber off with scrub-period-ms = 0)"
+                    .into(),
+            );
+        }
+        if self.orphan_scan_interval_ms > 0 && self.orphan_safety_age_ms == 0 {
+            return bad("orphan-safety-age-ms must be positive: a shard is written before the manifest that references it".into());
+        }
+        if self.capacity_bytes == Some(0) {
+            return bad("capacity-bytes must be positive when set".into());
+        }
         if self.cluster_secret.is_none() {
             return bad(tessera_proto::auth::MISSING_SECRET_HELP.into());
         }
+        if self.orphan_scan_interval_ms > 0 && self.orphan_safety_age_ms < SHORT_SAFETY_AGE_MS {
+            tracing::warn!(
+                orphan_safety_age_ms = self.orphan_safety_age_ms,
+                "orphan-safety-age-ms is short: the orphan scan may delete shards of uploads still in progress"
+            );
+        }
         Ok(())
+    }
+
+    /// The scrub period, `None` when the scrubber is off.
+    pub(crate) fn scrub_period(&self) -> Option<Duration> {
+        (self.scrub_period_ms > 0).then(|| Duration::from_millis(self.scrub_period_ms))
+    }
+
+    /// The orphan scan interval, `None` when the scan is off.
+    pub(crate) fn orphan_scan_interval(&self) -> Option<Duration> {
+        (self.orphan_scan_interval_ms > 0)
+            .then(|| Duration::from_millis(self.orphan_scan_interval_ms))
+    }
+
+    pub(crate) fn orphan_safety_age(&self) -> Duration {
+        Duration::from_millis(self.orphan_safety_age_ms)
     }
 
     pub(crate) fn heartbeat_period(&self) -> Duration {

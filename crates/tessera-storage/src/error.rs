@@ -55,6 +55,10 @@ pub enum StorageError {
     /// A call to the meta service failed.
     #[error("meta: {0}")]
     Meta(#[from] tessera_proto::RpcError),
+    /// Meta answered a call with an error or an answer that does not fit
+    /// the question.
+    #[error("meta refused: {0}")]
+    MetaRefused(String),
     /// A blocking disk task panicked or was cancelled.
     #[error("disk task failed: {0}")]
     Task(String),

@@ -2,6 +2,9 @@
 //! as files on one or more local disks, verifies a BLAKE3 checksum on every
 //! read and quarantines what fails it, serves them over the storage gRPC
 //! service, and heartbeats its identity and disk usage to the meta leader.
+//! In the background it scrubs (re-hashes every shard at a bounded rate and
+//! reports the bad ones) and deletes orphans (shards no manifest places on
+//! it, after asking meta).
 //!
 //! It talks to other nodes only through `tessera-proto` over gRPC: it never
 //! touches sled, openraft or S3.
@@ -10,6 +13,11 @@
 //! - [`store`]: the shard store on disk (layout, file format, durability).
 //! - [`service`]: the gRPC service; the only module that speaks protobuf.
 //! - `heartbeat`: the liveness and usage reports to meta.
+//! - [`scrub`]: the scrubber.
+//! - [`orphans`]: the orphan scan.
+//! - [`meta_api`]: what the background workers ask of meta (a trait, so
+//!   they can be tested without it).
+//! - [`throttle`]: pacing of background reads at a run-time rate.
 //! - [`metrics`]: counters, gauges and readiness for the admin port.
 //! - [`error`]: the crate's error type.
 
@@ -17,10 +25,16 @@ pub mod config;
 mod durable;
 pub mod error;
 mod heartbeat;
+pub mod meta_api;
 pub mod metrics;
+pub mod orphans;
+pub mod scrub;
 pub mod service;
 pub mod store;
+pub mod throttle;
 
+#[cfg(test)]
+mod background_tests;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +55,13 @@ pub use store::{ShardStore, StoreOptions};
 
 use heartbeat::Heartbeat;
 use metrics::StorageMetrics;
+use orphans::OrphanScan;
+use scrub::Scrubber;
+use throttle::Rate;
+
+/// Deadline of one meta call of the scrubber or the orphan scan, retries
+/// included (they retry on their own schedule).
+const BACKGROUND_META_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serves the storage node on `listener` until `shutdown` is cancelled.
 ///
@@ -65,6 +86,7 @@ pub async fn serve(
         StoreOptions {
             max_shard_bytes: config.max_shard_bytes,
             read_buffer_bytes: config.read_buffer_bytes,
+            capacity_bytes: config.capacity_bytes,
         },
     )
     .await?;
@@ -114,6 +136,36 @@ pub async fn serve(
         };
         Some(tokio::spawn(hb.run(tasks.clone())))
     };
+    let background_meta = (!config.meta.is_empty()).then(|| {
+        MetaClient::with_auth(config.meta.clone(), BACKGROUND_META_DEADLINE, auth.clone())
+    });
+    let scrubber = config.scrub_period().map(|period| {
+        let s = Scrubber::new(
+            store.clone(),
+            background_meta.clone(),
+            period,
+            Rate::new(config.scrub_rate),
+            metrics.clone(),
+        );
+        tokio::spawn(s.run(tasks.clone()))
+    });
+    let orphan_scan = match (config.orphan_scan_interval(), background_meta) {
+        (Some(interval), Some(meta)) => {
+            let o = OrphanScan::new(
+                store.clone(),
+                meta,
+                interval,
+                config.orphan_safety_age(),
+                metrics.clone(),
+            );
+            Some(tokio::spawn(o.run(tasks.clone())))
+        }
+        (Some(_), None) => {
+            tracing::warn!("no meta addresses configured: orphan scan off");
+            None
+        }
+        (None, _) => None,
+    };
 
     let service = StorageServer::new(StorageService::with_metrics(
         store,
@@ -158,8 +210,8 @@ pub async fn serve(
             }
         },
     };
-    if let Some(hb) = heartbeat {
-        stop_task(hb, grace).await;
+    for task in [heartbeat, scrubber, orphan_scan].into_iter().flatten() {
+        stop_task(task, grace).await;
     }
     tracing::info!("storage node stopped");
     result

@@ -88,7 +88,7 @@ impl From<StorageError> for Status {
             StorageError::Corrupt { .. } => Status::data_loss(msg),
             StorageError::Conflict { .. } => Status::already_exists(msg),
             StorageError::NoSpace(_) => Status::resource_exhausted(msg),
-            StorageError::Meta(_) => Status::unavailable(msg),
+            StorageError::Meta(_) | StorageError::MetaRefused(_) => Status::unavailable(msg),
             StorageError::Io(_)
             | StorageError::Config(_)
             | StorageError::BadState { .. }
@@ -152,6 +152,11 @@ impl Storage for StorageService {
     ) -> Result<Response<PutShardResponse>, Status> {
         let r = self.put_inner(request).await;
         self.metrics.write(r.is_ok());
+        if let Err(s) = &r {
+            if s.code() == tonic::Code::ResourceExhausted {
+                self.metrics.no_space();
+            }
+        }
         r.map(|()| Response::new(PutShardResponse {}))
     }
 
@@ -214,12 +219,21 @@ impl Storage for StorageService {
         _request: Request<NodeInfoRequest>,
     ) -> Result<Response<NodeInfoResponse>, Status> {
         let usage = self.store.usage().await?;
+        let bg = self.metrics.background();
         Ok(Response::new(NodeInfoResponse {
             node_id: self.store.node_id().to_string(),
             zone: self.zone.clone(),
             capacity_bytes: usage.capacity_bytes,
             used_bytes: usage.used_bytes,
             shard_count: usage.shard_count,
+            scrub_passes: bg.scrub_passes,
+            scrub_bytes_total: bg.scrub_bytes,
+            scrub_shards_total: bg.scrub_shards,
+            scrub_corrupt_total: bg.scrub_corrupt,
+            scrub_pass_progress_permille: bg.scrub_progress_permille,
+            scrub_last_pass_ms: bg.scrub_last_pass_ms,
+            orphans_deleted_total: bg.orphans_deleted,
+            orphan_last_scan_unix_ms: bg.orphan_last_scan_unix_ms,
         }))
     }
 }

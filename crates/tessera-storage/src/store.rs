@@ -5,6 +5,7 @@
 //! ```text
 //! <dir>/format                      "tessera-storage <version>"
 //! <dir>/node-id                     first data dir only
+//! <dir>/scrub-state                 first data dir only: the scrubber's position
 //! <dir>/shards/<hh>/<stripe>.<idx>  hh = first byte of the stripe id in hex
 //! <dir>/quarantine/<stripe>.<idx>.<unix-millis>
 //! ```
@@ -29,6 +30,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use tessera_types::{NodeId, StripeId};
@@ -124,6 +126,21 @@ impl ShardData {
 pub struct StoreOptions {
     pub max_shard_bytes: u64,
     pub read_buffer_bytes: u64,
+    /// Limit on the bytes held by shard files (headers included); a write
+    /// that would exceed it fails as if the disk were full.
+    pub capacity_bytes: Option<u64>,
+}
+
+/// What became of a file found bad.
+#[derive(Debug)]
+pub(crate) enum Quarantine {
+    /// Moved to the quarantine directory.
+    Done,
+    /// The name no longer holds the file that was found bad (deleted,
+    /// already quarantined, or replaced by a good copy): nothing to do.
+    Gone,
+    /// The file could not be moved; it stays where it is.
+    Failed,
 }
 
 /// Shard files on one or more data directories.
@@ -131,14 +148,22 @@ pub struct ShardStore {
     dirs: Vec<PathBuf>,
     node_id: NodeId,
     shard_count: AtomicU64,
+    /// Bytes held by shard files, headers included.
+    shard_bytes: AtomicU64,
+    /// Bytes promised to writes in progress (checked against
+    /// `capacity_limit` only).
+    reserved: AtomicU64,
+    capacity_limit: Option<u64>,
     max_shard_bytes: u64,
     read_budget: Arc<Semaphore>,
     read_budget_units: u64,
     name_locks: Vec<Mutex<()>>,
+    #[cfg(test)]
+    pub(crate) faults: faults::Faults,
 }
 
 /// Runs blocking disk work off the async executor.
-async fn blocking<T, F>(f: F) -> Result<T>
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
 where
     F: FnOnce() -> Result<T> + Send + 'static,
     T: Send + 'static,
@@ -160,9 +185,12 @@ impl ShardStore {
             return Err(StorageError::Config("no data directories".into()));
         };
         let mut count = 0u64;
+        let mut bytes = 0u64;
         for dir in &dirs {
             prepare_dir(dir)?;
-            count += scan_dir(dir)?;
+            let (c, b) = scan_dir(dir)?;
+            count += c;
+            bytes += b;
         }
         let node_id = load_or_create_node_id(&first.join(NODE_ID_FILE))?;
         let units = opts.read_buffer_bytes.div_ceil(BUDGET_UNIT).max(1);
@@ -172,10 +200,15 @@ impl ShardStore {
             dirs,
             node_id,
             shard_count: AtomicU64::new(count),
+            shard_bytes: AtomicU64::new(bytes),
+            reserved: AtomicU64::new(0),
+            capacity_limit: opts.capacity_bytes,
             max_shard_bytes: opts.max_shard_bytes,
             read_budget: Arc::new(Semaphore::new(units as usize)),
             read_budget_units: units,
             name_locks: (0..NAME_LOCKS).map(|_| Mutex::new(())).collect(),
+            #[cfg(test)]
+            faults: faults::Faults::default(),
         }))
     }
 
@@ -189,6 +222,62 @@ impl ShardStore {
 
     pub fn shard_count(&self) -> u64 {
         self.shard_count.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held by shard files, headers included.
+    pub fn shard_bytes(&self) -> u64 {
+        self.shard_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The first data directory (node id, scrub position).
+    pub(crate) fn first_dir(&self) -> &Path {
+        &self.dirs[0]
+    }
+
+    /// Number of data directories.
+    pub(crate) fn dir_count(&self) -> usize {
+        self.dirs.len()
+    }
+
+    /// The shard files of sub-directory `sub` of data directory `dir`
+    /// (names only: a listing holds about 1/256 of a directory's shards).
+    /// Temp files and foreign names are left out. Blocking.
+    pub(crate) fn list_shards(&self, dir: usize, sub: u8) -> io::Result<Vec<(ShardKey, PathBuf)>> {
+        let path = self.dirs[dir].join(SHARDS_DIR).join(hex::encode([sub]));
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&path)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(key) = name.to_str().and_then(parse_shard_name) else {
+                continue;
+            };
+            out.push((key, entry.path()));
+        }
+        Ok(out)
+    }
+
+    /// Reserves room for a new shard file of `bytes` against the
+    /// `capacity-bytes` limit, if there is one.
+    fn reserve(self: &Arc<Self>, bytes: u64) -> Result<Option<Reservation>> {
+        let Some(limit) = self.capacity_limit else {
+            return Ok(None);
+        };
+        let before = self.reserved.fetch_add(bytes, Ordering::Relaxed);
+        let reservation = Reservation {
+            store: self.clone(),
+            bytes,
+        };
+        let used = self.shard_bytes();
+        if used.saturating_add(before).saturating_add(bytes) > limit {
+            drop(reservation);
+            return Err(StorageError::NoSpace(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "capacity-bytes limit of {limit} bytes reached ({used} used, {before} reserved, {bytes} asked)"
+                ),
+            )));
+        }
+        Ok(Some(reservation))
     }
 
     /// Index of the data directory a stripe's shards are written to:
@@ -255,14 +344,19 @@ impl ShardStore {
                 self.max_shard_bytes
             )));
         }
+        let reservation = self.reserve(length.saturating_add(HEADER_LEN as u64))?;
         let target = self.home_path(&key);
         let header = ShardHeader { length, blake3 };
+        #[cfg(test)]
+        let faults = self.faults.clone();
         let tmp = blocking(move || {
             let dir = target
                 .parent()
                 .ok_or_else(|| StorageError::Task("shard path has no parent".into()))?;
             let mut tmp = TempFile::create(dir, &format!("{}.{}", key.stripe, key.index))
                 .map_err(StorageError::io)?;
+            #[cfg(test)]
+            faults.before_write(HEADER_LEN).map_err(StorageError::io)?;
             tmp.file()
                 .and_then(|f| f.write_all(&header.encode()))
                 .map_err(StorageError::io)?;
@@ -278,6 +372,7 @@ impl ShardStore {
                 tmp,
                 hasher: blake3::Hasher::new(),
             }),
+            _reservation: reservation,
         })
     }
 
@@ -373,7 +468,13 @@ impl ShardStore {
 
     /// Moves a bad shard file out of the way (if `path` still names the
     /// file that was found bad), so that it reads as missing from now on.
-    fn quarantine(&self, key: ShardKey, path: &Path, bad: &File, reason: &str) {
+    pub(crate) fn quarantine(
+        &self,
+        key: ShardKey,
+        path: &Path,
+        bad: &File,
+        reason: &str,
+    ) -> Quarantine {
         let _guard = self.lock_name(&key);
         let same_file = match (bad.metadata(), fs::symlink_metadata(path)) {
             (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
@@ -381,10 +482,29 @@ impl ShardStore {
         };
         if !same_file {
             // Already quarantined, deleted or replaced by a concurrent call.
-            return;
+            return Quarantine::Gone;
         }
-        if let Err(e) = self.quarantine_locked(key, path, reason) {
-            tracing::error!(shard = %key, reason, error = %e, "could not quarantine corrupt shard");
+        self.quarantine_checked(key, path, reason)
+    }
+
+    /// Quarantines whatever `path` names: for a file that cannot even be
+    /// opened, so there is no inode to compare.
+    pub(crate) fn quarantine_path(&self, key: ShardKey, path: &Path, reason: &str) -> Quarantine {
+        let _guard = self.lock_name(&key);
+        if fs::symlink_metadata(path).is_err() {
+            return Quarantine::Gone;
+        }
+        self.quarantine_checked(key, path, reason)
+    }
+
+    fn quarantine_checked(&self, key: ShardKey, path: &Path, reason: &str) -> Quarantine {
+        match self.quarantine_locked(key, path, reason) {
+            Ok(()) => Quarantine::Done,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Quarantine::Gone,
+            Err(e) => {
+                tracing::error!(shard = %key, reason, error = %e, "could not quarantine corrupt shard");
+                Quarantine::Failed
+            }
         }
     }
 
@@ -403,8 +523,9 @@ impl ShardStore {
             key.index,
             tessera_types::now_millis()
         ));
+        let size = fs::symlink_metadata(path)?.len();
         fs::rename(path, &dest)?;
-        self.shard_count.fetch_sub(1, Ordering::Relaxed);
+        self.forget(size);
         tracing::warn!(shard = %key, reason, dest = %dest.display(), "corrupt shard quarantined");
         durable::fsync_dir(&qdir)?;
         durable::fsync_parent(path)
@@ -418,19 +539,68 @@ impl ShardStore {
             let mut existed = false;
             for i in 0..store.dirs.len() {
                 let path = store.path_in(i, &key);
-                match fs::remove_file(&path) {
-                    Ok(()) => {
-                        durable::fsync_parent(&path).map_err(StorageError::io)?;
-                        store.shard_count.fetch_sub(1, Ordering::Relaxed);
-                        existed = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(StorageError::io(e)),
-                }
+                existed |= store.remove_locked(&path)?;
             }
             Ok(existed)
         })
         .await
+    }
+
+    /// Deletes a shard only if every copy of it was last modified before
+    /// `cutoff` (the orphan scan's safety age, checked again under the
+    /// name lock: a put of the same shard since the scan refreshed it).
+    /// `false` if nothing was deleted.
+    pub(crate) async fn delete_if_older(
+        self: &Arc<Self>,
+        key: ShardKey,
+        cutoff: SystemTime,
+    ) -> Result<bool> {
+        let store = self.clone();
+        blocking(move || {
+            let _guard = store.lock_name(&key);
+            let paths: Vec<PathBuf> = (0..store.dirs.len())
+                .map(|i| store.path_in(i, &key))
+                .collect();
+            for p in &paths {
+                match fs::symlink_metadata(p) {
+                    Ok(m) if m.modified().map_err(StorageError::io)? >= cutoff => return Ok(false),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io(e)),
+                }
+            }
+            let mut deleted = false;
+            for p in &paths {
+                deleted |= store.remove_locked(p)?;
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    /// Removes one shard file, keeping the counters exact. Called with the
+    /// name lock held.
+    fn remove_locked(&self, path: &Path) -> Result<bool> {
+        let size = match fs::symlink_metadata(path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StorageError::io(e)),
+        };
+        match fs::remove_file(path) {
+            Ok(()) => {
+                self.forget(size);
+                durable::fsync_parent(path).map_err(StorageError::io)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StorageError::io(e)),
+        }
+    }
+
+    /// Takes a shard file of `size` bytes off the counters.
+    fn forget(&self, size: u64) {
+        self.shard_count.fetch_sub(1, Ordering::Relaxed);
+        self.shard_bytes.fetch_sub(size, Ordering::Relaxed);
     }
 
     /// The header of a stored shard, `None` if there is none. A file with
@@ -493,6 +663,13 @@ impl ShardStore {
                 usage.capacity_bytes += cap;
                 usage.used_bytes += used;
             }
+            if let Some(limit) = store.capacity_limit {
+                // The configured limit is the node's capacity as far as
+                // placement is concerned: report it, and what counts
+                // against it.
+                usage.capacity_bytes = usage.capacity_bytes.min(limit);
+                usage.used_bytes = store.shard_bytes();
+            }
             Ok(usage)
         })
         .await
@@ -504,13 +681,22 @@ impl ShardStore {
         let _guard = self.lock_name(&key);
         if let Some(existing) = self.locate(&key) {
             match self.check_existing(key, &existing, &header)? {
-                Existing::Same => return Ok(()),
+                Existing::Same => {
+                    // The write is acknowledged as if it stored the shard,
+                    // so the stored copy must count as new: refresh its
+                    // mtime, or an orphan scan that asked meta before this
+                    // write was committed could still delete it.
+                    touch(&existing).map_err(StorageError::io)?;
+                    return Ok(());
+                }
                 Existing::Different => return Err(StorageError::Conflict { shard: key }),
                 Existing::Gone => {}
             }
         }
         tmp.commit(&target).map_err(StorageError::io)?;
         self.shard_count.fetch_add(1, Ordering::Relaxed);
+        self.shard_bytes
+            .fetch_add(header.length + HEADER_LEN as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -568,6 +754,20 @@ pub struct ShardWriter {
     header: ShardHeader,
     received: u64,
     state: Option<WriterState>,
+    _reservation: Option<Reservation>,
+}
+
+/// Room promised to a write in progress under the `capacity-bytes` limit;
+/// given back on drop (the committed file counts in its place).
+struct Reservation {
+    store: Arc<ShardStore>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.store.reserved.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl ShardWriter {
@@ -587,7 +787,11 @@ impl ShardWriter {
             .state
             .take()
             .ok_or_else(|| StorageError::Task("shard writer used after a failure".into()))?;
+        #[cfg(test)]
+        let faults = self.store.faults.clone();
         let state = blocking(move || {
+            #[cfg(test)]
+            faults.before_write(data.len()).map_err(StorageError::io)?;
             state.hasher.update(&data);
             state
                 .tmp
@@ -676,10 +880,11 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Counts the shard files of a data directory and removes temp files left
-/// by a crash.
-fn scan_dir(dir: &Path) -> Result<u64> {
+/// Counts the shard files of a data directory and their bytes, and removes
+/// temp files left by a crash.
+fn scan_dir(dir: &Path) -> Result<(u64, u64)> {
     let mut count = 0;
+    let mut bytes = 0;
     let shards = dir.join(SHARDS_DIR);
     for b in 0..=255u8 {
         let sub = shards.join(hex::encode([b]));
@@ -698,10 +903,24 @@ fn scan_dir(dir: &Path) -> Result<u64> {
                 }
             } else if parse_shard_name(name).is_some() {
                 count += 1;
+                bytes += entry.metadata().map_err(StorageError::io)?.len();
             }
         }
     }
-    Ok(count)
+    Ok((count, bytes))
+}
+
+/// Sets a file's mtime to now.
+fn touch(path: &Path) -> io::Result<()> {
+    match File::open(path)?.set_modified(SystemTime::now()) {
+        Ok(()) => Ok(()),
+        // futimens on a read-only descriptor needs ownership; fall back
+        // to a descriptor opened for writing (nothing is written).
+        Err(_) => fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_modified(SystemTime::now()),
+    }
 }
 
 /// Parses `<32 hex digits>.<index>` back into a shard key.
@@ -765,4 +984,50 @@ fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
     let capacity = (st.f_blocks as u64).saturating_mul(frsize);
     let free = (st.f_bfree as u64).saturating_mul(frsize);
     Ok((capacity, capacity.saturating_sub(free)))
+}
+
+/// Fault injection at the store's I/O boundary, for tests.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::io;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+
+    /// Shared by the store and the writers it hands out.
+    #[derive(Clone)]
+    pub(crate) struct Faults {
+        /// Bytes that may still be written before writes fail with
+        /// ENOSPC; negative = no fault armed.
+        enospc_after: Arc<AtomicI64>,
+    }
+
+    impl Default for Faults {
+        fn default() -> Self {
+            Faults {
+                enospc_after: Arc::new(AtomicI64::new(-1)),
+            }
+        }
+    }
+
+    impl Faults {
+        /// Every write past the next `bytes` fails with ENOSPC.
+        pub(crate) fn disk_full_after(&self, bytes: i64) {
+            self.enospc_after.store(bytes, Ordering::SeqCst);
+        }
+        pub(crate) fn clear(&self) {
+            self.enospc_after.store(-1, Ordering::SeqCst);
+        }
+        pub(crate) fn before_write(&self, n: usize) -> io::Result<()> {
+            let left = self.enospc_after.load(Ordering::SeqCst);
+            if left < 0 {
+                return Ok(());
+            }
+            if (n as i64) > left {
+                self.enospc_after.store(0, Ordering::SeqCst);
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.enospc_after.fetch_sub(n as i64, Ordering::SeqCst);
+            Ok(())
+        }
+    }
 }

@@ -52,6 +52,10 @@ impl Node {
             zone: "z1".into(),
             shutdown_grace_ms: 3000,
             cluster_secret: Some(test_secret()),
+            // These tests corrupt and age files on purpose; the background
+            // workers are tested in `background_tests`.
+            scrub_period_ms: 0,
+            orphan_scan_interval_ms: 0,
             ..StorageConfig::default()
         };
         let shutdown = CancellationToken::new();
