@@ -85,6 +85,11 @@ pub struct GatewayConfig {
     /// Address of the admin HTTP port (`/metrics`, `/health/live`,
     /// `/health/ready`); unset = none.
     pub admin_listen: Option<String>,
+    /// PEM certificate chain for HTTPS on the S3 port (with `tls-key`):
+    /// when both are set the port speaks only HTTPS. Unset = plain HTTP.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls-cert`.
+    pub tls_key: Option<std::path::PathBuf>,
     /// The cluster secret that signs every call to meta and storage nodes
     /// (which refuse unsigned calls). `tessera gateway` requires it; never
     /// serialized.
@@ -124,6 +129,8 @@ impl Default for GatewayConfig {
             gc_interval_ms: 10_000,
             gc_batch: 64,
             admin_listen: None,
+            tls_cert: None,
+            tls_key: None,
             cluster_secret: None,
         }
     }
@@ -186,6 +193,7 @@ impl GatewayConfig {
                 return err(format!("domain: not a host name: {d:?}"));
             }
         }
+        crate::server::tls_config(self)?;
         Ok(())
     }
 
