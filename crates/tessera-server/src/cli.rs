@@ -362,6 +362,49 @@ pub enum AdminCommand {
     /// Manage S3 access keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Repair settings (cluster-wide, applied at run time) and progress.
+    Repair(RepairArgs),
+    /// Storage node lifecycle: drain, check, remove.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// `tessera admin repair`: with no flags, prints the settings and queue.
+#[derive(Debug, Clone, Args)]
+pub struct RepairArgs {
+    /// Rebuilt bytes per second per gateway, e.g. 200MiB/s, 1GB/s, 0 =
+    /// unlimited.
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<String>,
+    /// Stripes repaired at once per gateway.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+    /// Stop repairing (the queue keeps filling).
+    #[arg(long, conflicts_with = "resume")]
+    pub pause: bool,
+    #[arg(long)]
+    pub resume: bool,
+    /// Show a progress bar until the cluster is back to full redundancy.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds (exit 1). [default: none]
+    #[arg(long, value_name = "SECS", requires = "wait")]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum NodeCommand {
+    /// Decommission a node: it gets no new shards and its shards move to
+    /// other nodes; `admin repair --wait` follows the move.
+    Drain { id: String },
+    /// Stop draining: the node takes new shards again.
+    Undrain { id: String },
+    /// Verify every shard a node should hold and rebuild missing ones
+    /// (after replacing a failed disk).
+    Check { id: String },
+    /// Remove a node from the cluster map: a drained node (no shards left)
+    /// or a node that is down (its shards are rebuilt elsewhere).
+    Remove { id: String },
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -601,8 +601,8 @@ impl DevCluster {
         loop {
             self.check_alive()?;
             match client.write(&MetaCommand::PutAccessKey(root.clone())).await {
-                Ok(MetaReply::Ok | MetaReply::Replaced(_) | MetaReply::Released(_)) => break,
                 Ok(MetaReply::Err(e)) => bail!("meta refused the root access key: {e}"),
+                Ok(_) => break,
                 Err(e) if e.is_retryable() => status = format!("writing the root key: {e}"),
                 Err(e) => return Err(e).context("writing the root access key"),
             }

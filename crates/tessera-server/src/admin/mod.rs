@@ -1,5 +1,7 @@
-//! `tessera admin`: cluster status and access keys, through the meta
-//! client (which follows the leader).
+//! `tessera admin`: cluster status, access keys, repair settings and node
+//! lifecycle, through the meta client (which follows the leader).
+
+pub mod durability;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -46,6 +48,14 @@ pub async fn run(args: AdminArgs) -> Result<ExitCode> {
             let client = MetaClient::with_auth(addrs, REQUEST_DEADLINE, auth);
             key(&client, cmd).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        AdminCommand::Repair(a) => {
+            let client = MetaClient::with_auth(addrs, REQUEST_DEADLINE, auth);
+            durability::repair(&client, a).await
+        }
+        AdminCommand::Node(cmd) => {
+            let client = MetaClient::with_auth(addrs, REQUEST_DEADLINE, auth);
+            durability::node(&client, cmd).await
         }
     }
 }
@@ -138,6 +148,8 @@ pub struct StatusReport {
     pub storage: Vec<StorageNodeStatus>,
     /// Why the cluster map could not be read, if it could not.
     pub storage_error: Option<String>,
+    /// Repair queue, repair rate, GC backlog (None: meta did not answer).
+    pub durability: Option<durability::DurabilityReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +186,8 @@ pub struct StorageNodeStatus {
     pub used_bytes: u64,
     pub used_percent: f64,
     pub shard_count: u64,
+    /// Shards meta places on this node (drain progress: 0 = drained).
+    pub indexed_shards: u64,
     pub last_heartbeat: i64,
 }
 
@@ -244,8 +258,25 @@ pub async fn status(addrs: &[String], auth: Arc<ClusterAuth>) -> StatusReport {
         Ok(other) => (None, Some(format!("unexpected answer: {other:?}"))),
         Err(e) => (None, Some(e.to_string())),
     };
-    let storage = map.as_ref().map(storage_rows).unwrap_or_default();
+    let mut storage = map.as_ref().map(storage_rows).unwrap_or_default();
+    let durability = if map.is_some() {
+        durability::report(&client).await.ok()
+    } else {
+        None
+    };
+    if let Some(d) = &durability {
+        for row in storage.iter_mut() {
+            row.indexed_shards = d
+                .status
+                .shards_by_node
+                .iter()
+                .find(|(id, _)| id.as_str() == row.id)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+        }
+    }
     StatusReport {
+        durability,
         healthy: leader.is_some() && map.is_some(),
         leader,
         meta,
@@ -301,6 +332,7 @@ fn storage_rows(map: &ClusterMap) -> Vec<StorageNodeStatus> {
             used_bytes: n.used_bytes,
             used_percent: (percent(n.used_bytes, n.capacity_bytes) * 10.0).round() / 10.0,
             shard_count: n.shard_count,
+            indexed_shards: 0,
             last_heartbeat: n.last_heartbeat,
         })
         .collect();
@@ -390,6 +422,10 @@ impl StatusReport {
                     rows,
                 ));
             }
+        }
+        if let Some(d) = &self.durability {
+            out.push('\n');
+            out.push_str(&d.render());
         }
         out
     }
@@ -527,6 +563,7 @@ fn expect_ok(reply: MetaReply) -> Result<()> {
     match reply {
         MetaReply::Ok | MetaReply::Replaced(_) | MetaReply::Released(_) => Ok(()),
         MetaReply::Err(e) => bail!("meta refused the change: {e}"),
+        other => bail!("unexpected answer: {other:?}"),
     }
 }
 
@@ -710,9 +747,20 @@ mod tests {
                 used_bytes: 25 << 30,
                 used_percent: 25.0,
                 shard_count: 7,
+                indexed_shards: 7,
                 last_heartbeat: 0,
             }],
             storage_error: None,
+            durability: Some(durability::DurabilityReport {
+                status: tessera_types::repair::DurabilityStatus {
+                    stripes: 10,
+                    queued: 3,
+                    queued_by_surviving: vec![(4, 1), (5, 2)],
+                    ..Default::default()
+                },
+                repair_rate_bytes_per_sec: Some(2048.0),
+                repair_eta_secs: Some(90.0),
+            }),
         };
         let text = r.render();
         assert!(text.contains("leader 1 at h:1"), "{text}");
@@ -720,5 +768,10 @@ mod tests {
         assert!(text.contains("1 up, 0 suspect"), "{text}");
         assert!(text.contains("25.0 GiB"), "{text}");
         assert!(text.contains("25.0%"), "{text}");
+        assert!(
+            text.contains("7 whole, 3 queued for repair (1 with 4 shards left, 2 with 5"),
+            "{text}"
+        );
+        assert!(text.contains("now 2.0 KiB/s, ETA 1m30s"), "{text}");
     }
 }
