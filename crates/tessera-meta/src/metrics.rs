@@ -1,6 +1,6 @@
 //! The meta node's metrics and readiness for its admin port: Raft state
-//! from openraft's metrics, storage node counts by state and the GC backlog
-//! from the state machine (read-only; refreshed in the background so that
+//! from openraft's metrics, storage node counts by state, the repair queue,
+//! repaired totals and the GC backlog from the state machine (read-only; refreshed in the background so that
 //! a scrape never touches sled on the executor).
 
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use crate::store::SmTrees;
 
 /// How often the gauges are refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
+/// The durability figures scan the stripe index: refreshed less often.
+const DURABILITY_EVERY: u64 = 10;
 
 struct MetaGauges {
     term: Gauge,
@@ -24,6 +26,14 @@ struct MetaGauges {
     applied: Gauge,
     nodes: Gauge,
     gc_backlog: Gauge,
+    stripes: Gauge,
+    queued: Gauge,
+    leased: Gauge,
+    unreadable: Gauge,
+    repaired_stripes: Gauge,
+    repaired_bytes: Gauge,
+    gc_stripes: Gauge,
+    node_shards: Gauge,
 }
 
 impl MetaGauges {
@@ -60,6 +70,46 @@ impl MetaGauges {
                 "Entries in the GC queue (shards waiting to be deleted).",
                 &[],
             ),
+            stripes: r.gauge(
+                "tessera_meta_stripes",
+                "Live stripes (referenced by an object or a part).",
+                &[],
+            ),
+            queued: r.gauge(
+                "tessera_meta_repair_queued_stripes",
+                "Stripes queued for repair, by surviving shards.",
+                &["surviving"],
+            ),
+            leased: r.gauge(
+                "tessera_meta_repair_leased_stripes",
+                "Queued stripes a repair worker holds now.",
+                &[],
+            ),
+            unreadable: r.gauge(
+                "tessera_meta_repair_unreadable_stripes",
+                "Queued stripes with fewer surviving shards than they need to decode.",
+                &[],
+            ),
+            repaired_stripes: r.gauge(
+                "tessera_meta_repaired_stripes",
+                "Stripes repaired since the cluster was created (cumulative).",
+                &[],
+            ),
+            repaired_bytes: r.gauge(
+                "tessera_meta_repaired_bytes",
+                "Shard bytes rebuilt since the cluster was created (cumulative).",
+                &[],
+            ),
+            gc_stripes: r.gauge(
+                "tessera_meta_gc_backlog_stripes",
+                "Stripes in the GC queue.",
+                &[],
+            ),
+            node_shards: r.gauge(
+                "tessera_meta_node_shards",
+                "Shards meta places on each storage node.",
+                &["node"],
+            ),
         }
     }
 }
@@ -77,7 +127,9 @@ pub(crate) fn start(
     let ready: Readiness = Arc::new(move || r.metrics().borrow().current_leader.is_some());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH);
+        let mut round: u64 = 0;
         loop {
+            round += 1;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
@@ -117,7 +169,42 @@ pub(crate) fn start(
                 g.nodes.set_all(&refs);
                 g.gc_backlog.set(&[], gc as f64);
             }
+            if round % DURABILITY_EVERY == 1 {
+                let t = trees.clone();
+                if let Ok(Ok(d)) = tokio::task::spawn_blocking(move || t.durability_status()).await
+                {
+                    set_durability(&g, &d);
+                }
+            }
         }
     });
     (registry, ready)
+}
+
+fn set_durability(g: &MetaGauges, d: &tessera_types::repair::DurabilityStatus) {
+    g.stripes.set(&[], d.stripes as f64);
+    let surv: Vec<(String, f64)> = d
+        .queued_by_surviving
+        .iter()
+        .map(|(s, n)| (s.to_string(), *n as f64))
+        .collect();
+    let labels: Vec<[&str; 1]> = surv.iter().map(|(s, _)| [s.as_str()]).collect();
+    let series: Vec<(&[&str], f64)> = labels
+        .iter()
+        .zip(&surv)
+        .map(|(l, (_, v))| (&l[..], *v))
+        .collect();
+    g.queued.set_all(&series);
+    g.leased.set(&[], d.leased as f64);
+    g.unreadable.set(&[], d.at_risk_unreadable as f64);
+    g.repaired_stripes.set(&[], d.repaired_stripes as f64);
+    g.repaired_bytes.set(&[], d.repaired_bytes as f64);
+    g.gc_stripes.set(&[], d.gc_stripes as f64);
+    let ids: Vec<[&str; 1]> = d.shards_by_node.iter().map(|(n, _)| [n.as_str()]).collect();
+    let series: Vec<(&[&str], f64)> = ids
+        .iter()
+        .zip(&d.shards_by_node)
+        .map(|(l, (_, v))| (&l[..], *v as f64))
+        .collect();
+    g.node_shards.set_all(&series);
 }
