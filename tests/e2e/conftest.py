@@ -112,9 +112,11 @@ class DevCluster:
 
 
 def s3_client(info, secret=None, retries=5):
+    # An https endpoint (`tessera dev --tls`) is verified against the dev CA.
     return boto3.client(
         "s3",
         endpoint_url=info["s3_endpoint"],
+        verify=info.get("ca_path"),
         region_name=info["region"],
         aws_access_key_id=info["access_key"],
         aws_secret_access_key=secret or info["secret_key"],
@@ -125,6 +127,28 @@ def s3_client(info, secret=None, retries=5):
             read_timeout=60,
         ),
     )
+
+
+def _dev_cluster(extra_args=()):
+    data_dir = tempfile.mkdtemp(prefix="tessera-e2e-")
+    c = DevCluster(data_dir, free_port_base(), extra_args)
+    try:
+        c.start()
+        print(f"\n[e2e] tessera dev started in {c.start_seconds:.2f}s at {c.info['s3_endpoint']}")
+        yield c
+    finally:
+        c.stop()
+        if os.environ.get("TESSERA_KEEP_DATA"):
+            print(f"[e2e] data kept in {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tls_cluster():
+    """`tessera dev --tls`: S3 over HTTPS with a generated dev CA
+    (cluster.json has the https endpoint and `ca_path`)."""
+    yield from _dev_cluster(["--tls"])
 
 
 @pytest.fixture(scope="module")
