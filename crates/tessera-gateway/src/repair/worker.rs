@@ -22,7 +22,7 @@ use tessera_erasure::{codec_for, shard_hash, shard_len, verify_shard, ErasureErr
 use tessera_proto::{MetaClient, RpcError};
 use tessera_types::meta::{MetaCommand, MetaError, MetaQuery, MetaReply, QueryReply};
 use tessera_types::repair::{check_shard_list, RepairConfig, RepairOutcome, RepairTask};
-use tessera_types::{now_millis, NodeId, NodeInfo, NodeState, ShardEntry};
+use tessera_types::{now_millis, NodeId, NodeInfo, NodeState, ShardEntry, StorageClass};
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Check, LossCause, ShardState, StatAnswer};
@@ -36,6 +36,26 @@ use crate::pipeline::DataPlane;
 /// Stripes of a batch not started this long before their lease ends are
 /// left for the lease to expire (another worker takes them).
 const LEASE_MARGIN_FRACTION: u32 = 4;
+
+/// Most stripes one worker repairs at once, whatever meta says: each holds
+/// a stripe's shards in memory.
+pub const MAX_CONCURRENCY: u32 = 64;
+
+/// Stripes to lease at once: twice the concurrency, but no more than the
+/// byte rate can move in half a lease (at about k + 1 shards of
+/// `class.shard_size` per stripe), so that leases do not run out while
+/// stripes wait for the throttle.
+pub fn batch_size(config: &RepairConfig, class: &StorageClass, lease: Duration) -> u32 {
+    let concurrency = config.concurrency.clamp(1, MAX_CONCURRENCY);
+    let max = concurrency * 2;
+    if config.rate_bytes_per_sec == 0 {
+        return max;
+    }
+    let per_stripe = (u64::from(class.k) + 1) * u64::from(class.shard_size.max(1));
+    let budget = u128::from(config.rate_bytes_per_sec) * lease.as_millis() / 2_000;
+    let fits = (budget / u128::from(per_stripe)).max(1);
+    u32::try_from(fits).map_or(max, |f| f.min(max))
+}
 
 /// Why one repair attempt failed (meta backs the stripe off and retries).
 #[derive(Debug, thiserror::Error)]
@@ -207,13 +227,13 @@ impl RepairWorker {
             .set_rate(rate, Instant::now());
     }
 
-    /// One step: leases a batch (twice the concurrency), repairs it and
-    /// gives every item back.
+    /// One step: leases a batch (see [`batch_size`]), repairs it and gives
+    /// every item back.
     pub async fn run_once(&self, config: &RepairConfig) -> Result<BatchReport, ApiError> {
-        let concurrency = config.concurrency.max(1);
+        let concurrency = config.concurrency.clamp(1, MAX_CONCURRENCY);
         let cmd = MetaCommand::LeaseRepairs {
             worker: self.id.clone(),
-            max: concurrency.saturating_mul(2),
+            max: batch_size(config, &self.dp.class, self.lease),
             lease_ms: self.lease.as_millis() as u64,
             at: now_millis(),
         };
@@ -685,5 +705,34 @@ impl RepairWorker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_fit_the_rate_and_the_lease() {
+        let class = StorageClass::rs(4, 2, 1 << 20);
+        let lease = Duration::from_secs(60);
+        let cfg = |rate, concurrency| RepairConfig {
+            rate_bytes_per_sec: rate,
+            concurrency,
+            paused: false,
+        };
+        // Unlimited or fast: twice the concurrency.
+        assert_eq!(batch_size(&cfg(0, 8), &class, lease), 16);
+        assert_eq!(batch_size(&cfg(200 << 20, 8), &class, lease), 16);
+        // 1 MiB/s moves 30 MiB in half a lease: 6 stripes of 5 MiB.
+        assert_eq!(batch_size(&cfg(1 << 20, 8), &class, lease), 6);
+        // Slower still: one stripe at a time, never none.
+        assert_eq!(batch_size(&cfg(1024, 8), &class, lease), 1);
+        // Concurrency is capped; 0 means 1.
+        assert_eq!(
+            batch_size(&cfg(0, 100_000), &class, lease),
+            2 * MAX_CONCURRENCY
+        );
+        assert_eq!(batch_size(&cfg(0, 0), &class, lease), 2);
     }
 }
