@@ -11,6 +11,8 @@
 //! DIR/cluster-secret     the internode secret, created once (mode 0600),
 //!                        handed to children in $TESSERA_CLUSTER_SECRET
 //! DIR/cluster.json       endpoint, credentials, nodes; rewritten on every start
+//!                        (each node with its exact command line, so that a
+//!                        test harness can restart a node it killed)
 //! DIR/dev.lock           held while a supervisor runs on DIR
 //! DIR/tls/               with --tls, created once: ca.pem (the dev CA to
 //!                        trust), cert.pem (localhost and 127.0.0.1, chain
@@ -222,6 +224,19 @@ pub struct NodeEntry {
     /// `/health/ready`).
     #[serde(default)]
     pub admin_addr: String,
+    /// The exact command line it was started with, binary first. The
+    /// supervisor never restarts a child; a harness that kills one restarts
+    /// it with this argv, the environment variables named in `env` and no
+    /// other `TESSERA_*` variable.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// Names (never values) of the environment variables set for it:
+    /// `TESSERA_CLUSTER_SECRET` holds the text of `DIR/cluster-secret`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Its log file (stdout and stderr, appended).
+    #[serde(default)]
+    pub log: String,
 }
 
 impl ClusterInfo {
@@ -284,6 +299,8 @@ struct ChildProc {
     name: String,
     addr: String,
     admin_addr: String,
+    /// Binary and arguments, for cluster.json.
+    argv: Vec<String>,
     log: PathBuf,
     child: Child,
     exit: Option<ExitStatus>,
@@ -696,6 +713,9 @@ impl DevCluster {
                     pid: c.child.id(),
                     addr: c.addr.clone(),
                     admin_addr: c.admin_addr.clone(),
+                    argv: c.argv.clone(),
+                    env: vec![crate::config::SECRET_ENV.to_string()],
+                    log: c.log.display().to_string(),
                 }
             })
             .collect()
@@ -1037,9 +1057,12 @@ fn spawn_child(
         tessera_types::now_millis()
     )?;
     let mut cmd = Command::new(binary);
+    let mut argv = vec![binary.display().to_string()];
     if let Some(level) = log_level {
         cmd.arg("--log-level").arg(level);
+        argv.extend(["--log-level".to_string(), level.to_string()]);
     }
+    argv.extend(spec.args.iter().map(|a| a.to_string_lossy().into_owned()));
     cmd.args(&spec.args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -1066,6 +1089,7 @@ fn spawn_child(
         name: spec.name,
         addr: spec.addr,
         admin_addr: spec.admin_addr,
+        argv,
         log: log_path,
         child,
         exit: None,

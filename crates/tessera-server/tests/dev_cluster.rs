@@ -240,6 +240,11 @@ fn check_secret_handling(dir: &Path, info: &ClusterInfo) {
     assert_eq!(mode, 0o600);
     let secret = std::fs::read_to_string(&file).unwrap().trim().to_string();
     assert!(secret.len() >= 32);
+    let json = std::fs::read_to_string(dir.join("cluster.json")).unwrap();
+    assert!(
+        !json.contains(&secret),
+        "cluster.json holds the internode secret"
+    );
     for n in &info.nodes {
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", n.pid)).unwrap_or_default();
         assert!(
@@ -247,6 +252,16 @@ fn check_secret_handling(dir: &Path, info: &ClusterInfo) {
             "{} has the secret on its command line",
             n.role
         );
+        // cluster.json records the exact command line, so a harness can
+        // restart a node it killed.
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert_eq!(argv, n.argv, "{} {}: argv in cluster.json", n.role, n.id);
+        assert_eq!(n.env, ["TESSERA_CLUSTER_SECRET"]);
+        assert!(n.log.ends_with(".log"), "{}", n.log);
     }
 }
 
