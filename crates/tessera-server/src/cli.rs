@@ -170,6 +170,25 @@ pub struct StorageArgs {
     /// Largest shard the node accepts. [default: 67108864]
     #[arg(long, env = "TESSERA_MAX_SHARD_BYTES", value_name = "BYTES")]
     pub max_shard_bytes: Option<u64>,
+    /// Scrubber read rate in bytes per second. [default: 67108864]
+    #[arg(long, env = "TESSERA_SCRUB_RATE", value_name = "BYTES_PER_SEC")]
+    pub scrub_rate: Option<u64>,
+    /// One full scrub pass per this period; 0 = scrubber off.
+    /// [default: 86400000 (a day)]
+    #[arg(long, env = "TESSERA_SCRUB_PERIOD_MS", value_name = "MS")]
+    pub scrub_period_ms: Option<u64>,
+    /// How often orphan shards (no manifest places them here) are looked
+    /// for and deleted; 0 = off. [default: 3600000]
+    #[arg(long, env = "TESSERA_ORPHAN_SCAN_INTERVAL_MS", value_name = "MS")]
+    pub orphan_scan_interval_ms: Option<u64>,
+    /// Only shard files older than this can be orphans; must exceed the
+    /// longest upload. [default: 3600000]
+    #[arg(long, env = "TESSERA_ORPHAN_SAFETY_AGE_MS", value_name = "MS")]
+    pub orphan_safety_age_ms: Option<u64>,
+    /// Refuse writes (as a full disk) once shard files hold this many
+    /// bytes. [default: the file system's capacity]
+    #[arg(long, env = "TESSERA_CAPACITY_BYTES", value_name = "BYTES")]
+    pub capacity_bytes: Option<u64>,
 }
 
 /// `tessera gateway`.

@@ -284,6 +284,21 @@ impl StorageSettings {
         if let Some(v) = args.max_shard_bytes {
             c.max_shard_bytes = v;
         }
+        if let Some(v) = args.scrub_rate {
+            c.scrub_rate = v;
+        }
+        if let Some(v) = args.scrub_period_ms {
+            c.scrub_period_ms = v;
+        }
+        if let Some(v) = args.orphan_scan_interval_ms {
+            c.orphan_scan_interval_ms = v;
+        }
+        if let Some(v) = args.orphan_safety_age_ms {
+            c.orphan_safety_age_ms = v;
+        }
+        if args.capacity_bytes.is_some() {
+            c.capacity_bytes = args.capacity_bytes;
+        }
         c.cluster_secret = resolve_secret(&args.secret, c.cluster_secret.take())?;
         if let Some(v) = &args.admin_listen {
             c.admin_listen = Some(v.clone());
@@ -882,6 +897,34 @@ mod tests {
             StorageSettings::load(&args),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn storage_background_flags_reach_the_config() {
+        let base = StorageArgs {
+            meta: vec!["127.0.0.1:7001".into()],
+            secret: secret(),
+            ..StorageArgs::default()
+        };
+        let a = StorageArgs {
+            scrub_rate: Some(1 << 20),
+            scrub_period_ms: Some(600_000),
+            orphan_scan_interval_ms: Some(60_000),
+            orphan_safety_age_ms: Some(600_000),
+            capacity_bytes: Some(1 << 30),
+            ..base.clone()
+        };
+        let c = StorageSettings::load(&a).unwrap().config;
+        assert_eq!(c.scrub_rate, 1 << 20);
+        assert_eq!(c.scrub_period_ms, 600_000);
+        assert_eq!(c.orphan_scan_interval_ms, 60_000);
+        assert_eq!(c.orphan_safety_age_ms, 600_000);
+        assert_eq!(c.capacity_bytes, Some(1 << 30));
+        let a = StorageArgs {
+            scrub_rate: Some(0),
+            ..base
+        };
+        assert!(StorageSettings::load(&a).is_err());
     }
 
     #[test]

@@ -912,6 +912,11 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
         args.extend(["--meta".into(), meta_list.clone().into()]);
         let admin = addr(storage_admin_port(o.port_base, o.storage_nodes, i));
         args.extend(["--admin-listen".into(), admin.clone().into()]);
+        // Background workers visibly at work on a dev cluster: a scrub pass
+        // every 10 minutes, orphans collected after 10 minutes.
+        args.extend(["--scrub-period-ms".into(), DEV_SCRUB_PERIOD_MS.into()]);
+        args.extend(["--orphan-scan-interval-ms".into(), DEV_ORPHAN_MS.into()]);
+        args.extend(["--orphan-safety-age-ms".into(), DEV_ORPHAN_MS.into()]);
         specs.push(ChildSpec {
             role: Role::Storage,
             name: format!("storage-{i}"),
@@ -1016,6 +1021,11 @@ fn load_or_create_tls(dir: &Path) -> Result<DevTls> {
     info!(dir = %tls_dir.display(), "created a dev TLS certificate");
     Ok(t)
 }
+
+/// Scrub period of dev storage nodes (10 min).
+const DEV_SCRUB_PERIOD_MS: &str = "600000";
+/// Orphan scan interval and safety age of dev storage nodes (10 min).
+const DEV_ORPHAN_MS: &str = "600000";
 
 /// A clear error up front beats a child dying with "address in use".
 fn check_ports_free(specs: &[ChildSpec]) -> Result<()> {

@@ -43,9 +43,8 @@ use crate::StorageError;
 
 /// Bytes read (and held) at a time.
 pub(crate) const CHUNK: usize = 1 << 20;
-/// Problems are reported once this many are pending (and at the end of
-/// every pass).
-const REPORT_BATCH: usize = 256;
+/// Most problems sent in one `ReportShards`.
+const REPORT_BATCH: usize = 1000;
 /// Reports kept while meta is unreachable; beyond this the oldest are
 /// dropped (their files are quarantined, so a read or a repair check still
 /// finds those shards missing).
@@ -394,7 +393,9 @@ impl<M: NodeMeta> Scrubber<M> {
                 }
             }
         }
-        if self.pending.len() >= REPORT_BATCH && !self.flush(shutdown, true).await {
+        // Report what this sub-directory found now, not at the end of a
+        // pass that may last hours.
+        if !self.flush(shutdown, true).await {
             return None;
         }
         Some(())
@@ -543,25 +544,31 @@ impl<M: NodeMeta> Scrubber<M> {
         {
             return true;
         }
-        let batch = self.pending.clone();
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            r = meta.report_shards(batch) => r,
-        };
-        match result {
-            Ok(()) => {
-                tracing::info!(
-                    shards = self.pending.len(),
-                    "reported corrupt shards to meta"
-                );
-                self.pending.clear();
-                self.report_failed_at = None;
-            }
-            Err(error) => {
-                tracing::warn!(%error, pending = self.pending.len(), "could not report corrupt shards to meta; will retry");
-                self.report_failed_at = Some(Instant::now());
+        // `meta` borrows `self`: take the list out while sending.
+        let mut pending = std::mem::take(&mut self.pending);
+        while !pending.is_empty() {
+            let n = pending.len().min(REPORT_BATCH);
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.pending = pending;
+                    return false;
+                }
+                r = meta.report_shards(pending[..n].to_vec()) => r,
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(shards = n, "reported corrupt shards to meta");
+                    pending.drain(..n);
+                    self.report_failed_at = None;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, pending = pending.len(), "could not report corrupt shards to meta; will retry");
+                    self.report_failed_at = Some(Instant::now());
+                    break;
+                }
             }
         }
+        self.pending = pending;
         self.metrics.scrub_reports_pending(self.pending.len());
         true
     }
