@@ -223,4 +223,41 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn tls_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |cert: Option<&str>, key: Option<&str>| GatewayConfig {
+            tls_cert: cert.map(|c| dir.path().join(c)),
+            tls_key: key.map(|k| dir.path().join(k)),
+            ..GatewayConfig::default()
+        };
+        assert!(tls_config(&with(None, None)).unwrap().is_none());
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("junk.pem"), "not a pem").unwrap();
+        let tls = tls_config(&with(Some("cert.pem"), Some("key.pem")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            tls.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        // One without the other, missing files, no certificate, a key that
+        // is not one: refused at startup, naming the key.
+        for (c, k, what) in [
+            (Some("cert.pem"), None, "together"),
+            (None, Some("key.pem"), "together"),
+            (Some("nope.pem"), Some("key.pem"), "tls-cert"),
+            (Some("junk.pem"), Some("key.pem"), "tls-cert"),
+            (Some("cert.pem"), Some("junk.pem"), "tls-key"),
+            (Some("cert.pem"), Some("cert.pem"), "tls-key"),
+        ] {
+            match tls_config(&with(c, k)) {
+                Err(GatewayError::Config(m)) => assert!(m.contains(what), "{m}"),
+                other => panic!("{c:?} {k:?}: {:?}", other.map(|t| t.is_some())),
+            }
+        }
+    }
 }

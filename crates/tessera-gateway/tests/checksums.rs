@@ -3,7 +3,9 @@
 //! in an aws-chunked trailer (unsigned, and signed chunks with a signed
 //! trailer), good and bad; the default CRC64NVME; Content-MD5; multipart
 //! COMPOSITE and FULL_OBJECT; checksums answered only with
-//! `x-amz-checksum-mode: ENABLED`; the chunk framing never stored.
+//! `x-amz-checksum-mode: ENABLED`; the chunk framing never stored; and the
+//! trailer path over HTTPS (a second gateway with `tls-cert`/`tls-key`), the
+//! way boto3 sends checksums by default.
 //!
 //! Expected values come from reference implementations in this file
 //! (bitwise CRCs, sha2), not from the gateway's own code.
@@ -36,6 +38,11 @@ struct Cluster {
     s3: S3Client,
     shutdown: CancellationToken,
     dir: tempfile::TempDir,
+    /// The gateway's configuration (for a second, HTTPS gateway).
+    config: GatewayConfig,
+    /// Set by [`Cluster::enable_tls`]: raw requests go to the HTTPS
+    /// gateway at this address, through this connector.
+    tls: Option<(String, tokio_rustls::TlsConnector)>,
 }
 
 impl Drop for Cluster {
@@ -46,7 +53,58 @@ impl Drop for Cluster {
 
 impl Cluster {
     fn host(&self) -> String {
-        self.s3.endpoint.trim_start_matches("http://").to_string()
+        match &self.tls {
+            Some((host, _)) => host.clone(),
+            None => self.s3.endpoint.trim_start_matches("http://").to_string(),
+        }
+    }
+
+    /// Starts a second gateway on the same cluster that serves HTTPS with a
+    /// certificate for localhost/127.0.0.1 from a fresh CA, and sends raw
+    /// requests there from now on (trusting only that CA).
+    async fn enable_tls(&mut self) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        let cert = self.dir.path().join("tls-cert.pem");
+        let key = self.dir.path().join("tls-key.pem");
+        std::fs::write(&cert, format!("{}{}", leaf_cert.pem(), ca_cert.pem())).unwrap();
+        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+
+        let mut config = self.config.clone();
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(key);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        tokio::spawn(tessera_gateway::serve(
+            config,
+            listener,
+            self.shutdown.clone(),
+        ));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+        self.tls = Some((host, connector));
     }
     fn keys(&self) -> (String, String) {
         self.s3.access.clone().expect("keys")
@@ -154,11 +212,21 @@ async fn cluster() -> Cluster {
         cluster_secret: Some(secret),
         ..GatewayConfig::default()
     };
-    tokio::spawn(tessera_gateway::serve(config, listener, shutdown.clone()));
+    tokio::spawn(tessera_gateway::serve(
+        config.clone(),
+        listener,
+        shutdown.clone(),
+    ));
     let s3 = S3Client::new(&endpoint, Some((&key.id, &key.secret)));
     let r = s3.put("/cks", vec![]).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    Cluster { s3, shutdown, dir }
+    Cluster {
+        s3,
+        shutdown,
+        dir,
+        config,
+        tls: None,
+    }
 }
 
 // ------------------------------------------------------ reference digests
@@ -446,10 +514,14 @@ async fn raw(
     } else {
         wire.extend_from_slice(body);
     }
-    let mut s = tokio::net::TcpStream::connect(c.host()).await.unwrap();
-    s.write_all(&wire).await.unwrap();
-    let mut resp = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut resp)).await;
+    let tcp = tokio::net::TcpStream::connect(c.host()).await.unwrap();
+    let resp = match &c.tls {
+        None => exchange(tcp, &wire).await,
+        Some((_, connector)) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            exchange(connector.connect(name, tcp).await.unwrap(), &wire).await
+        }
+    };
     let text = String::from_utf8_lossy(&resp).into_owned();
     let status = text
         .split(' ')
@@ -457,6 +529,19 @@ async fn raw(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// Writes `wire` and reads the answer until the server closes.
+async fn exchange<S>(mut s: S, wire: &[u8]) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(wire).await.unwrap();
+    s.flush().await.unwrap();
+    let mut resp = Vec::new();
+    // A close without TLS close_notify is an error after the bytes read.
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut resp)).await;
+    resp
 }
 
 /// The value of a header in a raw response.
@@ -1169,5 +1254,75 @@ async fn multipart_full_object_checksums() {
         let g = get_enabled(&c, &path).await;
         assert!(g.body.as_ref() == whole.as_slice());
         assert_answered(&g, a, &want, "FULL_OBJECT");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailer_checksums_over_tls() {
+    let mut c = cluster().await;
+    c.enable_tls().await;
+    // The HTTPS port speaks only TLS: a plain request gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(c.host()).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP answered on the TLS port"
+    );
+
+    for mode in [Mode::Unsigned, Mode::Signed] {
+        for (i, a) in ALL.into_iter().enumerate() {
+            let data = pattern(150_000 + i, 70 + i as u8);
+            let good = sum(a, &data);
+            let path = format!("/cks/tls-{mode:?}-{}", a.name());
+            let (status, resp) = put_trailer(
+                &c,
+                &path,
+                "",
+                &data,
+                &a.header(),
+                Some((&a.header(), &good)),
+                mode,
+                true,
+            )
+            .await;
+            assert_eq!(status, 200, "{mode:?} {} {resp}", a.name());
+            // Read back over TLS, with the checksum asked for.
+            let payload = sha_hex(b"");
+            let signed = sign(
+                &c,
+                "GET",
+                &path,
+                "",
+                &[("x-amz-checksum-mode", "ENABLED")],
+                &payload,
+            );
+            let (status, resp) = raw(&c, "GET", &path, &signed.headers, &[], false).await;
+            assert_eq!(status, 200, "{resp}");
+            assert_eq!(raw_header(&resp, &a.header()), Some(good.clone()));
+            // And the bytes, through the plain gateway: the payload, no framing.
+            let g = get_enabled(&c, &path).await;
+            assert!(g.body.as_ref() == data.as_slice());
+            assert_answered(&g, a, &good, "FULL_OBJECT");
+
+            let bad_path = format!("{path}-bad");
+            let (status, resp) = put_trailer(
+                &c,
+                &bad_path,
+                "",
+                &data,
+                &a.header(),
+                Some((&a.header(), &sum(a, b"bad"))),
+                mode,
+                true,
+            )
+            .await;
+            assert_eq!((status, code(&resp).as_str()), (400, "BadDigest"), "{resp}");
+            assert_eq!(c.s3.get(&bad_path).await.status, 404);
+        }
     }
 }
