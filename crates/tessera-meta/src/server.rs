@@ -123,6 +123,12 @@ pub async fn serve(
         bootstrap(&raft, &config, &advertise).await?;
     }
 
+    let rebalancer = tokio::spawn(crate::rebalance::run(
+        raft.clone(),
+        config.id,
+        trees.clone(),
+        shutdown.clone(),
+    ));
     let detector = tokio::spawn(detector::run(
         raft.clone(),
         trees,
@@ -167,6 +173,12 @@ pub async fn serve(
     }
     if tokio::time::timeout(SHUTDOWN_STEP, detector).await.is_err() {
         tracing::warn!("failure detector did not stop in time");
+    }
+    if tokio::time::timeout(SHUTDOWN_STEP, rebalancer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("rebalancer did not stop in time");
     }
     drop(raft);
     store::flush_db(&db).await?;

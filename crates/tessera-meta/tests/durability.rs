@@ -582,3 +582,48 @@ async fn repair_config_and_state_survive_restart() {
     assert_eq!(h.queue().len(), 1);
     assert!(h.live("n1", 1, 0));
 }
+
+#[tokio::test]
+async fn rebalance_passes_queue_every_stripe_after_the_degraded_ones() {
+    let mut h = Harness::cluster().await;
+    for seed in 1..=5u8 {
+        h.put_object(object(
+            &format!("k{seed}"),
+            vec![part(1, vec![stripe(seed, &["n1", "n2", "n3"])])],
+        ))
+        .await;
+    }
+    h.put_object(object(
+        "short",
+        vec![part(1, vec![stripe(9, &["n1", "n2"])])],
+    ))
+    .await;
+    let mut after = None;
+    let mut batches = 0;
+    loop {
+        batches += 1;
+        match h
+            .cmd(MetaCommand::QueueRebalance {
+                after,
+                max: 2,
+                at: 3_000,
+            })
+            .await
+        {
+            MetaReply::Cursor(Some(next)) => after = Some(next),
+            MetaReply::Cursor(None) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(batches, 3, "6 stripes in batches of 2");
+    let q = h.queue();
+    assert_eq!(q.len(), 6);
+    assert_eq!(q[0].stripe, StripeId([9; 16]), "the degraded stripe first");
+    assert_eq!(
+        q[0].reasons,
+        vec![RepairReason::ShortWrite, RepairReason::Rebalance]
+    );
+    assert!(q[1..]
+        .iter()
+        .all(|i| i.surviving == 3 && i.reasons == vec![RepairReason::Rebalance]));
+}

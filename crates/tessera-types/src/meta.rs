@@ -151,6 +151,15 @@ pub enum MetaCommand {
         id: NodeId,
         at: UnixMillis,
     },
+    /// Queues up to `max` live stripes with ids after `after` (in id
+    /// order) for [`crate::repair::RepairReason::Rebalance`]; a pass over
+    /// every stripe is a loop of these. Replies [`MetaReply::Cursor`] with
+    /// the last stripe visited (`None`: the pass is complete).
+    QueueRebalance {
+        after: Option<StripeId>,
+        max: u32,
+        at: UnixMillis,
+    },
 }
 
 impl MetaCommand {
@@ -178,6 +187,7 @@ impl MetaCommand {
             MetaCommand::LeaseGc { .. } => "lease_gc",
             MetaCommand::AckGc { .. } => "ack_gc",
             MetaCommand::CheckNode { .. } => "check_node",
+            MetaCommand::QueueRebalance { .. } => "queue_rebalance",
         }
     }
 }
@@ -224,6 +234,8 @@ pub enum MetaReply {
     Repairs(Vec<RepairTask>),
     /// LeaseGc: the leased GC items.
     Gc(Vec<GcLease>),
+    /// QueueRebalance: where the next batch starts (`None`: done).
+    Cursor(Option<StripeId>),
 }
 
 /// A read of the current state.

@@ -64,6 +64,11 @@ pub enum RepairReason {
     /// An operator asked to verify a node's shards (after a disk was
     /// replaced): the worker checks every shard and rebuilds missing ones.
     Check(NodeId),
+    /// The stripe may not follow placement any more (a node was added):
+    /// the worker moves shards on nodes outside the stripe's placement to
+    /// the placement's nodes that hold none. Whole stripes queued only for
+    /// this sort after every degraded one.
+    Rebalance,
 }
 
 /// A queued stripe.

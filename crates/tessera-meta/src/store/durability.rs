@@ -353,19 +353,29 @@ impl SmTrees {
             let Some(owner) = self.stripe_owner(&id)? else {
                 continue;
             };
-            if !cache.contains_key(&owner) {
-                let stripes = self.owner_stripes(&owner)?;
-                cache.insert(owner.clone(), stripes);
-            }
-            let stripe = cache
-                .get(&owner)
-                .and_then(|v| v.iter().find(|s| s.id == id))
-                .cloned();
-            if let Some(stripe) = stripe {
+            if let Some(stripe) = self.cached_stripe(&mut cache, &owner, &id)? {
                 self.enqueue(fx, &stripe, &owner, reason.clone(), None, at)?;
             }
         }
         Ok(())
+    }
+
+    /// Stripe `id` of `owner`, loading each owner's container once per
+    /// entry (a large object has many stripes on a node).
+    fn cached_stripe(
+        &self,
+        cache: &mut HashMap<StripeOwner, Vec<Stripe>>,
+        owner: &StripeOwner,
+        id: &StripeId,
+    ) -> Result<Option<Stripe>, MetaNodeError> {
+        if !cache.contains_key(owner) {
+            let stripes = self.owner_stripes(owner)?;
+            cache.insert(owner.clone(), stripes);
+        }
+        Ok(cache
+            .get(owner)
+            .and_then(|v| v.iter().find(|s| s.id == *id))
+            .cloned())
     }
 
     /// ReportShards: queue each reported shard's stripe if the report is
@@ -532,6 +542,40 @@ impl SmTrees {
             self.enqueue(fx, &updated, owner, RepairReason::ShortWrite, None, at)?;
         }
         Ok(MetaReply::Ok)
+    }
+
+    /// QueueRebalance: see [`tessera_types::meta::MetaCommand::QueueRebalance`].
+    pub(crate) fn queue_rebalance(
+        &self,
+        fx: &mut Effects,
+        after: Option<StripeId>,
+        max: u32,
+        at: UnixMillis,
+    ) -> Result<MetaReply, MetaNodeError> {
+        let range = match after {
+            Some(id) => self.stripes.range((
+                std::ops::Bound::Excluded(id.0.to_vec()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.stripes.iter(),
+        };
+        let mut last = None;
+        let mut cache: HashMap<StripeOwner, Vec<Stripe>> = HashMap::new();
+        for (seen, entry) in range.enumerate() {
+            if seen >= max.max(1) as usize {
+                return Ok(MetaReply::Cursor(last));
+            }
+            let (k, v) = entry?;
+            let Some(id) = StripeId::from_slice(&k) else {
+                continue;
+            };
+            last = Some(id);
+            let owner: StripeOwner = dec(&v)?;
+            if let Some(stripe) = self.cached_stripe(&mut cache, &owner, &id)? {
+                self.enqueue(fx, &stripe, &owner, RepairReason::Rebalance, None, at)?;
+            }
+        }
+        Ok(MetaReply::Cursor(None))
     }
 
     /// ReleaseRepair: see [`RepairOutcome`].

@@ -625,6 +625,10 @@ impl SmTrees {
                 self.lease_gc(w, worker, *max, *before, *lease_ms, new_clock)?
             }
             MetaCommand::AckGc { keys } => self.ack_gc(w, keys),
+            MetaCommand::QueueRebalance { after, max, at } => {
+                new_clock = new_clock.max(*at);
+                self.queue_rebalance(&mut fx, *after, *max, new_clock)?
+            }
             MetaCommand::CheckNode { id, at } => {
                 if self.node(id)?.is_none() {
                     MetaReply::Err(MetaError::NoSuchNode)

@@ -1,0 +1,97 @@
+//! The rebalancer's trigger, on the meta leader: when a storage node that
+//! the cluster map never had before is up, every live stripe is queued
+//! (in batches, through Raft) with reason `Rebalance`. Repair workers then
+//! move the shards of stripes whose placement now includes the new node,
+//! at the repair rate and after every degraded stripe (whole stripes sort
+//! last in the queue). Nodes returning from down do not trigger a pass:
+//! their stripes were already repaired elsewhere, and moving them back
+//! would only churn.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use openraft::ServerState;
+use tessera_types::meta::{MetaCommand, MetaReply};
+use tessera_types::{NodeId, NodeState};
+use tokio_util::sync::CancellationToken;
+
+use crate::network::MetaRaft;
+use crate::store::{RaftNodeId, SmTrees};
+
+/// How often the leader looks for new nodes.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Stripes queued per Raft entry.
+pub const BATCH: u32 = 512;
+/// Pause between batches, so a pass never crowds out client writes.
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
+
+pub async fn run(raft: MetaRaft, id: RaftNodeId, trees: SmTrees, shutdown: CancellationToken) {
+    // Every node id the map had when this node last looked as leader.
+    let mut known: Option<HashSet<NodeId>> = None;
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !leading(&raft, id) {
+            known = None;
+            continue;
+        }
+        let t = trees.clone();
+        let Ok(Ok(nodes)) = tokio::task::spawn_blocking(move || t.all_nodes()).await else {
+            continue;
+        };
+        let ids: HashSet<NodeId> = nodes.iter().map(|n| n.id.clone()).collect();
+        let new_up = match &known {
+            // Leadership just started: nothing to compare with.
+            None => false,
+            Some(prev) => nodes
+                .iter()
+                .any(|n| n.state == NodeState::Up && !prev.contains(&n.id)),
+        };
+        known = Some(ids);
+        if new_up {
+            tracing::info!("a new storage node is up: queueing every stripe for rebalance");
+            match pass(&raft, id, &shutdown).await {
+                Ok(n) => tracing::info!(batches = n, "rebalance pass queued"),
+                Err(e) => tracing::warn!(error = %e, "rebalance pass stopped"),
+            }
+        }
+    }
+}
+
+fn leading(raft: &MetaRaft, id: RaftNodeId) -> bool {
+    let m = raft.metrics();
+    let m = m.borrow();
+    m.state == ServerState::Leader && m.current_leader == Some(id)
+}
+
+/// Queues every live stripe, batch by batch; returns the batch count.
+async fn pass(
+    raft: &MetaRaft,
+    id: RaftNodeId,
+    shutdown: &CancellationToken,
+) -> Result<u64, String> {
+    let mut after = None;
+    let mut batches = 0;
+    loop {
+        if shutdown.is_cancelled() || !leading(raft, id) {
+            return Err("no longer leading".into());
+        }
+        let cmd = MetaCommand::QueueRebalance {
+            after,
+            max: BATCH,
+            at: tessera_types::now_millis(),
+        };
+        let reply = raft.client_write(cmd).await.map_err(|e| e.to_string())?;
+        batches += 1;
+        match reply.data {
+            MetaReply::Cursor(Some(next)) => after = Some(next),
+            MetaReply::Cursor(None) => return Ok(batches),
+            other => return Err(format!("unexpected reply {other:?}")),
+        }
+        tokio::time::sleep(BATCH_PAUSE).await;
+    }
+}
