@@ -77,8 +77,28 @@ fn stripes_on(m: &ObjectManifest, node: &NodeId) -> HashSet<StripeId> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_meta_repair_race_gc_and_hopeless_stripes() {
+/// One meta node and `n` storage nodes, registered and Up.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    secret: ClusterSecret,
+    meta_addr: String,
+    meta: MetaClient,
+    key: AccessKey,
+    map: tessera_types::ClusterMap,
+    /// Storage nodes by address, to stop the one a shard is on.
+    storage: Vec<(String, CancellationToken)>,
+}
+
+impl Cluster {
+    fn stop(&self, id: &NodeId) {
+        let addr = &self.map.node(id).unwrap().addr;
+        let (_, token) = self.storage.iter().find(|(a, _)| a == addr).unwrap();
+        token.cancel();
+    }
+}
+
+async fn cluster(n: usize) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
     let secret = ClusterSecret::new("repair-real-test-secret").unwrap();
@@ -98,9 +118,8 @@ async fn real_meta_repair_race_gc_and_hopeless_stripes() {
         meta_listener,
         shutdown.clone(),
     ));
-    // Storage nodes by address, to stop the one a shard is on.
     let mut storage: Vec<(String, CancellationToken)> = Vec::new();
-    for i in 0..7 {
+    for i in 0..n {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let token = shutdown.child_token();
@@ -131,38 +150,58 @@ async fn real_meta_repair_race_gc_and_hopeless_stripes() {
     }
     let map = loop {
         if let Ok(QueryReply::ClusterMap(m)) = meta.query(&MetaQuery::ClusterMap).await {
-            if m.nodes.iter().filter(|n| n.state == NodeState::Up).count() == 7 {
+            if m.nodes.iter().filter(|n| n.state == NodeState::Up).count() == n {
                 break m;
             }
         }
         assert!(Instant::now() < deadline, "storage nodes did not register");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let stop = |id: &NodeId| {
-        let addr = &map.node(id).unwrap().addr;
-        let (_, token) = storage.iter().find(|(a, _)| a == addr).unwrap();
-        token.cancel();
-    };
+    Cluster {
+        _dir: dir,
+        shutdown,
+        secret,
+        meta_addr,
+        meta,
+        key,
+        map,
+        storage,
+    }
+}
 
-    let gw = GatewayConfig {
-        meta: vec![meta_addr.clone()],
-        shard_size: 16 << 10,
-        inline_threshold: 1024,
-        cluster_refresh_ms: 200,
-        repair_enabled: false,
-        gc_enabled: false,
-        cluster_secret: Some(secret.clone()),
-        ..GatewayConfig::default()
-    };
+/// A gateway in front of `c`; returns an S3 client with a bucket `rep`.
+async fn gateway(c: &Cluster, gw: &GatewayConfig) -> S3Client {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(tessera_gateway::serve(
         gw.clone(),
         listener,
-        shutdown.clone(),
+        c.shutdown.clone(),
     ));
-    let s3 = S3Client::new(&endpoint, Some((&key.id, &key.secret)));
+    let s3 = S3Client::new(&endpoint, Some((&c.key.id, &c.key.secret)));
     assert_eq!(s3.put("/rep", vec![]).await.status, 200);
+    s3
+}
+
+fn gateway_config(c: &Cluster) -> GatewayConfig {
+    GatewayConfig {
+        meta: vec![c.meta_addr.clone()],
+        shard_size: 16 << 10,
+        inline_threshold: 1024,
+        cluster_refresh_ms: 200,
+        repair_enabled: false,
+        gc_enabled: false,
+        cluster_secret: Some(c.secret.clone()),
+        ..GatewayConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_meta_repair_race_gc_and_hopeless_stripes() {
+    let c = cluster(7).await;
+    let meta = c.meta.clone();
+    let gw = gateway_config(&c);
+    let s3 = gateway(&c, &gw).await;
     let data1 = pattern(SIZE, 1);
     assert_eq!(s3.put("/rep/obj1", data1.clone()).await.status, 200);
     assert_eq!(s3.put("/rep/obj2", pattern(SIZE, 2)).await.status, 200);
@@ -173,9 +212,9 @@ async fn real_meta_repair_race_gc_and_hopeless_stripes() {
     let cluster = Arc::new(ClusterView::new(meta.clone()));
     let dp = Arc::new(DataPlane::new(
         &gw,
-        Arc::new(StoragePool::with_auth(ClusterAuth::new(secret.clone()))),
+        Arc::new(StoragePool::with_auth(ClusterAuth::new(c.secret.clone()))),
         cluster.clone(),
-        shutdown.clone(),
+        c.shutdown.clone(),
     ));
     let metrics = RepairMetrics::default();
     let worker = RepairWorker::new(
@@ -199,7 +238,7 @@ async fn real_meta_repair_race_gc_and_hopeless_stripes() {
 
     // A node dies and is marked down: meta queues its stripes.
     let victim = m1.stripes().next().unwrap().shards[0].node.clone();
-    stop(&victim);
+    c.stop(&victim);
     set_down(&meta, &victim).await;
     cluster.refresh().await.unwrap();
     let on1 = stripes_on(&m1, &victim);
@@ -252,8 +291,9 @@ async fn real_meta_repair_race_gc_and_hopeless_stripes() {
         "obj2 identical"
     );
 
-    // GC: the old obj2 and the rebuilt shards that lost the race are
-    // deleted; the victim's replaced shards are left to its orphan scan.
+    // GC: the old obj2's shards are deleted; the victim's replaced shards
+    // are left to its orphan scan (as are the shards rebuilt for obj2's
+    // old stripes, which no manifest holds any more).
     let (mut deleted, mut skipped) = (0, 0);
     for _ in 0..20 {
         let r = gc.run_once().await.unwrap();
@@ -280,7 +320,7 @@ async fn real_meta_repair_race_gc_and_hopeless_stripes() {
         .map(|e| e.node.clone())
         .collect();
     for id in &more {
-        stop(id);
+        c.stop(id);
         set_down(&meta, id).await;
     }
     cluster.refresh().await.unwrap();
@@ -297,5 +337,63 @@ async fn real_meta_repair_race_gc_and_hopeless_stripes() {
     assert_eq!(item.attempts, 1);
     assert!(item.not_before > now_millis(), "backed off");
 
-    shutdown.cancel();
+    c.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_repairs_a_down_node_when_meta_says_so() {
+    let c = cluster(7).await;
+    let meta = c.meta.clone();
+    let gw = GatewayConfig {
+        repair_enabled: true,
+        repair_poll_ms: 200,
+        gc_enabled: true,
+        gc_interval_ms: 200,
+        gc_grace_ms: 0,
+        ..gateway_config(&c)
+    };
+    // Paused cluster-wide first.
+    let paused = RepairConfig {
+        paused: true,
+        ..UNLIMITED
+    };
+    let set = MetaCommand::SetRepairConfig(paused);
+    assert_eq!(meta.write(&set).await.unwrap(), MetaReply::Ok);
+    let s3 = gateway(&c, &gw).await;
+    let data = pattern(SIZE, 4);
+    assert_eq!(s3.put("/rep/obj", data.clone()).await.status, 200);
+    let m = manifest(&meta, "obj").await;
+    let victim = m.stripes().next().unwrap().shards[0].node.clone();
+    let on = stripes_on(&m, &victim);
+    c.stop(&victim);
+    set_down(&meta, &victim).await;
+
+    // Several polls go by; nothing is repaired while paused.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let d = durability(&meta).await;
+    assert_eq!((d.queued, d.repaired_stripes), (on.len() as u64, 0));
+
+    let go = MetaCommand::SetRepairConfig(RepairConfig {
+        rate_bytes_per_sec: 64 << 20,
+        concurrency: 2,
+        paused: false,
+    });
+    assert_eq!(meta.write(&go).await.unwrap(), MetaReply::Ok);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = durability(&meta).await;
+        if d.queued == 0 && d.gc_items == 0 {
+            assert_eq!(d.repaired_stripes, on.len() as u64);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not repaired: {d:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for s in manifest(&meta, "obj").await.stripes() {
+        let nodes: HashSet<&NodeId> = s.shards.iter().map(|e| &e.node).collect();
+        assert_eq!(nodes.len(), 6);
+        assert!(!nodes.contains(&victim));
+    }
+    assert!(s3.get("/rep/obj").await.body[..] == data[..]);
+    c.shutdown.cancel();
 }
