@@ -526,9 +526,15 @@ async fn orphan_scan_deletes_only_old_shards_meta_does_not_place_here() {
         (old_live.stripe, old_live.index),
         (young_live.stripe, young_live.index),
     ]);
-    let summary = orphan_scan(&store, &meta).scan().await.unwrap();
+    let mut scan = orphan_scan(&store, &meta);
+    // The first sighting only makes it a suspect.
+    let summary = scan.scan().await.unwrap();
     assert_eq!(summary.checked, 2, "only old shards are asked about");
-    assert_eq!(summary.deleted, 1);
+    assert_eq!((summary.suspected, summary.deleted), (1, 0));
+    assert!(shard_path(dir.path(), old_orphan).exists());
+    // The second deletes it.
+    let summary = scan.scan().await.unwrap();
+    assert_eq!((summary.suspected, summary.deleted), (0, 1));
     assert!(!shard_path(dir.path(), old_orphan).exists());
     for k in [old_live, young_orphan, young_live] {
         assert!(shard_path(dir.path(), k).exists(), "{k} deleted");
@@ -568,8 +574,13 @@ async fn orphan_scan_asks_in_batches_and_keeps_live_shards() {
         .lock()
         .unwrap()
         .extend(live.iter().map(|k| (k.stripe, k.index)));
-    let summary = orphan_scan(&store, &meta).scan().await.unwrap();
+    let mut scan = orphan_scan(&store, &meta);
+    let first = scan.scan().await.unwrap();
     assert_eq!(*meta.asked.lock().unwrap(), vec![BATCH, BATCH, 345]);
+    assert_eq!(first.checked, keys.len() as u64);
+    assert_eq!(first.suspected, (keys.len() - live.len()) as u64);
+    assert_eq!(first.deleted, 0);
+    let summary = scan.scan().await.unwrap();
     assert_eq!(summary.checked, keys.len() as u64);
     assert_eq!(summary.deleted, (keys.len() - live.len()) as u64);
     let left: HashSet<PathBuf> = files_in(&dir.path().join("shards")).into_iter().collect();
@@ -585,24 +596,30 @@ async fn orphan_scan_deletes_nothing_meta_did_not_answer() {
     let keys = plant(dir.path(), BATCH + 10, OLD);
     let store = open_store(dir.path(), None).await;
 
-    // Meta unreachable: nothing deleted.
+    // Every shard is a suspect after a first scan.
     let meta = FakeNodeMeta::default();
-    *meta.answer_first.lock().unwrap() = Some(0);
-    assert!(orphan_scan(&store, &meta).scan().await.is_err());
+    let mut scan = orphan_scan(&store, &meta);
+    assert_eq!(scan.scan().await.unwrap().suspected, keys.len() as u64);
+    assert_eq!(meta.asked.lock().unwrap().len(), 2);
+
+    // Meta unreachable: nothing deleted.
+    *meta.answer_first.lock().unwrap() = Some(2);
+    assert!(scan.scan().await.is_err());
     assert_eq!(files_in(&dir.path().join("shards")).len(), keys.len());
 
     // Meta does not know this node (it would say "not live" to all).
-    let meta = FakeNodeMeta::default();
     *meta.unknown_node.lock().unwrap() = true;
-    assert!(orphan_scan(&store, &meta).scan().await.is_err());
-    assert!(meta.asked.lock().unwrap().is_empty());
+    *meta.answer_first.lock().unwrap() = None;
+    let asked = meta.asked.lock().unwrap().len();
+    assert!(scan.scan().await.is_err());
+    assert_eq!(meta.asked.lock().unwrap().len(), asked);
     assert_eq!(files_in(&dir.path().join("shards")).len(), keys.len());
 
     // Meta answers the first batch, then fails: only that batch's shards
     // go.
-    let meta = FakeNodeMeta::default();
-    *meta.answer_first.lock().unwrap() = Some(1);
-    assert!(orphan_scan(&store, &meta).scan().await.is_err());
+    *meta.unknown_node.lock().unwrap() = false;
+    *meta.answer_first.lock().unwrap() = Some(asked + 1);
+    assert!(scan.scan().await.is_err());
     assert_eq!(files_in(&dir.path().join("shards")).len(), 10);
 }
 
@@ -613,15 +630,20 @@ async fn orphan_scan_spares_a_shard_written_again_after_meta_answered() {
     let (key, data) = put_many(&store, 1, 5000).await.remove(0);
     set_age(&shard_path(dir.path(), key), OLD);
     let meta = FakeNodeMeta::default();
-    // Just as meta answers "not live", a repair writes the same shard back
-    // here (an idempotent put of identical bytes) and commits it.
+    let mut scan = orphan_scan(&store, &meta);
+    assert_eq!(scan.scan().await.unwrap().suspected, 1);
+    // Just as meta answers "not live" again, a repair writes the same shard
+    // back here (an idempotent put of identical bytes) and commits it.
     let (s, d) = (store.clone(), data.clone());
     let handle = tokio::runtime::Handle::current();
     *meta.on_query.lock().unwrap() = Some(Box::new(move || {
         tokio::task::block_in_place(|| handle.block_on(put(&s, key, &d)).unwrap())
     }));
-    let summary = orphan_scan(&store, &meta).scan().await.unwrap();
-    assert_eq!((summary.checked, summary.deleted), (1, 0));
+    let summary = scan.scan().await.unwrap();
+    assert_eq!(
+        (summary.checked, summary.deleted, summary.kept_young),
+        (1, 0, 1)
+    );
     assert_eq!(store.get(key, None).await.unwrap().bytes, data);
 }
 

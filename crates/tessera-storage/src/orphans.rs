@@ -5,13 +5,20 @@
 //! Every `orphan-scan-interval-ms` it lists the shard files last modified
 //! more than `orphan-safety-age-ms` ago (a shard is written before the
 //! manifest that references it is committed, so a young shard may be
-//! about to become live), asks meta `ShardsLive` in batches, and deletes
-//! the shards meta answers "not live" for. Nothing is deleted for a batch
-//! meta did not answer, nor when meta does not know this node at all. The
-//! delete re-checks the file's age under the shard's name lock: a put of
-//! the same shard since the scan listed it (a repair writing it back)
-//! refreshes the file's mtime and keeps it.
+//! about to become live), and asks meta `ShardsLive` in batches. A shard
+//! is deleted only when meta has answered "not live" in two scans, an
+//! interval apart: the first sighting makes it a suspect. Shards of an
+//! object that was just overwritten or deleted leave the index at once but
+//! may still be read by GETs that started before (the gateways' GC waits
+//! out a grace period for them); the second sighting gives those reads an
+//! interval to finish, and makes a one-off wrong answer harmless.
+//!
+//! Nothing is deleted for a batch meta did not answer, nor when meta does
+//! not know this node at all. The delete re-checks the file's age under
+//! the shard's name lock: a put of the same shard since the scan listed it
+//! (a repair writing it back) refreshes the file's mtime and keeps it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,14 +36,21 @@ pub const BATCH: usize = 1000;
 /// The first scan runs this long after start (or after one interval, if
 /// shorter), when heartbeats have made the node known to meta.
 const FIRST_SCAN_AFTER: Duration = Duration::from_secs(60);
+/// Suspects remembered between scans (about 24 bytes each); more orphans
+/// than this are collected over several scans.
+const MAX_SUSPECTS: usize = 500_000;
 
 /// Figures of one scan.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanSummary {
     /// Shard files old enough to be asked about.
     pub checked: u64,
-    /// Of those, deleted (meta: not live here).
+    /// Of those, deleted (meta: not live here, in this scan and the
+    /// last).
     pub deleted: u64,
+    /// Not live here for the first time: deleted by the next scan if meta
+    /// still says so.
+    pub suspected: u64,
     /// Not live, but written again since the listing (kept) or already
     /// gone.
     pub kept_young: u64,
@@ -49,6 +63,8 @@ pub struct OrphanScan<M> {
     interval: Duration,
     safety_age: Duration,
     metrics: Arc<StorageMetrics>,
+    /// Shards meta called not live in the last scan.
+    suspects: HashSet<ShardKey>,
 }
 
 impl<M: NodeMeta> OrphanScan<M> {
@@ -65,11 +81,12 @@ impl<M: NodeMeta> OrphanScan<M> {
             interval,
             safety_age,
             metrics,
+            suspects: HashSet::new(),
         }
     }
 
     /// Scans every interval until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut wait = self.interval.min(FIRST_SCAN_AFTER);
         loop {
             tokio::select! {
@@ -84,11 +101,12 @@ impl<M: NodeMeta> OrphanScan<M> {
             match result {
                 Ok(s) => {
                     self.metrics.orphan_scan(true);
-                    if s.deleted > 0 {
+                    if s.deleted > 0 || s.suspected > 0 {
                         tracing::info!(
                             checked = s.checked,
                             deleted = s.deleted,
-                            "orphan scan deleted shards no manifest places here"
+                            suspected = s.suspected,
+                            "orphan scan: shards no manifest places here"
                         );
                     } else {
                         tracing::debug!(checked = s.checked, "orphan scan found no orphans");
@@ -105,7 +123,25 @@ impl<M: NodeMeta> OrphanScan<M> {
 
     /// One scan. Batches answered before an error keep their deletions;
     /// the batch meta did not answer and every later one delete nothing.
-    pub async fn scan(&self) -> Result<ScanSummary, StorageError> {
+    pub async fn scan(&mut self) -> Result<ScanSummary, StorageError> {
+        let mut next = HashSet::new();
+        let result = self.scan_into(&mut next).await;
+        if result.is_ok() {
+            // Suspects not seen again are live again, or gone.
+            self.suspects = next;
+        } else {
+            // Every sighting stays valid; the scan did not see them all.
+            for k in next {
+                if self.suspects.len() >= MAX_SUSPECTS {
+                    break;
+                }
+                self.suspects.insert(k);
+            }
+        }
+        result
+    }
+
+    async fn scan_into(&self, next: &mut HashSet<ShardKey>) -> Result<ScanSummary, StorageError> {
         let node = self.store.node_id().clone();
         if !self.meta.knows_node(node.clone()).await? {
             return Err(StorageError::MetaRefused(format!(
@@ -138,12 +174,12 @@ impl<M: NodeMeta> OrphanScan<M> {
                 for key in old {
                     batch.push(key);
                     if batch.len() >= BATCH {
-                        self.settle(&mut batch, cutoff, &mut summary).await?;
+                        self.settle(&mut batch, cutoff, next, &mut summary).await?;
                     }
                 }
             }
         }
-        self.settle(&mut batch, cutoff, &mut summary).await?;
+        self.settle(&mut batch, cutoff, next, &mut summary).await?;
         Ok(summary)
     }
 
@@ -152,6 +188,7 @@ impl<M: NodeMeta> OrphanScan<M> {
         &self,
         batch: &mut Vec<ShardKey>,
         cutoff: SystemTime,
+        next: &mut HashSet<ShardKey>,
         summary: &mut ScanSummary,
     ) -> Result<(), StorageError> {
         if batch.is_empty() {
@@ -178,6 +215,13 @@ impl<M: NodeMeta> OrphanScan<M> {
         summary.checked += batch.len() as u64;
         for (key, live) in batch.drain(..).zip(live) {
             if live {
+                continue;
+            }
+            if !self.suspects.contains(&key) {
+                if next.len() < MAX_SUSPECTS {
+                    next.insert(key);
+                    summary.suspected += 1;
+                }
                 continue;
             }
             if self.store.delete_if_older(key, cutoff).await? {
