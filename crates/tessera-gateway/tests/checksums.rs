@@ -633,6 +633,24 @@ async fn put_trailer(
     raw(c, "PUT", &pq, &signed.headers, &body, chunked).await
 }
 
+/// GetObjectAttributes of every attribute.
+async fn attributes(c: &Cluster, path: &str) -> String {
+    let r =
+        c.s3.send(
+            "GET",
+            path,
+            &[("attributes", "")],
+            &[(
+                "x-amz-object-attributes",
+                "ETag,Checksum,ObjectParts,StorageClass,ObjectSize",
+            )],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
 async fn get_enabled(c: &Cluster, path: &str) -> Resp {
     c.s3.send(
         "GET",
@@ -701,6 +719,10 @@ async fn header_checksums_every_algorithm() {
             assert_eq!(g.status, 200);
             assert_eq!(g.body.as_ref(), data.as_slice());
             assert_answered(&g, a, &good, "FULL_OBJECT");
+            let attrs = attributes(&c, &path).await;
+            assert_eq!(tag(&attrs, &a.xml()), Some(good.clone()), "{attrs}");
+            assert_eq!(tag(&attrs, "ChecksumType").as_deref(), Some("FULL_OBJECT"));
+            assert_eq!(tag(&attrs, "ObjectParts"), None, "a plain PUT has no parts");
             let h =
                 c.s3.send(
                     "HEAD",
@@ -1149,6 +1171,21 @@ async fn multipart_composite_checksums() {
         assert_eq!(g.body.len(), p1.len() + p2.len());
         assert!(g.body[..p1.len()] == p1[..] && g.body[p1.len()..] == p2[..]);
         assert_answered(&g, a, &want, "COMPOSITE");
+
+        // GetObjectAttributes: the object checksum and each part's.
+        let attrs = attributes(&c, &path).await;
+        let checksum = tag(&attrs, "Checksum").unwrap_or_default();
+        assert_eq!(tag(&checksum, &a.xml()), Some(want.clone()), "{attrs}");
+        assert_eq!(tag(&checksum, "ChecksumType").as_deref(), Some("COMPOSITE"));
+        assert_eq!(tag(&attrs, "PartsCount").as_deref(), Some("2"));
+        assert_eq!(
+            tag(&attrs, "ObjectSize"),
+            Some((p1.len() + p2.len()).to_string())
+        );
+        let parts: Vec<String> = attrs.split("<Part>").skip(1).map(str::to_string).collect();
+        assert_eq!(parts.len(), 2, "{attrs}");
+        assert_eq!(tag(&parts[0], &a.xml()), Some(sum(a, &p1)));
+        assert_eq!(tag(&parts[1], &a.xml()), Some(sum(a, &p2)));
     }
 
     // SHA256 cannot be FULL_OBJECT, CRC64NVME cannot be COMPOSITE, a type

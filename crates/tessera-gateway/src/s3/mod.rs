@@ -173,6 +173,13 @@ impl S3 for Tessera {
         dispatch!("HeadObject", get::head_object(self, req))
     }
 
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        dispatch!("GetObjectAttributes", get::get_object_attributes(self, req))
+    }
+
     async fn delete_object(
         &self,
         req: S3Request<DeleteObjectInput>,
