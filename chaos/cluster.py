@@ -69,7 +69,7 @@ def port_free(port):
             return False
 
 
-def free_port_base(start=47000, span=100, step=100, tries=80):
+def free_port_base(start=24000, span=100, step=100, tries=80):
     """The first base from `start` whose `span` ports are all free."""
     base = start
     for _ in range(tries):

@@ -1,12 +1,13 @@
 //! Tessera's observability: a small Prometheus registry (counters, gauges,
 //! histograms with labels, rendered in the text exposition format) and the
 //! admin HTTP server every role runs (`/metrics`, `/health/live`,
-//! `/health/ready`).
+//! `/health/ready`), and crash failpoints for tests ([`failpoint`]).
 //!
 //! It depends on nothing of Tessera's: services create their metrics here
 //! and update them; the registry renders them on scrape. Metric names follow
 //! `tessera_<component>_<thing>_<unit>`.
 
+pub mod failpoint;
 mod metrics;
 mod server;
 

@@ -914,9 +914,28 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
         args.extend(["--admin-listen".into(), admin.clone().into()]);
         // Background workers visibly at work on a dev cluster: a scrub pass
         // every 10 minutes, orphans collected after 10 minutes.
-        args.extend(["--scrub-period-ms".into(), DEV_SCRUB_PERIOD_MS.into()]);
-        args.extend(["--orphan-scan-interval-ms".into(), DEV_ORPHAN_MS.into()]);
-        args.extend(["--orphan-safety-age-ms".into(), DEV_ORPHAN_MS.into()]);
+        // The same variables as `tessera storage` reads win (tests).
+        for (flag, env, value) in [
+            (
+                "--scrub-period-ms",
+                "TESSERA_SCRUB_PERIOD_MS",
+                DEV_SCRUB_PERIOD_MS,
+            ),
+            (
+                "--orphan-scan-interval-ms",
+                "TESSERA_ORPHAN_SCAN_INTERVAL_MS",
+                DEV_ORPHAN_MS,
+            ),
+            (
+                "--orphan-safety-age-ms",
+                "TESSERA_ORPHAN_SAFETY_AGE_MS",
+                DEV_ORPHAN_MS,
+            ),
+        ] {
+            if std::env::var_os(env).is_none() {
+                args.extend([flag.into(), value.into()]);
+            }
+        }
         specs.push(ChildSpec {
             role: Role::Storage,
             name: format!("storage-{i}"),

@@ -55,13 +55,22 @@ impl TempFile {
 
     /// Makes the written bytes durable under `target` (in the same
     /// directory): fsync the file, rename it, fsync the directory.
-    pub(crate) fn commit(mut self, target: &Path) -> io::Result<()> {
+    pub(crate) fn commit(self, target: &Path) -> io::Result<()> {
+        self.commit_at(target, None)
+    }
+
+    /// [`Self::commit`] with a crash failpoint between the file fsync and
+    /// the rename (crash-consistency tests).
+    pub(crate) fn commit_at(mut self, target: &Path, failpoint: Option<&str>) -> io::Result<()> {
         let file = self
             .file
             .take()
             .ok_or_else(|| io::Error::other("temp file already closed"))?;
         file.sync_all()?;
         drop(file);
+        if let Some(name) = failpoint {
+            tessera_observe::failpoint::hit(name);
+        }
         fs::rename(&self.path, target)?;
         // The name now belongs to `target`: nothing left to clean up, even
         // if the directory fsync below fails.

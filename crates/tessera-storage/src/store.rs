@@ -693,7 +693,9 @@ impl ShardStore {
                 Existing::Gone => {}
             }
         }
-        tmp.commit(&target).map_err(StorageError::io)?;
+        tessera_observe::failpoint::hit("storage.put.before_fsync");
+        tmp.commit_at(&target, Some("storage.put.before_rename"))
+            .map_err(StorageError::io)?;
         self.shard_count.fetch_add(1, Ordering::Relaxed);
         self.shard_bytes
             .fetch_add(header.length + HEADER_LEN as u64, Ordering::Relaxed);

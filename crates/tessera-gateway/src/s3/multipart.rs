@@ -288,6 +288,7 @@ async fn store_part(
         upload_id: upload.upload_id.clone(),
         part: record.clone(),
     };
+    tessera_observe::failpoint::hit("gateway.part.after_shards");
     match s.meta.write(&cmd).await {
         // The upload went away (aborted or completed) while the part was
         // written: the dropped guard deletes its shards.

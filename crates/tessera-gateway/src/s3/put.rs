@@ -94,7 +94,9 @@ pub(super) async fn put_object(
     };
     let primary = checksum::primary(&manifest.checksums)
         .map(|(a, v, t)| (a, v.to_string(), checksum_type(t)));
+    tessera_observe::failpoint::hit("gateway.put.after_shards");
     commit_manifest(s, manifest, condition, Some(guard)).await?;
+    tessera_observe::failpoint::hit("gateway.put.after_commit");
     let mut out = PutObjectOutput {
         e_tag: Some(ETag::Strong(etag)),
         ..Default::default()

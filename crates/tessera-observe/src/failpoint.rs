@@ -1,0 +1,91 @@
+//! Crash failpoints for crash-consistency tests.
+//!
+//! `TESSERA_FAILPOINTS=name=action,...` (read once per process) makes
+//! [`hit`]`(name)` act at that point of the code: `abort` kills the process
+//! on the spot (no destructors, no flushes: a crash), `exit` exits with
+//! status 75. Unset, a failpoint costs one atomic load. Names are
+//! `<role>.<operation>.<point>`, e.g. `gateway.put.after_commit`; every
+//! name is listed in [`NAMES`] so tests can cover them all.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// The environment variable that arms failpoints.
+pub const ENV: &str = "TESSERA_FAILPOINTS";
+
+/// Every failpoint in the code, in write-path order.
+pub const NAMES: &[&str] = &[
+    // Storage node, receiving a shard: bytes in the temp file, not fsynced.
+    "storage.put.before_fsync",
+    // fsynced, not yet renamed to its final name.
+    "storage.put.before_rename",
+    // Gateway: every shard of the object durable, manifest not committed.
+    "gateway.put.after_shards",
+    // Manifest committed in meta, the client not yet answered.
+    "gateway.put.after_commit",
+    // Gateway, multipart: a part's shards durable, the part not recorded.
+    "gateway.part.after_shards",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Abort,
+    Exit,
+}
+
+fn armed() -> &'static HashMap<String, Action> {
+    static ARMED: OnceLock<HashMap<String, Action>> = OnceLock::new();
+    ARMED.get_or_init(|| parse(&std::env::var(ENV).unwrap_or_default()))
+}
+
+fn parse(spec: &str) -> HashMap<String, Action> {
+    spec.split(',')
+        .filter_map(|item| {
+            let (name, action) = item.trim().split_once('=')?;
+            let action = match action.trim() {
+                "abort" => Action::Abort,
+                "exit" => Action::Exit,
+                _ => return None,
+            };
+            Some((name.trim().to_string(), action))
+        })
+        .collect()
+}
+
+/// Acts if `name` is armed in this process.
+pub fn hit(name: &str) {
+    let armed = armed();
+    if armed.is_empty() {
+        return;
+    }
+    match armed.get(name) {
+        Some(Action::Abort) => {
+            eprintln!("failpoint {name}: abort");
+            std::process::abort();
+        }
+        Some(Action::Exit) => {
+            eprintln!("failpoint {name}: exit");
+            std::process::exit(75);
+        }
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_actions() {
+        let m = parse("gateway.put.after_commit=abort, storage.put.before_fsync = exit,bad,x=nope");
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["gateway.put.after_commit"], Action::Abort);
+        assert_eq!(m["storage.put.before_fsync"], Action::Exit);
+        assert!(parse("").is_empty());
+    }
+
+    #[test]
+    fn unarmed_points_do_nothing() {
+        hit("gateway.put.after_commit");
+    }
+}
