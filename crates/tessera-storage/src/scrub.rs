@@ -424,18 +424,12 @@ impl<M: NodeMeta> Scrubber<M> {
                 return Some(self.found_bad(key, reason, q));
             }
             Ok(Opened::Bad(file, reason)) => {
-                let store = self.store.clone();
-                let r = reason.clone();
-                let q = blocking(move || Ok(store.quarantine(key, &path, &file, &r))).await;
-                return Some(self.found_bad(key, reason, q));
+                return Some(self.quarantine(key, path, file, reason).await)
             }
             Err(e) => return Some(Verdict::Error(io::Error::other(e.to_string()))),
         };
         self.pace(pacer, HEADER_LEN as u64, s, shutdown).await?;
-        loop {
-            if cursor.left == 0 {
-                break;
-            }
+        while cursor.left > 0 {
             let stepped = blocking(move || Ok(step(cursor))).await;
             let (c, n, failure) = match stepped {
                 Ok(r) => r,
