@@ -196,7 +196,8 @@ def main():
         prober = Prober(c.info, bucket, probe_keys, rate=args.probe_rate)
         prober.phase = "before"
         prober.t.start()
-        scrub0 = {s.name: scrape(s.admin_addr, "tessera_storage_scrub") for s in c.storage()}
+        scrub0 = {s.name: scrape(s.admin_addr, "tessera_storage_scrub_bytes_total") for s in c.storage()}
+        t_scrub0 = time.time()
         time.sleep(args.baseline_secs)
 
         # 3. Kill one storage node.
@@ -268,13 +269,19 @@ def main():
         time.sleep(min(10.0, args.baseline_secs))
         prober.stop.set()
         prober.t.join(10)
-        scrub1 = {s.name: scrape(s.admin_addr, "tessera_storage_scrub") for s in c.storage() if s is not victim}
+        scrub1 = {s.name: scrape(s.admin_addr, "tessera_storage_scrub_bytes_total") for s in c.storage()
+                  if s is not victim}
+        scrub_s = time.time() - t_scrub0
         figures["p_before"] = prober.summary("before")
         figures["p_detecting"] = prober.summary("detecting")
         figures["p_repair"] = prober.summary("repair")
         figures["p_after"] = prober.summary("after")
-        figures["scrub_metrics_delta"] = {k: (v - scrub0[k]) if (v is not None and scrub0.get(k) is not None) else None
-                                          for k, v in scrub1.items()}
+        deltas = [v - scrub0[k] for k, v in scrub1.items() if v is not None and scrub0.get(k) is not None]
+        if deltas:
+            figures["scrub"] = {"nodes": len(deltas), "seconds": round(scrub_s, 1),
+                                "MBps_per_node_avg": round(sum(deltas) / len(deltas) / scrub_s / 1e6, 1),
+                                "MBps_per_node_max": round(max(deltas) / scrub_s / 1e6, 1),
+                                "MB_total": round(sum(deltas) / 1e6, 1)}
 
         # 5. Two more nodes down: every object must still read back identical.
         more = c.storage()[1:3]
@@ -329,8 +336,11 @@ def main():
     for ph in ("before", "detecting", "repair", "after"):
         if f"p_{ph}" in f:
             print(f"  GET 256 KiB {ph:9s}: {f['p_' + ph]}")
-    if "scrub_metrics_delta" in f:
-        print(f"  scrub metrics   : {f['scrub_metrics_delta']}")
+    if "scrub" in f:
+        sc = f["scrub"]
+        print(f"  scrub           : {sc['MB_total']} MB re-hashed on {sc['nodes']} nodes in {sc['seconds']} s "
+              f"(tessera_storage_scrub_bytes_total): {sc['MBps_per_node_avg']} MB/s per node on average, "
+              f"{sc['MBps_per_node_max']} max (includes idle time between passes)")
     if "verified" in f:
         print(f"  3 nodes down    : {f['verified']} objects identical, {f['bad']} bad {f['bad_examples']}")
     print(f"  result          : {'PASS' if ok else 'FAIL'}")

@@ -82,7 +82,10 @@ def make_schedule(seed, prof, duration, kinds):
         span = {"kill_meta": prof["meta_outage"], "kill_gateway": prof["gw_outage"],
                 "full_disk": prof["disk_full"]}.get(kind, prof["outage"])
         d = round(rng.uniform(*span), 2) if kind not in ("corrupt_shards", "delete_shards") else 0.0
-        out.append((round(t, 2), kind, d, rng.random(), rng.randint(1, 3)))
+        pick = rng.random()
+        if kind == "kill_meta" and not any(e[1] == "kill_meta" for e in out):
+            pick *= 0.5  # the first meta kill takes the leader
+        out.append((round(t, 2), kind, d, pick, rng.randint(1, 3)))
 
 
 class Chaos:
@@ -490,6 +493,7 @@ class Chaos:
         width = self.args.k + self.args.m
         deadline = self.faults_stopped + bound
         last, seen, why = None, False, None
+        last_log = time.time()
         while True:
             st = c.status()
             d = (st or {}).get("durability")
@@ -516,6 +520,9 @@ class Chaos:
                            + "; ".join(left[:6]))
             elif st is None:
                 why = "`tessera admin status --json` failed"
+            if why and time.time() - last_log >= 10:
+                last_log = time.time()
+                log(f"waiting for full redundancy ({time.time() - self.faults_stopped:.0f}s): {why}; {last}")
             if time.time() > deadline:
                 if not seen:
                     why = ("`tessera admin status --json` has no durability object (repair status not "

@@ -41,4 +41,5 @@ export TESSERA_BIN="$CARGO_TARGET_DIR/debug/tessera"
 "$VENV/bin/python" -m pytest -v -s tests/e2e
 
 step "chaos: short profile (fixed seeds; kill/stop/partition/corrupt/full-disk against tessera dev; chaos/README.md)"
+"$VENV/bin/python" -m pytest -q chaos/test_checker.py
 "$VENV/bin/python" chaos/run.py --profile short
