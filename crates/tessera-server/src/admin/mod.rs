@@ -189,11 +189,29 @@ pub struct StorageNodeStatus {
     /// Shards meta places on this node (drain progress: 0 = drained).
     pub indexed_shards: u64,
     pub last_heartbeat: i64,
+    /// Scrubber and orphan-scan figures from the node itself (None: it did
+    /// not answer).
+    pub scrub: Option<ScrubStatus>,
+}
+
+/// A storage node's scrubber and orphan scan, as it reports them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScrubStatus {
+    pub passes: u64,
+    /// Of the pass in progress (100 between passes).
+    pub progress_percent: f64,
+    pub bytes_total: u64,
+    pub shards_total: u64,
+    pub corrupt_total: u64,
+    pub last_pass_ms: u64,
+    pub orphans_deleted_total: u64,
+    pub orphan_last_scan_unix_ms: i64,
 }
 
 /// Asks every meta node (those given and the members they report) for its
 /// Raft view, and the leader for the cluster map.
 pub async fn status(addrs: &[String], auth: Arc<ClusterAuth>) -> StatusReport {
+    let auth_for_storage = auth.clone();
     let client = MetaClient::with_auth(addrs.to_vec(), REQUEST_DEADLINE, auth);
     let mut views: BTreeMap<String, Result<RaftStatusResponse, RpcError>> = BTreeMap::new();
     let mut known_ids: BTreeMap<String, u64> = BTreeMap::new();
@@ -259,6 +277,7 @@ pub async fn status(addrs: &[String], auth: Arc<ClusterAuth>) -> StatusReport {
         Err(e) => (None, Some(e.to_string())),
     };
     let mut storage = map.as_ref().map(storage_rows).unwrap_or_default();
+    scrub_figures(&mut storage, auth_for_storage).await;
     let durability = if map.is_some() {
         durability::report(&client).await.ok()
     } else {
@@ -283,6 +302,31 @@ pub async fn status(addrs: &[String], auth: Arc<ClusterAuth>) -> StatusReport {
         cluster_map_epoch: map.map(|m| m.epoch),
         storage,
         storage_error,
+    }
+}
+
+/// Asks every storage node for its scrubber figures, all at once.
+async fn scrub_figures(rows: &mut [StorageNodeStatus], auth: Arc<ClusterAuth>) {
+    let pool = Arc::new(tessera_proto::StoragePool::with_auth(auth));
+    let mut set = JoinSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        let (pool, addr) = (pool.clone(), row.addr.clone());
+        set.spawn(async move { (i, pool.node_info(&addr).await) });
+    }
+    while let Some(joined) = set.join_next().await {
+        let Ok((i, Ok(info))) = joined else { continue };
+        if let Some(row) = rows.get_mut(i) {
+            row.scrub = Some(ScrubStatus {
+                passes: info.scrub_passes,
+                progress_percent: f64::from(info.scrub_pass_progress_permille.min(1000)) / 10.0,
+                bytes_total: info.scrub_bytes_total,
+                shards_total: info.scrub_shards_total,
+                corrupt_total: info.scrub_corrupt_total,
+                last_pass_ms: info.scrub_last_pass_ms,
+                orphans_deleted_total: info.orphans_deleted_total,
+                orphan_last_scan_unix_ms: info.orphan_last_scan_unix_ms,
+            });
+        }
     }
 }
 
@@ -334,6 +378,7 @@ fn storage_rows(map: &ClusterMap) -> Vec<StorageNodeStatus> {
             shard_count: n.shard_count,
             indexed_shards: 0,
             last_heartbeat: n.last_heartbeat,
+            scrub: None,
         })
         .collect();
     rows.sort_by(|a, b| (&a.zone, &a.addr).cmp(&(&b.zone, &b.addr)));
@@ -412,12 +457,23 @@ impl StatusReport {
                             human_bytes(n.capacity_bytes),
                             format!("{:.1}%", n.used_percent),
                             n.shard_count.to_string(),
+                            n.indexed_shards.to_string(),
+                            n.scrub
+                                .as_ref()
+                                .map(|s| {
+                                    format!(
+                                        "{} passes, {:.0}%, {} bad",
+                                        s.passes, s.progress_percent, s.corrupt_total
+                                    )
+                                })
+                                .unwrap_or_else(|| "-".into()),
                         ]
                     })
                     .collect();
                 out.push_str(&table(
                     &[
                         "ID", "ADDRESS", "ZONE", "STATE", "USED", "CAPACITY", "USE%", "SHARDS",
+                        "PLACED", "SCRUB",
                     ],
                     rows,
                 ));
@@ -749,6 +805,12 @@ mod tests {
                 shard_count: 7,
                 indexed_shards: 7,
                 last_heartbeat: 0,
+                scrub: Some(ScrubStatus {
+                    passes: 3,
+                    progress_percent: 42.0,
+                    corrupt_total: 1,
+                    ..Default::default()
+                }),
             }],
             storage_error: None,
             durability: Some(durability::DurabilityReport {
@@ -773,5 +835,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("now 2.0 KiB/s, ETA 1m30s"), "{text}");
+        assert!(text.contains("3 passes, 42%, 1 bad"), "{text}");
     }
 }
