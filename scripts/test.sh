@@ -17,6 +17,21 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 
+# --- real S3 clients (issue 3): rclone, s3cmd and the aws cli v2 from Debian
+# (/usr/bin/aws; the venv's $VENV/bin/aws is the aws cli v1 from PyPI).
+step "Debian packages: rclone, s3cmd, awscli (aws cli v2)"
+CLIENT_PKGS=(rclone s3cmd awscli)
+missing=()
+for p in "${CLIENT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# --- end real S3 clients
+
 step "Kubernetes manifests: offline schema validation"
 bash deploy/k8s/validate.sh
 
