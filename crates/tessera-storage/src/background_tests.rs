@@ -326,6 +326,50 @@ async fn scrub_reports_are_kept_and_retried_while_meta_is_away() {
 }
 
 #[tokio::test]
+async fn a_report_lost_in_a_crash_is_sent_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), None).await;
+    let shards = put_many(&store, 2, 4096).await;
+    flip_byte(&shard_path(dir.path(), shards[1].0), HEADER_LEN as u64 + 9);
+    let quarantined = || files_in(&dir.path().join("quarantine"));
+
+    // Meta is away, and the node dies before it could report.
+    let meta = FakeNodeMeta::default();
+    *meta.fail_reports.lock().unwrap() = true;
+    let (mut s, _) = scrubber(&store, &meta, FAST);
+    assert_eq!(s.pass(&CancellationToken::new()).await.unwrap().corrupt, 1);
+    drop(s);
+    let q = quarantined();
+    assert_eq!(q.len(), 1);
+    assert!(q[0].to_string_lossy().ends_with(".unreported"), "{q:?}");
+
+    // The restarted scrubber reports it before anything else, once.
+    *meta.fail_reports.lock().unwrap() = false;
+    let (s, _) = scrubber(&store, &meta, FAST);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(s.run(shutdown.clone()));
+    for _ in 0..100 {
+        if !meta.reported().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap();
+    let reported = meta.reported();
+    assert_eq!(reported.len(), 1);
+    assert_eq!(reported[0].stripe, shards[1].0.stripe);
+    let q = quarantined();
+    assert_eq!(q.len(), 1);
+    assert!(!q[0].to_string_lossy().ends_with(".unreported"), "{q:?}");
+
+    // Reported files are not reported again.
+    let (mut s, _) = scrubber(&store, &meta, FAST);
+    s.load_unreported().await;
+    assert_eq!(s.pending_reports(), 0);
+}
+
+#[tokio::test]
 async fn scrubber_keeps_to_its_rate() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path(), None).await;

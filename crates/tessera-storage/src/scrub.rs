@@ -155,6 +155,13 @@ struct Cursor {
     buf: Vec<u8>,
 }
 
+/// A corrupt shard not yet reported to meta.
+struct Pending {
+    problem: ShardProblem,
+    /// Its file in quarantine (named `.unreported` until reported).
+    quarantined: Option<PathBuf>,
+}
+
 /// The background scrubber of one storage node.
 pub struct Scrubber<M> {
     store: Arc<ShardStore>,
@@ -162,7 +169,7 @@ pub struct Scrubber<M> {
     period: Duration,
     rate: Rate,
     metrics: Arc<StorageMetrics>,
-    pending: Vec<ShardProblem>,
+    pending: Vec<Pending>,
     /// When a report last failed (reports wait [`REPORT_RETRY`] after).
     report_failed_at: Option<Instant>,
     first_pass_after: Duration,
@@ -209,6 +216,10 @@ impl<M: NodeMeta> Scrubber<M> {
             rate = self.rate.get(),
             "scrubber started"
         );
+        self.load_unreported().await;
+        if !self.flush(&shutdown, false).await {
+            return;
+        }
         let store = self.store.clone();
         let saved = blocking(move || Ok(ScrubState::load(store.first_dir())))
             .await
@@ -420,7 +431,7 @@ impl<M: NodeMeta> Scrubber<M> {
             Ok(Opened::Unreadable(reason)) => {
                 let store = self.store.clone();
                 let r = reason.clone();
-                let q = blocking(move || Ok(store.quarantine_path(key, &path, &r))).await;
+                let q = blocking(move || Ok(store.quarantine_path(key, &path, &r, true))).await;
                 return Some(self.found_bad(key, reason, q));
             }
             Ok(Opened::Bad(file, reason)) => {
@@ -461,7 +472,7 @@ impl<M: NodeMeta> Scrubber<M> {
     ) -> Verdict {
         let store = self.store.clone();
         let r = reason.clone();
-        let q = blocking(move || Ok(store.quarantine(key, &path, &file, &r))).await;
+        let q = blocking(move || Ok(store.quarantine(key, &path, &file, &r, true))).await;
         self.found_bad(key, reason, q)
     }
 
@@ -493,29 +504,66 @@ impl<M: NodeMeta> Scrubber<M> {
         reason: String,
         q: Result<Quarantine, StorageError>,
     ) -> Verdict {
-        match q {
+        let quarantined = match q {
             // The name no longer holds the bad file: deleted (nothing to
             // repair here), or quarantined by a read (which reports it) or
             // replaced by a good copy.
             Ok(Quarantine::Gone) => return Verdict::Vanished,
-            Ok(Quarantine::Done) => {}
+            Ok(Quarantine::Done(dest)) => Some(dest),
             // The bytes are bad whether or not they could be moved: report
             // them so the stripe is repaired.
-            Ok(Quarantine::Failed) | Err(_) => {}
-        }
+            Ok(Quarantine::Failed) | Err(_) => None,
+        };
         tracing::warn!(shard = %key, %reason, "scrubber found a corrupt shard");
+        self.queue_report(key, quarantined);
+        Verdict::Bad
+    }
+
+    fn queue_report(&mut self, key: ShardKey, quarantined: Option<PathBuf>) {
         if self.pending.len() >= MAX_PENDING {
+            // Its file keeps its `.unreported` name: the next start
+            // reports it.
             self.pending.remove(0);
             tracing::warn!("too many unreported corrupt shards; dropping the oldest report");
         }
-        self.pending.push(ShardProblem {
-            stripe: key.stripe,
-            index: key.index,
-            node: self.store.node_id().clone(),
-            kind: ProblemKind::Corrupt,
+        self.pending.push(Pending {
+            problem: ShardProblem {
+                stripe: key.stripe,
+                index: key.index,
+                node: self.store.node_id().clone(),
+                kind: ProblemKind::Corrupt,
+            },
+            quarantined,
         });
         self.metrics.scrub_reports_pending(self.pending.len());
-        Verdict::Bad
+    }
+
+    /// Queues the reports a crash (or a node without meta) left undone:
+    /// the quarantined files still named `.unreported`.
+    pub async fn load_unreported(&mut self) {
+        let store = self.store.clone();
+        match blocking(move || store.unreported_quarantine().map_err(StorageError::io)).await {
+            Ok(files) => {
+                if !files.is_empty() {
+                    tracing::info!(
+                        shards = files.len(),
+                        "reporting corrupt shards quarantined before a restart"
+                    );
+                }
+                for (key, path) in files {
+                    if !self
+                        .pending
+                        .iter()
+                        .any(|p| p.quarantined.as_ref() == Some(&path))
+                    {
+                        self.queue_report(key, Some(path));
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not list the quarantine for unreported shards");
+            }
+        }
     }
 
     /// Sends pending reports to meta. With `respect_backoff`, does nothing
@@ -547,12 +595,24 @@ impl<M: NodeMeta> Scrubber<M> {
                     self.pending = pending;
                     return false;
                 }
-                r = meta.report_shards(pending[..n].to_vec()) => r,
+                r = meta.report_shards(pending[..n].iter().map(|p| p.problem.clone()).collect()) => r,
             };
             match result {
                 Ok(()) => {
                     tracing::info!(shards = n, "reported corrupt shards to meta");
-                    pending.drain(..n);
+                    let files: Vec<PathBuf> =
+                        pending.drain(..n).filter_map(|p| p.quarantined).collect();
+                    let marked = blocking(move || {
+                        for f in files {
+                            ShardStore::mark_reported(&f).map_err(StorageError::io)?;
+                        }
+                        Ok(())
+                    })
+                    .await;
+                    if let Err(error) = marked {
+                        // Reported once more after a restart: harmless.
+                        tracing::warn!(%error, "could not mark quarantined shards reported");
+                    }
                     self.report_failed_at = None;
                 }
                 Err(error) => {

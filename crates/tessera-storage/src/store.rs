@@ -7,7 +7,7 @@
 //! <dir>/node-id                     first data dir only
 //! <dir>/scrub-state                 first data dir only: the scrubber's position
 //! <dir>/shards/<hh>/<stripe>.<idx>  hh = first byte of the stripe id in hex
-//! <dir>/quarantine/<stripe>.<idx>.<unix-millis>
+//! <dir>/quarantine/<stripe>.<idx>.<unix-millis>[.unreported]
 //! ```
 //!
 //! A shard file is a [`HEADER_LEN`]-byte header followed by the shard bytes:
@@ -52,6 +52,9 @@ const FORMAT_FILE: &str = "format";
 const NODE_ID_FILE: &str = "node-id";
 const SHARDS_DIR: &str = "shards";
 const QUARANTINE_DIR: &str = "quarantine";
+/// Suffix of a quarantined file the scrubber has not reported to meta yet
+/// (dropped once it has: a restart reports what a crash left unreported).
+const UNREPORTED: &str = ".unreported";
 /// Number of lock stripes serialising commits, deletes and quarantines of
 /// the same shard name (keeps the shard counter exact under races).
 const NAME_LOCKS: usize = 64;
@@ -134,8 +137,8 @@ pub struct StoreOptions {
 /// What became of a file found bad.
 #[derive(Debug)]
 pub(crate) enum Quarantine {
-    /// Moved to the quarantine directory.
-    Done,
+    /// Moved to the quarantine directory, under this name.
+    Done(PathBuf),
     /// The name no longer holds the file that was found bad (deleted,
     /// already quarantined, or replaced by a good copy): nothing to do.
     Gone,
@@ -460,7 +463,7 @@ impl ShardStore {
                 Ok(bytes.split_off(HEADER_LEN))
             }
             Err(reason) => {
-                self.quarantine(key, path, &file, &reason);
+                self.quarantine(key, path, &file, &reason, false);
                 Err(StorageError::Corrupt { shard: key, reason })
             }
         }
@@ -468,12 +471,16 @@ impl ShardStore {
 
     /// Moves a bad shard file out of the way (if `path` still names the
     /// file that was found bad), so that it reads as missing from now on.
+    /// `unreported`: the caller reports it to meta itself and marks it
+    /// reported with [`ShardStore::mark_reported`] (the read path leaves the
+    /// report to the gateway that read it).
     pub(crate) fn quarantine(
         &self,
         key: ShardKey,
         path: &Path,
         bad: &File,
         reason: &str,
+        unreported: bool,
     ) -> Quarantine {
         let _guard = self.lock_name(&key);
         let same_file = match (bad.metadata(), fs::symlink_metadata(path)) {
@@ -484,22 +491,34 @@ impl ShardStore {
             // Already quarantined, deleted or replaced by a concurrent call.
             return Quarantine::Gone;
         }
-        self.quarantine_checked(key, path, reason)
+        self.quarantine_checked(key, path, reason, unreported)
     }
 
     /// Quarantines whatever `path` names: for a file that cannot even be
     /// opened, so there is no inode to compare.
-    pub(crate) fn quarantine_path(&self, key: ShardKey, path: &Path, reason: &str) -> Quarantine {
+    pub(crate) fn quarantine_path(
+        &self,
+        key: ShardKey,
+        path: &Path,
+        reason: &str,
+        unreported: bool,
+    ) -> Quarantine {
         let _guard = self.lock_name(&key);
         if fs::symlink_metadata(path).is_err() {
             return Quarantine::Gone;
         }
-        self.quarantine_checked(key, path, reason)
+        self.quarantine_checked(key, path, reason, unreported)
     }
 
-    fn quarantine_checked(&self, key: ShardKey, path: &Path, reason: &str) -> Quarantine {
-        match self.quarantine_locked(key, path, reason) {
-            Ok(()) => Quarantine::Done,
+    fn quarantine_checked(
+        &self,
+        key: ShardKey,
+        path: &Path,
+        reason: &str,
+        unreported: bool,
+    ) -> Quarantine {
+        match self.quarantine_locked(key, path, reason, unreported) {
+            Ok(dest) => Quarantine::Done(dest),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Quarantine::Gone,
             Err(e) => {
                 tracing::error!(shard = %key, reason, error = %e, "could not quarantine corrupt shard");
@@ -510,7 +529,13 @@ impl ShardStore {
 
     /// Moves `path` to its data directory's quarantine. Called with the
     /// name lock held.
-    fn quarantine_locked(&self, key: ShardKey, path: &Path, reason: &str) -> io::Result<()> {
+    fn quarantine_locked(
+        &self,
+        key: ShardKey,
+        path: &Path,
+        reason: &str,
+        unreported: bool,
+    ) -> io::Result<PathBuf> {
         let dir = self
             .dirs
             .iter()
@@ -518,17 +543,57 @@ impl ShardStore {
             .ok_or_else(|| io::Error::other("shard path outside the data directories"))?;
         let qdir = dir.join(QUARANTINE_DIR);
         let dest = qdir.join(format!(
-            "{}.{}.{}",
+            "{}.{}.{}{}",
             key.stripe,
             key.index,
-            tessera_types::now_millis()
+            tessera_types::now_millis(),
+            if unreported { UNREPORTED } else { "" }
         ));
         let size = fs::symlink_metadata(path)?.len();
         fs::rename(path, &dest)?;
         self.forget(size);
         tracing::warn!(shard = %key, reason, dest = %dest.display(), "corrupt shard quarantined");
         durable::fsync_dir(&qdir)?;
-        durable::fsync_parent(path)
+        durable::fsync_parent(path)?;
+        Ok(dest)
+    }
+
+    /// Quarantined files whose report to meta a crash may have lost.
+    /// Blocking.
+    pub(crate) fn unreported_quarantine(&self) -> io::Result<Vec<(ShardKey, PathBuf)>> {
+        let mut out = Vec::new();
+        for dir in &self.dirs {
+            for entry in fs::read_dir(dir.join(QUARANTINE_DIR))? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(UNREPORTED)) else {
+                    continue;
+                };
+                // <stripe>.<idx>.<millis>
+                let Some((shard, _millis)) = stem.rsplit_once('.') else {
+                    continue;
+                };
+                if let Some(key) = parse_shard_name(shard) {
+                    out.push((key, entry.path()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks a quarantined file reported (drops its suffix). Blocking. Not
+    /// made durable: after a crash it is reported once more, harmlessly.
+    pub(crate) fn mark_reported(path: &Path) -> io::Result<()> {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return Ok(());
+        };
+        let Some(stem) = name.strip_suffix(UNREPORTED) else {
+            return Ok(());
+        };
+        match fs::rename(path, path.with_file_name(stem)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
     }
 
     /// Deletes a shard; `false` if there was none.
@@ -635,7 +700,7 @@ impl ShardStore {
             match verdict {
                 Ok(h) => Ok(Some(h)),
                 Err(reason) => {
-                    store.quarantine(key, &path, &file, &reason);
+                    store.quarantine(key, &path, &file, &reason, false);
                     Err(StorageError::Corrupt { shard: key, reason })
                 }
             }
@@ -728,7 +793,7 @@ impl ShardStore {
             Ok(h) if h == *incoming => Ok(Existing::Same),
             Ok(_) => Ok(Existing::Different),
             Err(reason) => {
-                self.quarantine_locked(key, path, &reason)
+                self.quarantine_locked(key, path, &reason, false)
                     .map_err(StorageError::io)?;
                 Ok(Existing::Gone)
             }
