@@ -1070,3 +1070,45 @@ async fn scrub_throughput() {
         );
     }
 }
+
+/// A real ENOSPC, on a small file system the caller provides
+/// (`mount -t tmpfs -o size=3m tmpfs /mnt/x; TESSERA_SMALL_FS=/mnt/x cargo
+/// nextest run -p tessera-storage --run-ignored only real_enospc`).
+#[tokio::test]
+#[ignore]
+async fn real_enospc_fails_cleanly() {
+    let Some(root) = std::env::var_os("TESSERA_SMALL_FS") else {
+        eprintln!("TESSERA_SMALL_FS not set; nothing to do");
+        return;
+    };
+    let dir = tempfile::tempdir_in(root).unwrap();
+    let store = open_store(dir.path(), None).await;
+    let (addr, stop) = serve_store(store.clone()).await;
+    let pool = StoragePool::new();
+    let mut stored = Vec::new();
+    let err = loop {
+        let data = random_bytes(700 << 10);
+        let stripe = StripeId::random();
+        match pool
+            .put_shard(&addr, stripe, 0, data.clone(), hash(&data))
+            .await
+        {
+            Ok(()) => stored.push((stripe, data)),
+            Err(e) => break e,
+        }
+        assert!(stored.len() < 100, "the file system never filled up");
+    };
+    eprintln!("{} shards stored, then: {err}", stored.len());
+    assert!(matches!(err, RpcError::NoSpace(_)), "{err:?}");
+    assert!(temp_files(dir.path()).is_empty(), "temp file left behind");
+    for (stripe, d) in &stored {
+        assert_eq!(&pool.get_shard(&addr, *stripe, 0, None).await.unwrap(), d);
+    }
+    // Deleting makes room again.
+    pool.delete_shard(&addr, stored[0].0, 0).await.unwrap();
+    let data = random_bytes(700 << 10);
+    pool.put_shard(&addr, StripeId::random(), 0, data.clone(), hash(&data))
+        .await
+        .unwrap();
+    stop.cancel();
+}
