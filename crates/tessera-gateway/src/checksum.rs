@@ -330,7 +330,19 @@ impl RequestChecksum {
             // A value in a header wins over the same one announced as a
             // trailer (some SDKs announce it and send the header).
             (Some((a, raw)), _) => (Some(a), Expected::Header(raw)),
-            (None, Some(t)) => (Some(t), Expected::Trailer),
+            (None, Some(t)) => {
+                // Only the *-TRAILER payload modes carry trailers: anything
+                // else would stream the whole body to fail at its end.
+                let trailer_mode = header_str(headers, "x-amz-content-sha256")?
+                    .is_some_and(|v| v.trim().ends_with("-TRAILER"));
+                if !trailer_mode {
+                    return Err(ApiError::MalformedTrailer(format!(
+                        "{} is announced in x-amz-trailer but the payload carries no trailer",
+                        t.header()
+                    )));
+                }
+                (Some(t), Expected::Trailer)
+            }
             (None, None) => (None, Expected::None),
         };
         let selector = match header_str(headers, "x-amz-sdk-checksum-algorithm")? {
@@ -636,6 +648,7 @@ mod tests {
         let t = RequestChecksum::from_headers(&headers(&[
             ("x-amz-trailer", "x-amz-checksum-crc32c"),
             ("x-amz-sdk-checksum-algorithm", "CRC32C"),
+            ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
         ]))
         .unwrap();
         assert_eq!(t.algorithm, Some(Algorithm::Crc32c));
@@ -648,10 +661,84 @@ mod tests {
             "x-amz-checksum-md5"
         )]))
         .is_err());
+        // A trailer announced on a payload that cannot carry one.
+        assert!(matches!(
+            RequestChecksum::from_headers(&headers(&[
+                ("x-amz-trailer", "x-amz-checksum-crc32"),
+                ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+            ])),
+            Err(ApiError::MalformedTrailer(_))
+        ));
+        // ... but a value in a header is used (SDKs that announce and send it).
+        let both = RequestChecksum::from_headers(&headers(&[
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
+            ("x-amz-checksum-crc32", &good),
+            ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"),
+        ]))
+        .unwrap();
+        both.verify(&c, None).unwrap();
         // No checksum at all.
         let none = RequestChecksum::from_headers(&HeaderMap::new()).unwrap();
         assert_eq!(none.algorithm, None);
         none.verify(&c, None).unwrap();
+    }
+
+    /// The header parser takes bytes from outside: arbitrary names and
+    /// values are an Ok or an error, never a panic.
+    #[test]
+    fn header_parsing_never_panics() {
+        let names = [
+            "x-amz-checksum-crc32",
+            "x-amz-checksum-crc32c",
+            "x-amz-checksum-crc64nvme",
+            "x-amz-checksum-sha1",
+            "x-amz-checksum-sha256",
+            "x-amz-trailer",
+            "x-amz-sdk-checksum-algorithm",
+            "x-amz-checksum-algorithm",
+            "x-amz-content-sha256",
+        ];
+        let pieces = [
+            "",
+            " ",
+            "=",
+            "==",
+            "A",
+            "AAAA",
+            "AAAAAA==",
+            "AAAAAAAAAAA=",
+            "CRC32",
+            "crc64nvme",
+            "SHA256",
+            "x-amz-checksum-crc32",
+            "x-amz-checksum-",
+            ",",
+            "-TRAILER",
+            "\u{7f}",
+            "%%",
+            "+/",
+            "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let computed = computed(b"x");
+        for _ in 0..20_000 {
+            let mut h = HeaderMap::new();
+            for _ in 0..next(4) {
+                let value: String = (0..next(4)).map(|_| pieces[next(pieces.len())]).collect();
+                if let Ok(v) = http::HeaderValue::from_str(&value) {
+                    h.insert(names[next(names.len())], v);
+                }
+            }
+            if let Ok(r) = RequestChecksum::from_headers(&h) {
+                let _ = r.verify(&computed, None);
+            }
+        }
     }
 
     #[test]
