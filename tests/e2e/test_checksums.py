@@ -12,7 +12,10 @@ asserts which of the two paths ran, not just that something worked.
 import base64
 import hashlib
 import io
+import json
 import os
+import shutil
+import subprocess
 import zlib
 
 import pytest
@@ -208,3 +211,68 @@ def test_wrong_trailer_stores_nothing(env):
     with pytest.raises(ClientError) as e:
         s3.head_object(Bucket=bucket, Key="tampered")
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def crc32c_b64(data):
+    """CRC32C (Castagnoli), table-driven; botocore needs awscrt for it."""
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return base64.b64encode((crc ^ 0xFFFFFFFF).to_bytes(4, "big")).decode()
+
+
+def aws_cli_v2():
+    """The aws cli v2 (the Debian package), if installed."""
+    for path in ("/usr/bin/aws", shutil.which("aws")):
+        if not path or not os.path.exists(path):
+            continue
+        out = subprocess.run([path, "--version"], capture_output=True, text=True)
+        if (out.stdout + out.stderr).startswith("aws-cli/2."):
+            return path
+    return None
+
+
+def test_aws_cli_v2_crc32c_trailer(tls_cluster, tmp_path):
+    """A second real client on the trailer path: the aws cli v2 sends
+    --checksum-algorithm CRC32C (computed by awscrt) as an aws-chunked
+    trailer over https; the cli then validates it on get-object."""
+    aws = aws_cli_v2()
+    if aws is None:
+        pytest.skip("aws cli v2 not installed")
+    info = tls_cluster.info
+    env = dict(
+        os.environ,
+        AWS_ACCESS_KEY_ID=info["access_key"],
+        AWS_SECRET_ACCESS_KEY=info["secret_key"],
+        AWS_DEFAULT_REGION=info["region"],
+        AWS_CA_BUNDLE=info["ca_path"],
+        AWS_CONFIG_FILE="/dev/null",
+        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    ep = ["--endpoint-url", info["s3_endpoint"]]
+    data = payload(3 * MIB + 17, 6)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+
+    def run(*args):
+        r = subprocess.run([aws, *ep, *args], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r
+
+    run("s3api", "create-bucket", "--bucket", "cli-v2")
+    r = run("s3api", "put-object", "--bucket", "cli-v2", "--key", "k", "--body", str(src),
+            "--checksum-algorithm", "CRC32C", "--debug")
+    assert "x-amz-trailer:x-amz-checksum-crc32c" in r.stderr, "the cli did not send a trailer"
+    assert "STREAMING-UNSIGNED-PAYLOAD-TRAILER" in r.stderr
+    assert json.loads(r.stdout)["ChecksumCRC32C"] == crc32c_b64(data)
+    out = tmp_path / "out.bin"
+    r = run("s3api", "get-object", "--bucket", "cli-v2", "--key", "k", "--checksum-mode", "ENABLED", str(out))
+    assert json.loads(r.stdout)["ChecksumCRC32C"] == crc32c_b64(data)
+    assert out.read_bytes() == data
