@@ -235,7 +235,13 @@ class Cluster:
                 except ProcessLookupError:
                     pass
         for mnt in reversed(self.mounts):
+            # Keep what the node held for the post-mortem: the tmpfs goes.
+            saved = mnt + ".tmpfs-copy"
+            copied = subprocess.run(["cp", "-a", mnt, saved], stderr=subprocess.DEVNULL).returncode == 0
             subprocess.run(["umount", "-l", mnt], stderr=subprocess.DEVNULL)
+            if copied:
+                shutil.rmtree(mnt, ignore_errors=True)
+                os.rename(saved, mnt)
         self.mounts = []
         for ns in self.netns:
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)

@@ -6,11 +6,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from workload import ABSENT, UNCERTAIN_GRACE, Op, Read, classify, legal_values  # noqa: E402
+import hashlib  # noqa: E402
+
+from workload import ABSENT, UNCERTAIN_GRACE, Op, Read, body_of, classify, legal_values  # noqa: E402
 
 
-def op(kind, start, end, ok, sha=None):
-    o = Op(kind, start, sha)
+def op(kind, start, end, ok, sha=None, size=0, seed=None):
+    o = Op(kind, start, sha, size, seed)
     o.end, o.ok = end, ok
     return o
 
@@ -62,3 +64,24 @@ def test_failed_write_is_uncertain_for_a_while():
 def test_failed_delete_is_uncertain():
     ops = [op("put", 1, 2, True, "a"), op("delete", 3, 4, False)]
     assert legal_values(ops, 10, 11) == {"a", ABSENT}
+
+
+def test_range_reads_are_judged_against_the_bytes_written():
+    a = op("put", 1, 2, True, "a", 1000, "seed-a")
+    b = op("put", 3, 4, True, "b", 10, "seed-b")
+    ops = [a, b]
+
+    def rd_range(first, last, data, start=5):
+        r = Read("k", start, start + 1, hashlib.sha256(data).hexdigest(), len(data), "t", (first, last))
+        return r
+    assert classify(ops, rd_range(2, 5, body_of("seed-b", 10)[2:6])) is None
+    # Past the end: what S3 does (the bytes up to the end).
+    assert classify(ops, rd_range(8, 500, body_of("seed-b", 10)[8:])) is None
+    # The older version's bytes are stale, other bytes are wrong.
+    assert classify(ops, rd_range(2, 5, body_of("seed-a", 1000)[2:6])) == "stale"
+    assert classify(ops, rd_range(2, 5, b"\0\0\0\0")) == "wrong-bytes"
+    # Unsatisfiable only when the range starts past the end.
+    r = Read("k", 5, 6, "unsatisfiable", 0, "t", (20, 30))
+    assert classify(ops, r) is None
+    r = Read("k", 5, 6, "unsatisfiable", 0, "t", (2, 30))
+    assert classify(ops, r) == "stale"

@@ -54,10 +54,15 @@ def s3_client(info, retries=2, read_timeout=30):
     )
 
 
-class Op:
-    __slots__ = ("kind", "start", "end", "ok", "sha", "size", "error")
+def body_of(body_seed, size):
+    """The bytes a write sent, regenerated from its seed (range checks)."""
+    return random.Random(body_seed).randbytes(size)
 
-    def __init__(self, kind, start, sha=None, size=0):
+
+class Op:
+    __slots__ = ("kind", "start", "end", "ok", "sha", "size", "error", "body_seed")
+
+    def __init__(self, kind, start, sha=None, size=0, body_seed=None):
         self.kind = kind  # put | multipart | delete
         self.start = start
         self.end = None
@@ -65,6 +70,7 @@ class Op:
         self.sha = sha  # None for a delete
         self.size = size
         self.error = None
+        self.body_seed = body_seed
 
     @property
     def value(self):
@@ -72,22 +78,38 @@ class Op:
 
 
 class Read:
-    __slots__ = ("key", "start", "end", "value", "size", "who")
+    __slots__ = ("key", "start", "end", "value", "size", "who", "range")
 
-    def __init__(self, key, start, end, value, size, who):
+    def __init__(self, key, start, end, value, size, who, rng=None):
         self.key, self.start, self.end, self.value, self.size, self.who = key, start, end, value, size, who
+        self.range = rng  # (first, last) byte of a Range GET, inclusive
 
 
-def get_value(s3, bucket, key):
+def range_value(op, first, last):
+    """What a Range GET of bytes first..last returns from op's value."""
+    if op.kind == "delete":
+        return ABSENT
+    if first >= op.size:
+        return "unsatisfiable"
+    return hashlib.sha256(body_of(op.body_seed, op.size)[first:last + 1]).hexdigest()
+
+
+def get_value(s3, bucket, key, byte_range=None):
     """(sha256 hex or ABSENT, size); raises on any other failure, including
-    a body cut short (botocore checks Content-Length)."""
+    a body cut short (botocore checks Content-Length). A Range GET past the
+    end answers "unsatisfiable"."""
     try:
-        r = s3.get_object(Bucket=bucket, Key=key)
+        if byte_range:
+            r = s3.get_object(Bucket=bucket, Key=key, Range="bytes=%d-%d" % byte_range)
+        else:
+            r = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code")
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code == "NoSuchKey" or (status == 404 and code in (None, "404", "NotFound")):
             return ABSENT, 0
+        if byte_range and (code == "InvalidRange" or status == 416):
+            return "unsatisfiable", 0
         raise
     h = hashlib.sha256()
     n = 0
@@ -144,7 +166,7 @@ class Workload:
             self.history[key] = []
             self.keys.append(key)
             for _ in range(5):
-                if self._put(s3, key, rng.randbytes(rng.randint(min_size, max_size)), False).ok:
+                if self._put(s3, key, rng.randint(min_size, max_size), False).ok:
                     break
                 time.sleep(1)
             else:
@@ -200,9 +222,11 @@ class Workload:
             return rng.randint(256 << 10, min(MiB, self.max_size))
         return rng.randint(MiB, self.max_size)
 
-    def _put(self, s3, key, body, multipart):
+    def _put(self, s3, key, size, multipart):
+        body_seed = f"{self.seed}/{key}/{len(self.history[key])}"
+        body = body_of(body_seed, size)
         sha = hashlib.sha256(body).hexdigest()
-        op = Op("multipart" if multipart else "put", time.time(), sha, len(body))
+        op = Op("multipart" if multipart else "put", time.time(), sha, len(body), body_seed)
         self.history[key].append(op)
         try:
             if multipart:
@@ -258,16 +282,16 @@ class Workload:
                 self._fail(op, e)
         return ops
 
-    def _read(self, s3, key, who):
+    def _read(self, s3, key, who, byte_range=None):
         t0 = time.time()
         try:
-            v, n = get_value(s3, self.bucket, key)
+            v, n = get_value(s3, self.bucket, key, byte_range)
         except Exception:
             with self.lock:
                 self.read_errors += 1
             self.stop_event.wait(0.25)
             return None
-        rd = Read(key, t0, time.time(), v, n, who)
+        rd = Read(key, t0, time.time(), v, n, who, byte_range)
         self.reads.append(rd)
         return rd
 
@@ -287,7 +311,7 @@ class Workload:
             else:
                 multipart = rng.random() < self.multipart_p
                 size = PART + rng.randint(1, MiB) if multipart else self._size(rng)
-                op = self._put(s3, key, rng.randbytes(size), multipart)
+                op = self._put(s3, key, size, multipart)
                 if op.ok and rng.random() < self.raw_p:
                     self._read(s3, key, f"writer-{i}")
             if self.pace:
@@ -300,7 +324,7 @@ class Workload:
         mine = [k for k in self.keys if k.startswith(f"d{i}-")]
         while not self.stop_event.is_set():
             key = rng.choice(mine)
-            op = self._put(s3, key, rng.randbytes(rng.randint(0, 300 << 10)), False)
+            op = self._put(s3, key, rng.randint(0, 300 << 10), False)
             if op.ok:
                 self._read(s3, key, f"deleter-{i}")
             self._delete(s3, [key])
@@ -312,7 +336,12 @@ class Workload:
         rng = random.Random(f"{self.seed}-reader-{i}")
         s3 = s3_client(self.info)
         while not self.stop_event.is_set():
-            self._read(s3, rng.choice(self.keys), f"reader-{i}")
+            byte_range = None
+            if rng.random() < 0.3:
+                # Ranges across stripe boundaries as well as inside one.
+                first = rng.choice([0, rng.randint(0, 64 << 10), rng.randint(0, self.max_size)])
+                byte_range = (first, first + rng.choice([0, 1, rng.randint(1, 2 * MiB)]))
+            self._read(s3, rng.choice(self.keys), f"reader-{i}", byte_range)
             if self.pace:
                 time.sleep(self.pace)
 
@@ -321,22 +350,34 @@ class Workload:
 
 def legal_values(ops, start, end):
     """Values a read over [start, end] may return, given the key's ops."""
+    return {ABSENT if op is None else op.value for op in legal_ops(ops, start, end)}
+
+
+def legal_ops(ops, start, end):
+    """The operations whose value a read over [start, end] may return (None
+    stands for the initial absent state)."""
     last = -1
     for i, op in enumerate(ops):
         if op.ok and op.end is not None and op.end < start:
             last = i
-    legal = {ABSENT if last < 0 else ops[last].value}
-    for op in ops[last + 1:]:
-        if op.start <= end:
-            legal.add(op.value)
-    for op in ops[:max(last, 0)]:
-        if not op.ok and op.start <= end and op.end is not None and start <= op.end + UNCERTAIN_GRACE:
-            legal.add(op.value)
-    return legal
+    out = [None if last < 0 else ops[last]]
+    out += [op for op in ops[last + 1:] if op.start <= end]
+    out += [op for op in ops[:max(last, 0)]
+            if not op.ok and op.start <= end and op.end is not None and start <= op.end + UNCERTAIN_GRACE]
+    return out
 
 
 def classify(ops, rd):
     """None when legal, else 'wrong-bytes' or 'stale'."""
+    if rd.range is not None:
+        first, last = rd.range
+        legal = {ABSENT if op is None else range_value(op, first, last) for op in legal_ops(ops, rd.start, rd.end)}
+        if rd.value in legal:
+            return None
+        if rd.value in (ABSENT, "unsatisfiable"):
+            return "stale"
+        ever = {range_value(op, first, last) for op in ops}
+        return "stale" if rd.value in ever else "wrong-bytes"
     if rd.value in legal_values(ops, rd.start, rd.end):
         return None
     if rd.value != ABSENT and all(op.value != rd.value for op in ops):
