@@ -256,8 +256,8 @@ def main():
         figures["rebuilt_bytes"] = rebuilt
         figures["repair_s_from_down"] = round(t_full - t_down, 1)
         figures["full_redundancy_s_from_kill"] = round(t_full - t_kill, 1)
-        active = max(0.001, t_full - (t_first or t_down))
-        figures["repair_MBps"] = round(rebuilt / active / 1e6, 1)
+        figures["repair_MBps"] = round(rebuilt / max(0.001, t_full - t_down) / 1e6, 1)
+        figures["repair_config"] = d_end.get("config")
         # Peak over 5 s windows.
         peak = 0.0
         for j, (t, b, _, _) in enumerate(timeline):
@@ -276,6 +276,18 @@ def main():
         figures["p_detecting"] = prober.summary("detecting")
         figures["p_repair"] = prober.summary("repair")
         figures["p_after"] = prober.summary("after")
+        # Scrub rate while a pass runs: the node's shard bytes over the
+        # duration of its last complete pass.
+        rates = []
+        for s in c.storage():
+            if s is victim:
+                continue
+            secs = scrape(s.admin_addr, "tessera_storage_scrub_last_pass_seconds")
+            if secs:
+                rates.append(shard_bytes(c, [s]) / secs / 1e6)
+        if rates:
+            figures["scrub_pass_MBps"] = {"nodes": len(rates), "min": round(min(rates), 1),
+                                          "max": round(max(rates), 1)}
         deltas = [v - scrub0[k] for k, v in scrub1.items() if v is not None and scrub0.get(k) is not None]
         if deltas:
             figures["scrub"] = {"nodes": len(deltas), "seconds": round(scrub_s, 1),
@@ -322,6 +334,7 @@ def main():
 
     f = figures
     print("=" * 78)
+    print(f"load average at the end: {os.getloadavg()} on {os.cpu_count()} CPUs")
     print("TESSERA REPAIR BENCHMARK  RS(4,2), %d storage nodes, down-after %d ms, binary %s"
           % (args.storage_nodes, args.down_after_ms, c.bin))
     if "objects" in f:
@@ -336,6 +349,12 @@ def main():
     for ph in ("before", "detecting", "repair", "after"):
         if f"p_{ph}" in f:
             print(f"  GET 256 KiB {ph:9s}: {f['p_' + ph]}")
+    if "repair_config" in f:
+        print(f"  repair config   : {f['repair_config']}")
+    if "scrub_pass_MBps" in f:
+        sp = f["scrub_pass_MBps"]
+        print(f"  scrub pass rate : {sp['min']}-{sp['max']} MB/s per node (shard bytes / last pass seconds, "
+              f"{sp['nodes']} nodes; configured limit 64 MiB/s)")
     if "scrub" in f:
         sc = f["scrub"]
         print(f"  scrub           : {sc['MB_total']} MB re-hashed on {sc['nodes']} nodes in {sc['seconds']} s "
