@@ -385,6 +385,8 @@ class Cluster:
 
     def mount_tmpfs(self, path, size_bytes):
         os.makedirs(path, exist_ok=True)
+        with open(os.path.join(os.path.dirname(path), "chaos-runner.pid"), "w") as f:
+            f.write(f"{os.getpid()}\n")
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0700", "tmpfs", path],
                        check=True, capture_output=True)
         self.mounts.append(path)
@@ -419,6 +421,37 @@ def tail(path, lines=20):
         return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
     except OSError as e:
         return f"(cannot read {path}: {e})"
+
+
+def reap_stale(log=print):
+    """Removes what a SIGKILLed runner could not: its network namespaces
+    (`tchaos-<pid>-<seed>`) and tmpfs mounts (under a directory holding
+    `chaos-runner.pid`), when that runner is gone. Its processes died with it
+    (PR_SET_PDEATHSIG)."""
+    if os.geteuid() != 0:
+        return
+    r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == "tchaos" and parts[1].isdigit() and not pid_alive(int(parts[1])):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            log(f"removed the network namespace {name} of a dead chaos run")
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f if line.split()[0] == "tmpfs"]
+    except OSError:
+        return
+    for mnt in mounts:
+        owner = os.path.join(os.path.dirname(mnt), "chaos-runner.pid")
+        try:
+            with open(owner) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if not pid_alive(pid):
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
+            log(f"unmounted the tmpfs {mnt} of a dead chaos run")
 
 
 def privileged():

@@ -29,7 +29,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster import Cluster, free_port_base, privileged, tail  # noqa: E402
+from cluster import Cluster, free_port_base, privileged, reap_stale, tail  # noqa: E402
 import workload as wl  # noqa: E402
 
 MiB = 1 << 20
@@ -662,8 +662,12 @@ def main():
     def on_signal(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
+    # Also SIGINT: a runner started in the background of a script inherits
+    # it ignored, and Ctrl-C must still clean up.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
+    reap_stale(log)
     results, errors = [], []
     try:
         for seed in args.seeds:
