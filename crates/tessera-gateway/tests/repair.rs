@@ -17,9 +17,10 @@ use tessera_gateway::metrics::RepairMetrics;
 use tessera_gateway::pipeline::DataPlane;
 use tessera_gateway::repair::{Attempt, GcWorker, RepairWorker};
 use tessera_gateway::GatewayConfig;
+use tessera_placement::Placement;
 use tessera_proto::{MetaClient, StoragePool};
 use tessera_types::meta::{MetaCommand, MetaReply};
-use tessera_types::repair::{ProblemKind, RepairConfig, RepairOutcome};
+use tessera_types::repair::{ProblemKind, RepairConfig, RepairOutcome, RepairReason};
 use tessera_types::{NodeId, NodeState, ObjectManifest, Stripe, StripeId};
 use tokio_util::sync::CancellationToken;
 
@@ -372,6 +373,13 @@ async fn a_draining_node_is_emptied_and_gc_deletes_its_shards() {
     for s in r.manifest("obj").stripes() {
         r.assert_whole(s, std::slice::from_ref(&draining));
     }
+    // A move reads the moving shard only (verified, copied; no decoding).
+    let moved_bytes: u64 = before
+        .stripes()
+        .filter(|s| queued.contains(&s.id))
+        .map(|s| u64::from(s.shard_len))
+        .sum();
+    assert_eq!(r.metrics.read_bytes.get(&[]), moved_bytes);
     // Its shards are still there until GC runs (the node is up: delete).
     assert_eq!(r.node(&draining).count(), held);
     let gc = r.gc.run_once().await.unwrap();
@@ -506,5 +514,65 @@ async fn the_gateway_runs_the_worker_and_obeys_pause() {
     for s in r.manifest("obj").stripes() {
         r.assert_whole(s, std::slice::from_ref(&lost));
     }
+    assert_eq!(r.get("obj").await, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_moves_shards_onto_a_new_node_by_copy() {
+    let r = rig(7).await;
+    // The object is written while only six nodes are in the map.
+    let full = r.meta.map.lock().unwrap().clone();
+    let newcomer = NodeId::from("s-6");
+    {
+        let mut map = r.meta.map.lock().unwrap();
+        map.nodes.retain(|n| n.id != newcomer);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let data = pattern(SIZE, 10);
+    let before = r.put("obj", &data).await;
+    assert_eq!(r.node(&newcomer).count(), 0);
+
+    // The seventh node joins; meta queues every stripe for a rebalance.
+    {
+        let mut map = r.meta.map.lock().unwrap();
+        *map = full.clone();
+        map.epoch += 10;
+    }
+    r.cluster.refresh().await.unwrap();
+    for s in before.stripes() {
+        r.meta.queue_repair("bkt", "obj", s.id);
+    }
+    for item in r.meta.repairs.lock().unwrap().iter_mut() {
+        item.reasons = vec![RepairReason::Rebalance];
+    }
+    let report = r.worker.run_once(&UNLIMITED).await.unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+
+    let placement = Placement::from_cluster_map(&full);
+    let after = r.manifest("obj");
+    let (mut moved_bytes, mut moved_stripes) = (0, 0);
+    for (a, b) in before.stripes().zip(after.stripes()) {
+        let placed = placement.place(&a.id, 4, 2);
+        let moved: Vec<_> = a.shards.iter().filter(|e| !b.shards.contains(e)).collect();
+        if placed.contains(&newcomer) {
+            // Exactly one shard left a node outside the placement for it.
+            assert_eq!(moved.len(), 1, "stripe {}", a.id);
+            assert!(!placed.contains(&moved[0].node));
+            assert!(b.shards.iter().any(|e| e.node == newcomer));
+            moved_bytes += u64::from(a.shard_len);
+            moved_stripes += 1;
+        } else {
+            assert!(
+                moved.is_empty(),
+                "stripe {} follows placement already",
+                a.id
+            );
+        }
+        r.assert_whole(b, &[]);
+    }
+    // Copies, not rebuilds: one shard read per moved shard.
+    assert_eq!(r.metrics.read_bytes.get(&[]), moved_bytes);
+    assert_eq!(report.repaired, moved_stripes);
+    assert_eq!(report.whole, before.stripes().count() - moved_stripes);
     assert_eq!(r.get("obj").await, data);
 }

@@ -140,15 +140,48 @@ pub fn judge(
     }
 }
 
-/// Indexes to read from, in read order: healthy shards first, data before
-/// parity (the same bytes either way, but a draining node is busy
-/// enough), then shards that are moving.
+/// Indexes to read from, in read order. With a shard lost, k sources are
+/// needed: healthy shards first (data before parity), then shards that
+/// are moving (their nodes are busy draining). With only moves, the moving
+/// shards come first: read and verified, they are copied as they are and
+/// nothing is decoded.
 pub fn read_order(states: &[ShardState]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..states.len())
-        .filter(|&i| states[i] == ShardState::Healthy)
+    let healthy = (0..states.len()).filter(|&i| states[i] == ShardState::Healthy);
+    let moving = (0..states.len()).filter(|&i| states[i] == ShardState::Move);
+    if any_lost(states) {
+        healthy.chain(moving).collect()
+    } else {
+        moving.chain(healthy).collect()
+    }
+}
+
+/// Whether a shard must be rebuilt from others (not merely copied).
+pub fn any_lost(states: &[ShardState]) -> bool {
+    states.iter().any(|s| matches!(s, ShardState::Lost(_)))
+}
+
+/// Rebalance: turns healthy shards on nodes outside `placed` (the
+/// stripe's placement now) into moves, as many as `placed` has nodes that
+/// hold no shard of the stripe. Returns those free nodes, in placement
+/// order: the preferred targets.
+pub fn rebalance(states: &mut [ShardState], stripe: &Stripe, placed: &[NodeId]) -> Vec<NodeId> {
+    let free: Vec<NodeId> = placed
+        .iter()
+        .filter(|n| !stripe.shards.iter().any(|e| &e.node == *n))
+        .cloned()
         .collect();
-    order.extend((0..states.len()).filter(|&i| states[i] == ShardState::Move));
-    order
+    let mut budget = free.len();
+    for e in &stripe.shards {
+        let i = e.index as usize;
+        if budget == 0 {
+            break;
+        }
+        if states.get(i) == Some(&ShardState::Healthy) && !placed.contains(&e.node) {
+            states[i] = ShardState::Move;
+            budget -= 1;
+        }
+    }
+    free
 }
 
 /// Indexes to rebuild, lost ones (the risk) before moving ones.
@@ -259,6 +292,45 @@ mod tests {
     }
 
     #[test]
+    fn rebalance_moves_shards_off_nodes_outside_the_placement() {
+        // Shards on n0..n5; the placement now is n0..n3, n6, n7.
+        let s = stripe(&[
+            Some("n0"),
+            Some("n1"),
+            Some("n2"),
+            Some("n3"),
+            Some("n4"),
+            Some("n5"),
+        ]);
+        let placed: Vec<NodeId> = ["n0", "n1", "n2", "n6", "n3", "n7"]
+            .iter()
+            .map(|n| NodeId::from(*n))
+            .collect();
+        let mut states = vec![ShardState::Healthy; 6];
+        let free = rebalance(&mut states, &s, &placed);
+        assert_eq!(free, vec![NodeId::from("n6"), NodeId::from("n7")]);
+        assert_eq!(&states[4..], &[ShardState::Move, ShardState::Move]);
+        assert!(states[..4].iter().all(|s| *s == ShardState::Healthy));
+        // Only as many moves as free placement nodes; lost shards stay
+        // lost (they are rebuilt anyway).
+        let placed: Vec<NodeId> = ["n0", "n1", "n2", "n3", "n4", "n6"]
+            .iter()
+            .map(|n| NodeId::from(*n))
+            .collect();
+        let mut states = vec![ShardState::Healthy; 6];
+        states[4] = ShardState::Lost(LossCause::NodeDown);
+        let free = rebalance(&mut states, &s, &placed);
+        assert_eq!(free, vec![NodeId::from("n6")]);
+        assert_eq!(states[5], ShardState::Move);
+        assert_eq!(states[4], ShardState::Lost(LossCause::NodeDown));
+        // In placement already: nothing moves.
+        let mut states = vec![ShardState::Healthy; 6];
+        let mine: Vec<NodeId> = s.shards.iter().map(|e| e.node.clone()).collect();
+        assert!(rebalance(&mut states, &s, &mine).is_empty());
+        assert!(states.iter().all(|s| *s == ShardState::Healthy));
+    }
+
+    #[test]
     fn orders_put_risk_first() {
         use ShardState::*;
         let states = [
@@ -271,6 +343,10 @@ mod tests {
         ];
         assert_eq!(read_order(&states), vec![1, 4, 0]);
         assert_eq!(rebuild_order(&states), vec![2, 5, 0]);
+        // Only moves: the moving shards are read first, to be copied.
+        let moves = [Healthy, Move, Unavailable, Healthy, Move, Healthy];
+        assert_eq!(read_order(&moves), vec![1, 4, 0, 3, 5]);
+        assert!(!any_lost(&moves) && any_lost(&states));
         assert!(LossCause::NoFile.node_answers());
         assert!(!LossCause::NodeDown.node_answers());
     }

@@ -21,7 +21,9 @@ use futures::StreamExt;
 use tessera_erasure::{codec_for, shard_hash, shard_len, verify_shard, ErasureError};
 use tessera_proto::{MetaClient, RpcError};
 use tessera_types::meta::{MetaCommand, MetaError, MetaQuery, MetaReply, QueryReply};
-use tessera_types::repair::{check_shard_list, RepairConfig, RepairOutcome, RepairTask};
+use tessera_types::repair::{
+    check_shard_list, RepairConfig, RepairOutcome, RepairReason, RepairTask,
+};
 use tessera_types::{now_millis, NodeId, NodeInfo, NodeState, ShardEntry, StorageClass};
 use tokio_util::sync::CancellationToken;
 
@@ -399,6 +401,14 @@ impl RepairWorker {
             }
         }
         drop(stats);
+        // A rebalance moves shards off nodes outside the stripe's placement
+        // onto the placement's nodes that hold none (preferred targets).
+        let preferred = if task.item.reasons.contains(&RepairReason::Rebalance) {
+            let placed = snap.placement.place(&stripe.id, k, m);
+            plan::rebalance(&mut states, stripe, &placed)
+        } else {
+            Vec::new()
+        };
         if !states.iter().any(|s| s.rebuild()) {
             let unavailable = states
                 .iter()
@@ -413,24 +423,34 @@ impl RepairWorker {
             };
         }
 
-        // Read k verified shards.
+        // Read: the shards to move themselves when nothing is lost (they
+        // are copied), otherwise k verified sources to decode from. A move
+        // whose read fails turns the copy into a rebuild.
         let sources = plan::read_order(&states);
-        if sources.len() < k {
-            return Err(RepairFailure::NotEnoughShards {
-                have: sources.len(),
-                need: k,
-            });
-        }
         let mut got: Vec<Option<Bytes>> = vec![None; n];
         let mut good = 0usize;
         let mut next = 0usize;
         let mut reads = FuturesUnordered::new();
-        loop {
-            while good + reads.len() < k && next < sources.len() {
+        let enough = |states: &[ShardState], got: &[Option<Bytes>], good: usize| {
+            if plan::any_lost(states) {
+                good >= k
+            } else {
+                (0..n).all(|i| states[i] != ShardState::Move || got[i].is_some())
+            }
+        };
+        while !enough(&states, &got, good) {
+            let need = if plan::any_lost(&states) {
+                k
+            } else {
+                states.iter().filter(|s| **s == ShardState::Move).count()
+            };
+            while good + reads.len() < need && next < sources.len() {
                 let i = sources[next];
                 next += 1;
-                if let Some(f) = self.read_shard(task, &nodes, i) {
-                    reads.push(f);
+                if states[i].readable() {
+                    if let Some(f) = self.read_shard(task, &nodes, i) {
+                        reads.push(f);
+                    }
                 }
             }
             let Some((i, r)) = reads.next().await else {
@@ -441,24 +461,22 @@ impl RepairWorker {
                     self.metrics.read_bytes.add(&[], bytes.len() as u64);
                     got[i] = Some(bytes);
                     good += 1;
-                    if good == k {
-                        break;
-                    }
                 }
                 Err(state) => states[i] = state,
             }
         }
         drop(reads);
-        if good < k {
-            return Err(RepairFailure::NotEnoughShards {
-                have: good,
-                need: k,
-            });
-        }
         let rebuild = plan::rebuild_order(&states);
         if rebuild.is_empty() {
             // A shard to move became unreachable while reading.
             return Err(RepairFailure::Unreachable { shards: 1 });
+        }
+        let decode = rebuild.iter().any(|&i| got[i].is_none());
+        if decode && good < k {
+            return Err(RepairFailure::NotEnoughShards {
+                have: good,
+                need: k,
+            });
         }
 
         // Rebuild (CPU work: off the executor).
@@ -466,7 +484,9 @@ impl RepairWorker {
         let rebuilt = tokio::task::spawn_blocking(move || {
             let mut work: Vec<Option<Vec<u8>>> =
                 got.into_iter().map(|s| s.map(|b| b.to_vec())).collect();
-            codec.reconstruct(&mut work)?;
+            if decode {
+                codec.reconstruct(&mut work)?;
+            }
             let mut out = Vec::with_capacity(wanted.len());
             for i in wanted {
                 let shard = work.get_mut(i).and_then(Option::take).unwrap_or_default();
@@ -499,7 +519,7 @@ impl RepairWorker {
             .filter(|e| !states.get(e.index as usize).is_some_and(|s| s.rebuild()))
             .map(|e| e.node.clone())
             .collect();
-        let candidates = choose_targets(
+        let ranked = choose_targets(
             &snap.placement,
             |id| nodes.get(id).map(|n| n.zone.clone()),
             &stripe.id,
@@ -510,6 +530,12 @@ impl RepairWorker {
             &self.dp.avoided_nodes(),
             rebuilt.len(),
         );
+        let mut candidates = preferred;
+        let rest: Vec<NodeId> = ranked
+            .into_iter()
+            .filter(|n| !candidates.contains(n))
+            .collect();
+        candidates.extend(rest);
         // Last resort for a lost shard: its own node, if it is up and
         // answered (a replaced disk; the stripe's zone spread is unchanged).
         let own_node = |index: u8| -> Option<NodeId> {
