@@ -615,3 +615,63 @@ async fn restart_and_snapshot_roundtrip() {
     assert!(matches!(r, QueryReply::Object(Some(_))));
     assert!(sm.get_current_snapshot().await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn grants_give_other_keys_access_and_go_with_the_bucket() {
+    use tessera_types::meta::Grant;
+    let mut h = Harness::new();
+    h.bucket("b").await; // owned by alice
+    let bob = AccessKey::generate("bob", 1);
+    assert_eq!(
+        h.cmd(MetaCommand::PutAccessKey(bob.clone())).await,
+        MetaReply::Ok
+    );
+    let access = |h: &Harness, key: &str| match h.q(MetaQuery::BucketAccess {
+        bucket: "b".into(),
+        access_key: key.into(),
+    }) {
+        QueryReply::BucketAccess(a) => a.map(|(_, g)| g),
+        other => panic!("{other:?}"),
+    };
+    let all = Grant {
+        read: true,
+        write: true,
+    };
+    assert_eq!(access(&h, "alice"), Some(all));
+    assert_eq!(access(&h, &bob.id), Some(Grant::default()));
+    let read = Grant {
+        read: true,
+        write: false,
+    };
+    let set = |key: &str, grant| MetaCommand::SetGrant {
+        bucket: "b".into(),
+        access_key: key.into(),
+        grant,
+    };
+    assert_eq!(h.cmd(set(&bob.id, read)).await, MetaReply::Ok);
+    assert_eq!(access(&h, &bob.id), Some(read));
+    assert_eq!(
+        h.q(MetaQuery::ListGrants { bucket: "b".into() }),
+        QueryReply::Grants(vec![(bob.id.clone(), read)])
+    );
+    assert_eq!(
+        h.cmd(set("nobody", read)).await,
+        MetaReply::Err(MetaError::NoSuchAccessKey)
+    );
+    // Revoking, and a deleted bucket takes its grants along.
+    assert_eq!(h.cmd(set(&bob.id, Grant::default())).await, MetaReply::Ok);
+    assert_eq!(access(&h, &bob.id), Some(Grant::default()));
+    assert_eq!(h.cmd(set(&bob.id, all)).await, MetaReply::Ok);
+    let r = h.cmd(MetaCommand::DeleteBucket { name: "b".into() }).await;
+    assert_eq!(r, MetaReply::Ok);
+    h.bucket("b").await;
+    assert_eq!(access(&h, &bob.id), Some(Grant::default()));
+    assert!(access(&h, "nope").is_some());
+    assert_eq!(
+        h.q(MetaQuery::BucketAccess {
+            bucket: "zz".into(),
+            access_key: "alice".into()
+        }),
+        QueryReply::BucketAccess(None)
+    );
+}

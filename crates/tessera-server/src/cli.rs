@@ -386,6 +386,40 @@ pub enum AdminCommand {
     /// Storage node lifecycle: drain, check, remove.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Buckets: owners and access grants.
+    #[command(subcommand)]
+    Bucket(BucketCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BucketCommand {
+    /// List buckets with their owners and grants.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let an access key other than the owner read and/or write a bucket
+    /// (replaces its earlier grant).
+    Allow {
+        /// The bucket.
+        bucket: String,
+        /// The access key id.
+        key: String,
+        /// GET/HEAD objects, list objects and uploads.
+        #[arg(long)]
+        read: bool,
+        /// PUT/DELETE/copy objects, multipart uploads.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Take back every grant of an access key on a bucket.
+    Deny {
+        /// The bucket.
+        bucket: String,
+        /// The access key id.
+        key: String,
+    },
 }
 
 /// `tessera admin repair`: with no flags, prints the settings and queue.
@@ -401,6 +435,7 @@ pub struct RepairArgs {
     /// Stop repairing (the queue keeps filling).
     #[arg(long, conflicts_with = "resume")]
     pub pause: bool,
+    /// Start repairing again after --pause.
     #[arg(long)]
     pub resume: bool,
     /// Show a progress bar until the cluster is back to full redundancy.
@@ -415,15 +450,27 @@ pub struct RepairArgs {
 pub enum NodeCommand {
     /// Decommission a node: it gets no new shards and its shards move to
     /// other nodes; `admin repair --wait` follows the move.
-    Drain { id: String },
+    Drain {
+        /// The storage node id (see `admin status`).
+        id: String,
+    },
     /// Stop draining: the node takes new shards again.
-    Undrain { id: String },
+    Undrain {
+        /// The storage node id.
+        id: String,
+    },
     /// Verify every shard a node should hold and rebuild missing ones
     /// (after replacing a failed disk).
-    Check { id: String },
+    Check {
+        /// The storage node id.
+        id: String,
+    },
     /// Remove a node from the cluster map: a drained node (no shards left)
     /// or a node that is down (its shards are rebuilt elsewhere).
-    Remove { id: String },
+    Remove {
+        /// The storage node id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -160,6 +160,23 @@ pub enum MetaCommand {
         max: u32,
         at: UnixMillis,
     },
+    /// Grants `access_key` read and/or write access to `bucket` (both
+    /// false: revokes). The owner always has both; grants go with the
+    /// bucket.
+    SetGrant {
+        bucket: String,
+        access_key: String,
+        grant: Grant,
+    },
+}
+
+/// What a non-owner access key may do in a bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// GET/HEAD objects, list objects and uploads.
+    pub read: bool,
+    /// PUT/DELETE/copy objects, multipart uploads.
+    pub write: bool,
 }
 
 impl MetaCommand {
@@ -188,6 +205,7 @@ impl MetaCommand {
             MetaCommand::AckGc { .. } => "ack_gc",
             MetaCommand::CheckNode { .. } => "check_node",
             MetaCommand::QueueRebalance { .. } => "queue_rebalance",
+            MetaCommand::SetGrant { .. } => "set_grant",
         }
     }
 }
@@ -287,6 +305,15 @@ pub enum MetaQuery {
     /// The first `max` queued items in queue order (riskiest first).
     RepairQueue {
         max: u32,
+    },
+    /// The bucket and what `access_key` may do in it (the owner: all).
+    BucketAccess {
+        bucket: String,
+        access_key: String,
+    },
+    /// Every grant on a bucket, by access key.
+    ListGrants {
+        bucket: String,
     },
 }
 
@@ -405,4 +432,7 @@ pub enum QueryReply {
     /// ShardsLive: one answer per asked shard, in order.
     Live(Vec<bool>),
     RepairItems(Vec<RepairItem>),
+    /// BucketAccess: `None` when the bucket does not exist.
+    BucketAccess(Option<(Bucket, Grant)>),
+    Grants(Vec<(String, Grant)>),
 }

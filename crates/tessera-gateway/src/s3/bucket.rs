@@ -4,7 +4,7 @@ use s3s::dto::*;
 use s3s::S3Request;
 use tessera_types::meta::{MetaCommand, MetaError, MetaQuery, MetaReply, QueryReply};
 
-use super::{timestamp, Tessera};
+use super::{timestamp, Access, Tessera};
 use crate::error::ApiError;
 use crate::names::check_bucket;
 
@@ -78,7 +78,8 @@ pub(super) async fn head_bucket(
     req: S3Request<HeadBucketInput>,
 ) -> Result<HeadBucketOutput, ApiError> {
     let caller = s.caller(&req)?;
-    s.authorize(&caller, &req.input.bucket).await?;
+    s.authorize(&caller, &req.input.bucket, Access::Read)
+        .await?;
     Ok(HeadBucketOutput {
         bucket_region: Some(s.config.region.clone()),
         ..Default::default()
@@ -90,7 +91,8 @@ pub(super) async fn delete_bucket(
     req: S3Request<DeleteBucketInput>,
 ) -> Result<DeleteBucketOutput, ApiError> {
     let caller = s.caller(&req)?;
-    s.authorize(&caller, &req.input.bucket).await?;
+    s.authorize(&caller, &req.input.bucket, Access::Owner)
+        .await?;
     let reply = s
         .write(&MetaCommand::DeleteBucket {
             name: req.input.bucket,
@@ -107,7 +109,8 @@ pub(super) async fn get_bucket_location(
     req: S3Request<GetBucketLocationInput>,
 ) -> Result<GetBucketLocationOutput, ApiError> {
     let caller = s.caller(&req)?;
-    s.authorize(&caller, &req.input.bucket).await?;
+    s.authorize(&caller, &req.input.bucket, Access::Read)
+        .await?;
     // us-east-1 is spelled as no constraint at all.
     let location_constraint = (s.config.region != "us-east-1")
         .then(|| BucketLocationConstraint::from(s.config.region.clone()));

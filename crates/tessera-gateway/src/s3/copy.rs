@@ -21,7 +21,7 @@ use super::put::{
     checksum_algorithms, checksum_type, commit_manifest, standard_headers, user_metadata,
     BodyStream,
 };
-use super::{get, timestamp, Tessera};
+use super::{get, timestamp, Access, Tessera};
 use crate::checksum::{self, set_checksum, Algorithm, Hashers};
 use crate::error::ApiError;
 use crate::names::check_key;
@@ -110,7 +110,7 @@ pub(super) async fn copy_object(
     }
     // Read access to the source, write access to the target.
     let source = get::load(s, &caller, &src_bucket, &src_key).await?;
-    s.authorize(&caller, &input.bucket).await?;
+    s.authorize(&caller, &input.bucket, Access::Write).await?;
     check_source_conditions(
         &source,
         input.copy_source_if_match.as_ref(),

@@ -6,7 +6,7 @@ use s3s::dto::*;
 use s3s::S3Request;
 use tessera_types::meta::{MetaCommand, MetaError, MetaReply};
 
-use super::Tessera;
+use super::{Access, Tessera};
 use crate::error::ApiError;
 use crate::names::check_key;
 use crate::pipeline::gc;
@@ -18,7 +18,7 @@ pub(super) async fn delete_object(
     let caller = s.caller(&req)?;
     let input = req.input;
     check_key(&input.key)?;
-    s.authorize(&caller, &input.bucket).await?;
+    s.authorize(&caller, &input.bucket, Access::Write).await?;
     let reply = s
         .write(&MetaCommand::DeleteObject {
             bucket: input.bucket,
@@ -56,7 +56,7 @@ pub(super) async fn delete_objects(
         return Err(ApiError::MalformedXml("DeleteObjects names no keys".into()));
     }
     let quiet = input.delete.quiet.unwrap_or(false);
-    s.authorize(&caller, &input.bucket).await?;
+    s.authorize(&caller, &input.bucket, Access::Write).await?;
     let bucket = input.bucket;
     let results: Vec<(String, Option<s3s::S3Error>)> = futures::stream::iter(input.delete.objects)
         .map(|obj| {

@@ -12,7 +12,7 @@ use tessera_types::meta::{MetaError, MetaQuery, QueryReply};
 use tessera_types::{ObjectData, ObjectManifest};
 
 use super::put::checksum_type;
-use super::{timestamp, Tessera};
+use super::{timestamp, Access, Tessera};
 use crate::checksum::{self, set_checksum, Algorithm};
 use crate::error::ApiError;
 use crate::names::check_key;
@@ -85,7 +85,7 @@ pub(super) async fn load(
     key: &str,
 ) -> Result<ObjectManifest, ApiError> {
     check_key(key)?;
-    s.authorize(caller, bucket).await?;
+    s.authorize(caller, bucket, Access::Read).await?;
     let q = MetaQuery::GetObject {
         bucket: bucket.to_string(),
         key: key.to_string(),

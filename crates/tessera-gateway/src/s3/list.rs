@@ -7,7 +7,7 @@ use s3s::dto::*;
 use s3s::S3Request;
 use tessera_types::meta::{ListObjectsPage, ListObjectsQuery, MetaQuery, QueryReply};
 
-use super::{timestamp, Tessera};
+use super::{timestamp, Access, Tessera};
 use crate::error::ApiError;
 
 /// Most keys one listing page returns, as in S3.
@@ -71,7 +71,7 @@ struct Page {
 
 /// One page from meta, after authorization.
 async fn page(s: &Tessera, caller: &str, q: ListObjectsQuery, url: bool) -> Result<Page, ApiError> {
-    s.authorize(caller, &q.bucket).await?;
+    s.authorize(caller, &q.bucket, Access::Read).await?;
     let enc = |v: String| if url { url_encode(&v) } else { v };
     if q.max_keys == 0 {
         return Ok(Page {

@@ -31,6 +31,17 @@ pub struct Tessera {
     pub(crate) dp: Arc<DataPlane>,
 }
 
+/// What a request needs to be allowed in a bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Read objects, list.
+    Read,
+    /// Write or delete objects, multipart uploads.
+    Write,
+    /// Bucket administration (delete the bucket).
+    Owner,
+}
+
 impl Tessera {
     pub fn new(config: GatewayConfig, meta: MetaClient, dp: Arc<DataPlane>) -> Self {
         Tessera { config, meta, dp }
@@ -54,24 +65,41 @@ impl Tessera {
         Ok(creds.access_key.clone())
     }
 
-    /// The bucket, if it exists and `caller` owns it (linearizable read).
+    /// The bucket, if it exists and `caller` may do `need` in it: the
+    /// owner may do anything, other keys what `tessera admin bucket allow`
+    /// granted them (linearizable read).
     async fn authorize(
         &self,
         caller: &str,
         bucket: &str,
+        need: Access,
     ) -> Result<tessera_types::Bucket, ApiError> {
         match self
-            .query(&MetaQuery::GetBucket {
-                name: bucket.to_string(),
+            .query(&MetaQuery::BucketAccess {
+                bucket: bucket.to_string(),
+                access_key: caller.to_string(),
             })
             .await?
         {
-            QueryReply::Bucket(Some(b)) if b.owner == caller => Ok(b),
-            QueryReply::Bucket(Some(_)) => Err(ApiError::AccessDenied(
-                "the bucket belongs to another access key",
-            )),
-            QueryReply::Bucket(None) => Err(tessera_types::meta::MetaError::NoSuchBucket.into()),
-            _ => Err(ApiError::UnexpectedReply("GetBucket")),
+            QueryReply::BucketAccess(Some((b, grant))) => {
+                let ok = match need {
+                    Access::Read => grant.read,
+                    Access::Write => grant.write,
+                    Access::Owner => b.owner == caller,
+                };
+                if ok {
+                    Ok(b)
+                } else {
+                    Err(ApiError::AccessDenied(match need {
+                        Access::Owner => "only the bucket's owner may do this",
+                        _ => "the bucket belongs to another access key",
+                    }))
+                }
+            }
+            QueryReply::BucketAccess(None) => {
+                Err(tessera_types::meta::MetaError::NoSuchBucket.into())
+            }
+            _ => Err(ApiError::UnexpectedReply("BucketAccess")),
         }
     }
 

@@ -35,7 +35,7 @@ use super::put::{checksum_algorithms, checksum_type, declared_length};
 use super::put::{
     committed, parse_md5, standard_headers, user_metadata, write_condition, BodyStream,
 };
-use super::{get, timestamp, Tessera};
+use super::{get, timestamp, Access, Tessera};
 use crate::checksum::{
     self, get_checksums, set_checksum, Algorithm, ChecksumType as SumType, RequestChecksum,
 };
@@ -222,7 +222,7 @@ pub(super) async fn create_multipart_upload(
         input.checksum_algorithm.as_ref(),
         input.checksum_type.as_ref(),
     )?;
-    s.authorize(&caller, &input.bucket).await?;
+    s.authorize(&caller, &input.bucket, Access::Write).await?;
     let mut headers = standard_headers(
         input.cache_control,
         input.content_disposition,
@@ -327,7 +327,7 @@ pub(super) async fn upload_part(
     let sum = RequestChecksum::from_headers(&req.headers)?;
     let expected = declared_length(input.content_length, &req.headers)?;
     // Authorization and the upload before a single body byte is read.
-    s.authorize(&caller, &input.bucket).await?;
+    s.authorize(&caller, &input.bucket, Access::Write).await?;
     let upload = load_upload(s, &input.bucket, &input.key, &input.upload_id).await?;
     let (upload_alg, _) = upload_checksum(&upload);
     let body: BodyStream = match input.body.take() {
@@ -389,7 +389,7 @@ pub(super) async fn upload_part_copy(
     let (src_bucket, src_key) = copy_source(&input.copy_source)?;
     // The caller must be able to read the source and write the target.
     let source = get::load(s, &caller, &src_bucket, &src_key).await?;
-    s.authorize(&caller, &input.bucket).await?;
+    s.authorize(&caller, &input.bucket, Access::Write).await?;
     check_source_conditions(
         &source,
         input.copy_source_if_match.as_ref(),
@@ -494,7 +494,7 @@ pub(super) async fn complete_multipart_upload(
     let input = req.input;
     check_key(&input.key)?;
     let condition = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref())?;
-    s.authorize(&caller, &input.bucket).await?;
+    s.authorize(&caller, &input.bucket, Access::Write).await?;
     let upload = load_upload(s, &input.bucket, &input.key, &input.upload_id).await?;
     let q = MetaQuery::ListParts {
         bucket: input.bucket.clone(),
@@ -590,7 +590,7 @@ pub(super) async fn abort_multipart_upload(
     let caller = s.caller(&req)?;
     let input = req.input;
     check_key(&input.key)?;
-    s.authorize(&caller, &input.bucket).await?;
+    s.authorize(&caller, &input.bucket, Access::Write).await?;
     let reply = s
         .write(&MetaCommand::AbortUpload {
             bucket: input.bucket,
@@ -630,7 +630,7 @@ pub(super) async fn list_parts(
             ApiError::InvalidArgument("part-number-marker must be a non-negative integer".into())
         })?,
     };
-    s.authorize(&caller, &input.bucket).await?;
+    s.authorize(&caller, &input.bucket, Access::Read).await?;
     let upload = load_upload(s, &input.bucket, &input.key, &input.upload_id).await?;
     let page = if max == 0 {
         tessera_types::meta::PartsPage::default()
@@ -693,7 +693,7 @@ pub(super) async fn list_multipart_uploads(
     let caller = s.caller(&req)?;
     let input = req.input;
     let max = page_size(input.max_uploads, "max-uploads")?;
-    s.authorize(&caller, &input.bucket).await?;
+    s.authorize(&caller, &input.bucket, Access::Read).await?;
     let q = ListUploadsQuery {
         bucket: input.bucket.clone(),
         prefix: input.prefix.clone().unwrap_or_default(),

@@ -13,7 +13,7 @@ use tessera_types::manifest::MANIFEST_LAYOUT;
 use tessera_types::meta::{MetaCommand, MetaReply, WriteCondition};
 use tessera_types::{ObjectData, ObjectManifest, Part};
 
-use super::Tessera;
+use super::{Access, Tessera};
 use crate::checksum::{self, set_checksum, Algorithm, RequestChecksum};
 use crate::error::ApiError;
 use crate::names::check_key;
@@ -39,7 +39,7 @@ pub(super) async fn put_object(
     let expected = declared_length(input.content_length, &req.headers)?;
     let condition = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref())?;
     // Authorization before a single body byte is read.
-    s.authorize(&caller, &input.bucket).await?;
+    s.authorize(&caller, &input.bucket, Access::Write).await?;
 
     let body: BodyStream = match input.body.take() {
         Some(b) => b.boxed(),

@@ -553,6 +553,16 @@ impl FakeMeta {
             MetaQuery::RepairConfig => {
                 QueryReply::RepairConfig(self.repair_config.lock().unwrap().unwrap_or_default())
             }
+            MetaQuery::BucketAccess { bucket, access_key } => {
+                QueryReply::BucketAccess(buckets.get(&bucket).map(|b| {
+                    let all = b.owner == access_key;
+                    let grant = tessera_types::meta::Grant {
+                        read: all,
+                        write: all,
+                    };
+                    (b.clone(), grant)
+                }))
+            }
             _ => QueryReply::Err(MetaError::Invalid("unsupported by the fake".into())),
         }
     }

@@ -104,6 +104,15 @@ pub fn query(t: &SmTrees, q: &MetaQuery) -> Result<QueryReply, MetaNodeError> {
         MetaQuery::RepairConfig => QueryReply::RepairConfig(t.repair_config()?),
         MetaQuery::ShardsLive { node, shards } => QueryReply::Live(t.shards_live(node, shards)?),
         MetaQuery::RepairQueue { max } => QueryReply::RepairItems(t.repair_queue(*max)?),
+        MetaQuery::BucketAccess { bucket, access_key } => {
+            QueryReply::BucketAccess(t.bucket_access(bucket, access_key)?)
+        }
+        MetaQuery::ListGrants { bucket } => {
+            if t.bucket(bucket)?.is_none() {
+                return Ok(QueryReply::Err(MetaError::NoSuchBucket));
+            }
+            QueryReply::Grants(t.grants(bucket)?)
+        }
     })
 }
 

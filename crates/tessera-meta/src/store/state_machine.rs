@@ -14,6 +14,8 @@
 //! - `sm_stripes`: stripe id -> [`StripeOwner`] (every live stripe)
 //! - `sm_node_shards`: `node \0 stripe id shard index` -> () (node -> shard
 //!   index, for repair after a node is lost and for the orphan scan)
+//! - `sm_grants`: `bucket \0 access key` -> [`Grant`] (what keys other than
+//!   the owner may do in a bucket)
 //! - `sm_repair`: surviving shards (u8) + queue time + stripe id ->
 //!   [`RepairItem`] (riskiest first); `sm_repair_idx`: stripe id -> its key
 //!   (see `durability.rs`)
@@ -36,7 +38,9 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use sled::transaction::{TransactionError, Transactional};
-use tessera_types::meta::{MetaCommand, MetaError, MetaReply, PartRecord, Upload, WriteCondition};
+use tessera_types::meta::{
+    Grant, MetaCommand, MetaError, MetaReply, PartRecord, Upload, WriteCondition,
+};
 use tessera_types::{
     AccessKey, Bucket, NodeId, NodeInfo, NodeState, ObjectManifest, Stripe, UnixMillis,
 };
@@ -142,12 +146,13 @@ pub struct SmTrees {
     pub(crate) node_shards: sled::Tree,
     pub(crate) repair: sled::Tree,
     pub(crate) repair_idx: sled::Tree,
+    pub(crate) grants: sled::Tree,
     pub(crate) meta: sled::Tree,
     snapshot: sled::Tree,
 }
 
 /// Number of trees in the replicated state.
-const STATE_TREES: usize = 12;
+const STATE_TREES: usize = 13;
 
 /// Pending writes of one entry, committed atomically. Within a batch the
 /// last write to a key wins.
@@ -164,6 +169,7 @@ pub(crate) struct Writes {
     pub(crate) node_shards: sled::Batch,
     pub(crate) repair: sled::Batch,
     pub(crate) repair_idx: sled::Batch,
+    pub(crate) grants: sled::Batch,
     pub(crate) meta: sled::Batch,
 }
 
@@ -182,6 +188,7 @@ impl Writes {
             &mut self.node_shards,
             &mut self.repair,
             &mut self.repair_idx,
+            &mut self.grants,
             &mut self.meta,
         ]
     }
@@ -201,6 +208,7 @@ impl SmTrees {
             node_shards: db.open_tree("sm_node_shards")?,
             repair: db.open_tree("sm_repair")?,
             repair_idx: db.open_tree("sm_repair_idx")?,
+            grants: db.open_tree("sm_grants")?,
             meta: db.open_tree("sm_meta")?,
             snapshot: db.open_tree("sm_snapshot")?,
             db,
@@ -221,6 +229,7 @@ impl SmTrees {
             ("node_shards", &self.node_shards),
             ("repair", &self.repair),
             ("repair_idx", &self.repair_idx),
+            ("grants", &self.grants),
             ("meta", &self.meta),
         ]
     }
@@ -245,6 +254,38 @@ impl SmTrees {
 
     pub fn access_key(&self, id: &str) -> Result<Option<AccessKey>, MetaNodeError> {
         Self::get(&self.access_keys, id.as_bytes())
+    }
+
+    /// What `access_key` may do in `bucket` (the owner: everything).
+    pub fn bucket_access(
+        &self,
+        bucket: &str,
+        access_key: &str,
+    ) -> Result<Option<(Bucket, Grant)>, MetaNodeError> {
+        let Some(b) = self.bucket(bucket)? else {
+            return Ok(None);
+        };
+        let grant = if b.owner == access_key {
+            Grant {
+                read: true,
+                write: true,
+            }
+        } else {
+            Self::get(&self.grants, &object_key(bucket, access_key))?.unwrap_or_default()
+        };
+        Ok(Some((b, grant)))
+    }
+
+    /// Every grant on `bucket`, by access key.
+    pub fn grants(&self, bucket: &str) -> Result<Vec<(String, Grant)>, MetaNodeError> {
+        let prefix = bucket_prefix(bucket);
+        let mut out = Vec::new();
+        for item in self.grants.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            out.push((key, dec(&v)?));
+        }
+        Ok(out)
     }
 
     pub fn upload(
@@ -366,6 +407,10 @@ impl SmTrees {
                     MetaReply::Err(MetaError::BucketNotEmpty)
                 } else {
                     w.buckets.remove(name.as_bytes());
+                    for g in self.grants.scan_prefix(bucket_prefix(name)) {
+                        let (k, _) = g?;
+                        w.grants.remove(k);
+                    }
                     // Uploads in progress go with the bucket; their parts'
                     // stripes are released.
                     let released = self.drop_uploads(name, w)?;
@@ -628,6 +673,25 @@ impl SmTrees {
             MetaCommand::QueueRebalance { after, max, at } => {
                 new_clock = new_clock.max(*at);
                 self.queue_rebalance(&mut fx, *after, *max, new_clock)?
+            }
+            MetaCommand::SetGrant {
+                bucket,
+                access_key,
+                grant,
+            } => {
+                if self.bucket(bucket)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchBucket)
+                } else if self.access_key(access_key)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchAccessKey)
+                } else {
+                    let k = object_key(bucket, access_key);
+                    if grant.read || grant.write {
+                        w.grants.insert(k, enc(grant));
+                    } else {
+                        w.grants.remove(k);
+                    }
+                    MetaReply::Ok
+                }
             }
             MetaCommand::CheckNode { id, at } => {
                 if self.node(id)?.is_none() {

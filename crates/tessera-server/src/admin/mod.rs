@@ -17,7 +17,7 @@ use tessera_types::meta::{MetaCommand, MetaError, MetaQuery, MetaReply, QueryRep
 use tessera_types::{AccessKey, ClusterMap, NodeState};
 use tokio::task::JoinSet;
 
-use crate::cli::{AdminArgs, AdminCommand, KeyCommand, MetaTarget};
+use crate::cli::{AdminArgs, AdminCommand, BucketCommand, KeyCommand, MetaTarget};
 use crate::dev::ClusterInfo;
 use crate::fsutil::{human_bytes, percent};
 
@@ -56,6 +56,11 @@ pub async fn run(args: AdminArgs) -> Result<ExitCode> {
         AdminCommand::Node(cmd) => {
             let client = MetaClient::with_auth(addrs, REQUEST_DEADLINE, auth);
             durability::node(&client, cmd).await
+        }
+        AdminCommand::Bucket(cmd) => {
+            let client = MetaClient::with_auth(addrs, REQUEST_DEADLINE, auth);
+            bucket(&client, cmd).await?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -610,6 +615,118 @@ async fn key(client: &MetaClient, cmd: KeyCommand) -> Result<()> {
                 other => expect_ok(other)?,
             }
             println!("deleted access key {id}");
+        }
+    }
+    Ok(())
+}
+
+/// One bucket as `admin bucket list` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BucketRow {
+    pub name: String,
+    pub owner: String,
+    pub created: i64,
+    /// Access key -> "read", "write" or "read,write".
+    pub grants: BTreeMap<String, String>,
+}
+
+fn grant_text(g: &tessera_types::meta::Grant) -> String {
+    match (g.read, g.write) {
+        (true, true) => "read,write".into(),
+        (true, false) => "read".into(),
+        (false, true) => "write".into(),
+        (false, false) => "none".into(),
+    }
+}
+
+async fn bucket(client: &MetaClient, cmd: BucketCommand) -> Result<()> {
+    use tessera_types::meta::Grant;
+    match cmd {
+        BucketCommand::List { json } => {
+            let buckets = match client.query(&MetaQuery::ListBuckets).await? {
+                QueryReply::Buckets(b) => b,
+                other => bail!("unexpected answer: {other:?}"),
+            };
+            let mut rows = Vec::with_capacity(buckets.len());
+            for b in buckets {
+                let grants = match client
+                    .query(&MetaQuery::ListGrants {
+                        bucket: b.name.clone(),
+                    })
+                    .await?
+                {
+                    QueryReply::Grants(g) => g,
+                    // Deleted meanwhile.
+                    QueryReply::Err(MetaError::NoSuchBucket) => continue,
+                    other => bail!("unexpected answer: {other:?}"),
+                };
+                rows.push(BucketRow {
+                    name: b.name,
+                    owner: b.owner,
+                    created: b.created,
+                    grants: grants
+                        .iter()
+                        .map(|(k, g)| (k.clone(), grant_text(g)))
+                        .collect(),
+                });
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let table_rows = rows
+                    .iter()
+                    .map(|r| {
+                        let grants: Vec<String> =
+                            r.grants.iter().map(|(k, g)| format!("{k}:{g}")).collect();
+                        vec![
+                            r.name.clone(),
+                            r.owner.clone(),
+                            format_millis(r.created),
+                            if grants.is_empty() {
+                                "-".into()
+                            } else {
+                                grants.join(" ")
+                            },
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(&["BUCKET", "OWNER", "CREATED", "GRANTS"], table_rows)
+                );
+            }
+        }
+        BucketCommand::Allow {
+            bucket,
+            key,
+            read,
+            write,
+        } => {
+            if !read && !write {
+                bail!(
+                    "say what to allow: --read, --write or both (`bucket deny` takes grants back)"
+                );
+            }
+            let grant = Grant { read, write };
+            let cmd = MetaCommand::SetGrant {
+                bucket: bucket.clone(),
+                access_key: key.clone(),
+                grant,
+            };
+            expect_ok(client.write(&cmd).await?)?;
+            println!(
+                "{key} may now {} in {bucket}",
+                grant_text(&grant).replace(',', " and ")
+            );
+        }
+        BucketCommand::Deny { bucket, key } => {
+            let cmd = MetaCommand::SetGrant {
+                bucket: bucket.clone(),
+                access_key: key.clone(),
+                grant: Grant::default(),
+            };
+            expect_ok(client.write(&cmd).await?)?;
+            println!("{key} has no grant on {bucket}; only its owner can use it");
         }
     }
     Ok(())
