@@ -257,6 +257,10 @@ impl hyper::service::Service<http::Request<Incoming>> for Metered {
         let shape = op_from_shape(req.method(), req.uri().path(), req.uri().query());
         let metrics = self.metrics.clone();
         let mut inner = self.inner.clone();
+        // hyper drops a HEAD response's body on HTTP/1.1 but not on h2, where
+        // DATA on a HEAD stream is a protocol error (s3s answers a failed HEAD
+        // with an XML error body): send the head only.
+        let head = req.method() == http::Method::HEAD;
         let mut req = req.map(|b| Counted {
             inner: Box::pin(b),
             counter: metrics.bytes_in.clone(),
@@ -277,7 +281,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Metered {
             let counter = metrics.bytes_out.clone();
             r.map(|resp| {
                 resp.map(|b| Counted {
-                    inner: Box::pin(b),
+                    inner: Box::pin(if head { s3s::Body::empty() } else { b }),
                     counter,
                 })
             })
