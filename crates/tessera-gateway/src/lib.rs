@@ -80,7 +80,8 @@ pub async fn serve(
         background.clone(),
     ));
     let metrics = Arc::new(metrics::GatewayMetrics::default());
-    repair::start(&config, &meta, &dp, &metrics.repair, &background);
+    let port = listener.local_addr().ok().map(|a| a.port());
+    repair::start(&config, &meta, &dp, &metrics.repair, &background, port);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, region = %config.region, k = config.k, m = config.m,
             repair = config.repair_enabled, gc = config.gc_enabled, "S3 gateway listening");

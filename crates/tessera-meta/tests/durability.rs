@@ -627,3 +627,87 @@ async fn rebalance_passes_queue_every_stripe_after_the_degraded_ones() {
         .iter()
         .all(|i| i.surviving == 3 && i.reasons == vec![RepairReason::Rebalance]));
 }
+
+#[tokio::test]
+async fn a_restarted_worker_gives_back_its_leases_and_drains_keep_going() {
+    let mut h = Harness::cluster().await;
+    h.put_object(object(
+        "a",
+        vec![part(1, vec![stripe(1, &["n1", "n2", "n3"])])],
+    ))
+    .await;
+    h.set_state("n1", NodeState::Draining, 3_000).await;
+    h.set_state("n2", NodeState::Down, 3_000).await;
+    assert_eq!(h.lease("gw-host-9000", 5, 3_100).await.len(), 1);
+    assert!(h.lease("other", 5, 3_200).await.is_empty(), "leased");
+    let r = h
+        .cmd(MetaCommand::ReleaseLeases {
+            worker: "gw-host-9000".into(),
+            repairs: true,
+            gc: true,
+        })
+        .await;
+    assert_eq!(r, MetaReply::Ok);
+    let task = h.lease("gw-host-9000", 5, 3_300).await.remove(0);
+    // The repair rebuilt the lost shard 1 but could not move shard 0 off
+    // the draining node: the stripe stays queued for the drain.
+    let shards = vec![entry(0, "n1"), entry(1, "n4"), entry(2, "n3")];
+    let r = h
+        .cmd(MetaCommand::CommitRepair {
+            worker: "gw-host-9000".into(),
+            owner: owner("a"),
+            stripe: task.stripe.id,
+            expected: task.stripe.shards,
+            shards,
+            bytes: 5,
+            at: 3_400,
+        })
+        .await;
+    assert_eq!(r, MetaReply::Ok);
+    let q = h.queue();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].reasons, vec![RepairReason::Drain(NodeId::from("n1"))]);
+    assert_eq!(q[0].lease, None);
+}
+
+#[tokio::test]
+async fn node_shards_pages_through_one_nodes_shards() {
+    let mut h = Harness::cluster().await;
+    for seed in 1..=5u8 {
+        h.put_object(object(
+            &format!("k{seed}"),
+            vec![part(1, vec![stripe(seed, &["n1", "n2", "n3"])])],
+        ))
+        .await;
+    }
+    h.put_object(object(
+        "other",
+        vec![part(1, vec![stripe(9, &["n4", "n5", "n3"])])],
+    ))
+    .await;
+    let page = |h: &Harness, after: Option<ShardLiveness>| match h.q(MetaQuery::NodeShards {
+        node: NodeId::from("n1"),
+        after,
+        max: 2,
+    }) {
+        QueryReply::NodeShards(v) => v,
+        other => panic!("{other:?}"),
+    };
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let p = page(&h, after.clone());
+        if p.is_empty() {
+            break;
+        }
+        after = p.last().cloned();
+        all.extend(p);
+    }
+    let want: Vec<ShardLiveness> = (1..=5u8)
+        .map(|s| ShardLiveness {
+            stripe: StripeId([s; 16]),
+            index: 0,
+        })
+        .collect();
+    assert_eq!(all, want, "n1's shards only, in order, each once");
+}

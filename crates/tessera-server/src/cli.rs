@@ -185,6 +185,11 @@ pub struct StorageArgs {
     /// longest upload. [default: 3600000]
     #[arg(long, env = "TESSERA_ORPHAN_SAFETY_AGE_MS", value_name = "MS")]
     pub orphan_safety_age_ms: Option<u64>,
+    /// How often the node checks it has a file for every shard meta places
+    /// on it (missing ones are reported for repair); 0 = off.
+    /// [default: 600000]
+    #[arg(long, env = "TESSERA_INVENTORY_INTERVAL_MS", value_name = "MS")]
+    pub inventory_interval_ms: Option<u64>,
     /// Refuse writes (as a full disk) once shard files hold this many
     /// bytes. [default: the file system's capacity]
     #[arg(long, env = "TESSERA_CAPACITY_BYTES", value_name = "BYTES")]

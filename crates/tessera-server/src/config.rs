@@ -296,6 +296,9 @@ impl StorageSettings {
         if let Some(v) = args.orphan_safety_age_ms {
             c.orphan_safety_age_ms = v;
         }
+        if let Some(v) = args.inventory_interval_ms {
+            c.inventory_interval_ms = v;
+        }
         if args.capacity_bytes.is_some() {
             c.capacity_bytes = args.capacity_bytes;
         }

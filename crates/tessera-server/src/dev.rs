@@ -931,6 +931,11 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
                 "TESSERA_ORPHAN_SAFETY_AGE_MS",
                 DEV_ORPHAN_MS,
             ),
+            (
+                "--inventory-interval-ms",
+                "TESSERA_INVENTORY_INTERVAL_MS",
+                DEV_INVENTORY_MS,
+            ),
         ] {
             if std::env::var_os(env).is_none() {
                 args.extend([flag.into(), value.into()]);
@@ -1045,6 +1050,9 @@ fn load_or_create_tls(dir: &Path) -> Result<DevTls> {
 const DEV_SCRUB_PERIOD_MS: &str = "600000";
 /// Orphan scan interval and safety age of dev storage nodes (10 min).
 const DEV_ORPHAN_MS: &str = "600000";
+/// A dev cluster checks every 20 s that each placed shard has its file, so
+/// a deleted parity shard is rebuilt soon after.
+const DEV_INVENTORY_MS: &str = "20000";
 
 /// A clear error up front beats a child dying with "address in use".
 fn check_ports_free(specs: &[ChildSpec]) -> Result<()> {

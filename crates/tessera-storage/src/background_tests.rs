@@ -195,6 +195,22 @@ impl NodeMeta for FakeNodeMeta {
     async fn knows_node(&self, _node: NodeId) -> Result<bool, StorageError> {
         Ok(!*self.unknown_node.lock().unwrap())
     }
+
+    async fn node_shards(
+        &self,
+        _node: NodeId,
+        after: Option<ShardLiveness>,
+        max: u32,
+    ) -> Result<Vec<ShardLiveness>, StorageError> {
+        let mut all: Vec<(StripeId, u8)> = self.live.lock().unwrap().iter().copied().collect();
+        all.sort();
+        Ok(all
+            .into_iter()
+            .filter(|k| after.as_ref().is_none_or(|a| *k > (a.stripe, a.index)))
+            .take(max as usize)
+            .map(|(stripe, index)| ShardLiveness { stripe, index })
+            .collect())
+    }
 }
 
 fn scrubber(
@@ -1111,4 +1127,39 @@ async fn real_enospc_fails_cleanly() {
         .await
         .unwrap();
     stop.cancel();
+}
+
+#[tokio::test]
+async fn inventory_reports_placed_shards_without_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), None).await;
+    let shards = put_many(&store, 3, 100).await;
+    let meta = FakeNodeMeta::default();
+    let gone: Vec<(StripeId, u8)> = (0..1500u32)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            (StripeId(id), 5)
+        })
+        .collect();
+    {
+        let mut live = meta.live.lock().unwrap();
+        live.extend(shards.iter().map(|(k, _)| (k.stripe, k.index)));
+        live.extend(gone.iter().copied());
+    }
+    let inv =
+        crate::inventory::Inventory::new(store.clone(), meta.clone(), Duration::from_secs(60));
+    let summary = inv.check().await.unwrap();
+    assert_eq!(summary.placed, 1503, "paged through all of them");
+    assert_eq!(summary.missing, 1500);
+    let reported = meta.reported();
+    assert_eq!(reported.len(), 1500);
+    assert!(reported
+        .iter()
+        .all(|p| p.kind == tessera_types::repair::ProblemKind::Missing && p.index == 5));
+    // Nothing missing: nothing reported.
+    meta.live.lock().unwrap().retain(|(_, i)| *i != 5);
+    meta.reports.lock().unwrap().clear();
+    assert_eq!(inv.check().await.unwrap().missing, 0);
+    assert!(meta.reported().is_empty());
 }

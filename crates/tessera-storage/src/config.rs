@@ -57,6 +57,10 @@ pub struct StorageConfig {
     /// milliseconds; it must be longer than any upload can take (a shard is
     /// written before the manifest that references it is committed).
     pub orphan_safety_age_ms: u64,
+    /// How often the node checks that it has a file for every shard meta
+    /// places on it, reporting missing ones for repair, in milliseconds;
+    /// 0 = off.
+    pub inventory_interval_ms: u64,
     /// Optional limit on the bytes held by shard files (headers included),
     /// below the file system's own: a write that would exceed it fails as
     /// if the disk were full. Unset = the file system's capacity.
@@ -69,6 +73,8 @@ pub const DEFAULT_SCRUB_RATE: u64 = 64 << 20;
 pub const DEFAULT_SCRUB_PERIOD_MS: u64 = 24 * 3600 * 1000;
 /// Default orphan scan interval: hourly.
 pub const DEFAULT_ORPHAN_SCAN_INTERVAL_MS: u64 = 3600 * 1000;
+/// Default inventory check period: 10 minutes (a stat per placed shard).
+pub const DEFAULT_INVENTORY_INTERVAL_MS: u64 = 600 * 1000;
 /// Default orphan safety age: one hour, longer than any upload.
 pub const DEFAULT_ORPHAN_SAFETY_AGE_MS: u64 = 3600 * 1000;
 /// Below this safety age the orphan scan may delete the shards of an
@@ -93,6 +99,7 @@ impl Default for StorageConfig {
             scrub_period_ms: DEFAULT_SCRUB_PERIOD_MS,
             orphan_scan_interval_ms: DEFAULT_ORPHAN_SCAN_INTERVAL_MS,
             orphan_safety_age_ms: DEFAULT_ORPHAN_SAFETY_AGE_MS,
+            inventory_interval_ms: DEFAULT_INVENTORY_INTERVAL_MS,
             capacity_bytes: None,
         }
     }
@@ -172,6 +179,10 @@ impl StorageConfig {
     pub(crate) fn orphan_scan_interval(&self) -> Option<Duration> {
         (self.orphan_scan_interval_ms > 0)
             .then(|| Duration::from_millis(self.orphan_scan_interval_ms))
+    }
+
+    pub(crate) fn inventory_interval(&self) -> Option<Duration> {
+        (self.inventory_interval_ms > 0).then(|| Duration::from_millis(self.inventory_interval_ms))
     }
 
     pub(crate) fn orphan_safety_age(&self) -> Duration {

@@ -15,6 +15,7 @@
 //! - `heartbeat`: the liveness and usage reports to meta.
 //! - [`scrub`]: the scrubber.
 //! - [`orphans`]: the orphan scan.
+//! - [`inventory`]: reports placed shards that have no file (lost parity).
 //! - [`meta_api`]: what the background workers ask of meta (a trait, so
 //!   they can be tested without it).
 //! - [`throttle`]: pacing of background reads at a run-time rate.
@@ -25,6 +26,7 @@ pub mod config;
 mod durable;
 pub mod error;
 mod heartbeat;
+pub mod inventory;
 pub mod meta_api;
 pub mod metrics;
 pub mod orphans;
@@ -149,6 +151,13 @@ pub async fn serve(
         );
         tokio::spawn(s.run(tasks.clone()))
     });
+    let inventory = match (config.inventory_interval(), background_meta.clone()) {
+        (Some(interval), Some(meta)) => {
+            let i = inventory::Inventory::new(store.clone(), meta, interval);
+            Some(tokio::spawn(i.run(tasks.clone())))
+        }
+        _ => None,
+    };
     let orphan_scan = match (config.orphan_scan_interval(), background_meta) {
         (Some(interval), Some(meta)) => {
             let o = OrphanScan::new(
@@ -210,7 +219,10 @@ pub async fn serve(
             }
         },
     };
-    for task in [heartbeat, scrubber, orphan_scan].into_iter().flatten() {
+    for task in [heartbeat, scrubber, orphan_scan, inventory]
+        .into_iter()
+        .flatten()
+    {
         stop_task(task, grace).await;
     }
     tracing::info!("storage node stopped");

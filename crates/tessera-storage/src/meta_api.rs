@@ -32,6 +32,18 @@ pub trait NodeMeta: Send + Sync + 'static {
     /// nothing for a node meta does not know: it would answer "not live"
     /// for every shard).
     fn knows_node(&self, node: NodeId) -> impl Future<Output = Result<bool, StorageError>> + Send;
+
+    /// A page of the shards live manifests place on `node`, after `after`
+    /// (`NodeShards`). The default knows of none (test fakes).
+    fn node_shards(
+        &self,
+        node: NodeId,
+        after: Option<ShardLiveness>,
+        max: u32,
+    ) -> impl Future<Output = Result<Vec<ShardLiveness>, StorageError>> + Send {
+        let _ = (node, after, max);
+        async { Ok(Vec::new()) }
+    }
 }
 
 impl NodeMeta for MetaClient {
@@ -64,6 +76,24 @@ impl NodeMeta for MetaClient {
             QueryReply::Err(e) => Err(StorageError::MetaRefused(e.to_string())),
             other => Err(StorageError::MetaRefused(format!(
                 "unexpected reply to ShardsLive: {other:?}"
+            ))),
+        }
+    }
+
+    async fn node_shards(
+        &self,
+        node: NodeId,
+        after: Option<ShardLiveness>,
+        max: u32,
+    ) -> Result<Vec<ShardLiveness>, StorageError> {
+        match self
+            .query(&MetaQuery::NodeShards { node, after, max })
+            .await?
+        {
+            QueryReply::NodeShards(v) => Ok(v),
+            QueryReply::Err(e) => Err(StorageError::MetaRefused(e.to_string())),
+            other => Err(StorageError::MetaRefused(format!(
+                "unexpected reply to NodeShards: {other:?}"
             ))),
         }
     }

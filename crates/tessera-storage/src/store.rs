@@ -319,6 +319,11 @@ impl ShardStore {
 
     /// Where the shard is, looking in its home directory first and then in
     /// the others (the directory list may have changed since it was written).
+    /// Whether a file for `key` is in any data directory (blocking).
+    pub(crate) fn has_file(&self, key: &ShardKey) -> bool {
+        self.locate(key).is_some()
+    }
+
     fn locate(&self, key: &ShardKey) -> Option<PathBuf> {
         let home = self.home_dir(&key.stripe);
         let order = std::iter::once(home).chain((0..self.dirs.len()).filter(|&i| i != home));

@@ -168,6 +168,14 @@ pub enum MetaCommand {
         access_key: String,
         grant: Grant,
     },
+    /// Drops every lease `worker` holds (a restarted gateway, whose
+    /// worker id is stable, gives back what its previous incarnation held
+    /// instead of letting the leases run out).
+    ReleaseLeases {
+        worker: String,
+        repairs: bool,
+        gc: bool,
+    },
 }
 
 /// What a non-owner access key may do in a bucket.
@@ -206,6 +214,7 @@ impl MetaCommand {
             MetaCommand::CheckNode { .. } => "check_node",
             MetaCommand::QueueRebalance { .. } => "queue_rebalance",
             MetaCommand::SetGrant { .. } => "set_grant",
+            MetaCommand::ReleaseLeases { .. } => "release_leases",
         }
     }
 }
@@ -314,6 +323,14 @@ pub enum MetaQuery {
     /// Every grant on a bucket, by access key.
     ListGrants {
         bucket: String,
+    },
+    /// The shards live manifests place on `node`, in (stripe id, index)
+    /// order after `after`, at most `max` (a storage node's inventory
+    /// check: a listed shard without a file is lost).
+    NodeShards {
+        node: NodeId,
+        after: Option<ShardLiveness>,
+        max: u32,
     },
 }
 
@@ -435,4 +452,5 @@ pub enum QueryReply {
     /// BucketAccess: `None` when the bucket does not exist.
     BucketAccess(Option<(Bucket, Grant)>),
     Grants(Vec<(String, Grant)>),
+    NodeShards(Vec<ShardLiveness>),
 }

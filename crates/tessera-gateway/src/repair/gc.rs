@@ -73,6 +73,7 @@ impl GcWorker {
     /// Runs passes until `shutdown`: back to back while the queue is full,
     /// every `gc-interval-ms` otherwise.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        super::worker::release_previous(&self.meta, &self.id, false, true).await;
         loop {
             let r = tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -43,13 +43,14 @@ pub fn start(
     dp: &Arc<DataPlane>,
     metrics: &RepairMetrics,
     shutdown: &CancellationToken,
+    listen_port: Option<u16>,
 ) {
     dp.set_problem_reporter(ProblemReporter::spawn(
         meta.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
-    let id = worker::worker_id();
+    let id = worker::worker_id(listen_port);
     if config.repair_enabled {
         let w = Arc::new(RepairWorker::new(
             config,

@@ -127,8 +127,32 @@ pub struct RepairWorker {
 }
 
 /// A random worker id, `gw-` and 16 hex digits, new at each start.
-pub fn worker_id() -> String {
-    format!("gw-{:016x}", rand::random::<u64>())
+/// The worker id of this gateway: stable across restarts of the same
+/// gateway (host name and S3 port), so that a restarted gateway can give
+/// back the leases its previous incarnation held (`ReleaseLeases`); random
+/// when the port is unknown.
+pub fn worker_id(port: Option<u16>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty());
+    match (host, port) {
+        (Some(h), Some(p)) => format!("gw-{h}-{p}"),
+        _ => format!("gw-{:016x}", rand::random::<u64>()),
+    }
+}
+
+/// Gives back the leases a previous incarnation of `worker` held.
+pub async fn release_previous(meta: &MetaClient, worker: &str, repairs: bool, gc: bool) {
+    let cmd = MetaCommand::ReleaseLeases {
+        worker: worker.to_string(),
+        repairs,
+        gc,
+    };
+    match meta.write(&cmd).await {
+        Ok(_) => tracing::debug!(worker, repairs, gc, "released leases of an earlier run"),
+        Err(e) => tracing::debug!(worker, error = %e, "could not release earlier leases"),
+    }
 }
 
 impl RepairWorker {
@@ -160,6 +184,7 @@ impl RepairWorker {
     /// expire.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!(worker = %self.id, "repair worker started");
+        release_previous(&self.meta, &self.id, true, false).await;
         let mut config = RepairConfig::default();
         let mut polled: Option<Instant> = None;
         loop {

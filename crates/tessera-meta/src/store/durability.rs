@@ -537,9 +537,18 @@ impl SmTrees {
             ..stripe
         };
         fx.queue.insert(*id, None);
-        let alive = surviving(&updated, &[], self.states(fx)?) as usize;
+        let states = self.states(fx)?;
+        let alive = surviving(&updated, &[], states) as usize;
+        let draining = updated
+            .shards
+            .iter()
+            .find(|s| states.get(&s.node) == Some(&NodeState::Draining))
+            .map(|s| s.node.clone());
         if alive < updated.class.total_shards() {
             self.enqueue(fx, &updated, owner, RepairReason::ShortWrite, None, at)?;
+        } else if let Some(node) = draining {
+            // Lost shards were placed but a move was not: keep draining.
+            self.enqueue(fx, &updated, owner, RepairReason::Drain(node), None, at)?;
         }
         Ok(MetaReply::Ok)
     }
@@ -664,6 +673,39 @@ impl SmTrees {
         Ok(MetaReply::Gc(out))
     }
 
+    /// ReleaseLeases: clears `worker`'s leases.
+    pub(crate) fn release_leases(
+        &self,
+        w: &mut Writes,
+        fx: &mut Effects,
+        worker: &str,
+        repairs: bool,
+        gc: bool,
+    ) -> Result<MetaReply, MetaNodeError> {
+        let held = |l: &Option<(String, UnixMillis)>| l.as_ref().is_some_and(|(h, _)| h == worker);
+        if repairs {
+            for entry in self.repair.iter() {
+                let (_, v) = entry?;
+                let mut item: RepairItem = dec(&v)?;
+                if held(&item.lease) {
+                    item.lease = None;
+                    fx.queue.insert(item.stripe, Some(item));
+                }
+            }
+        }
+        if gc {
+            for entry in self.gc.iter() {
+                let (k, v) = entry?;
+                let mut item: GcItem = dec(&v)?;
+                if held(&item.lease) {
+                    item.lease = None;
+                    w.gc.insert(k, enc(&item));
+                }
+            }
+        }
+        Ok(MetaReply::Ok)
+    }
+
     pub(crate) fn ack_gc(&self, w: &mut Writes, keys: &[Vec<u8>]) -> MetaReply {
         for k in keys {
             w.gc.remove(k.as_slice());
@@ -737,6 +779,38 @@ impl SmTrees {
                     .contains_key(node_shard_key(node, &s.stripe, s.index))?)
             })
             .collect()
+    }
+
+    /// NodeShards: a page of the shards placed on `node`.
+    pub fn node_shards_page(
+        &self,
+        node: &NodeId,
+        after: Option<&ShardLiveness>,
+        max: u32,
+    ) -> Result<Vec<ShardLiveness>, MetaNodeError> {
+        let prefix = node_prefix(node);
+        let lower = match after {
+            Some(a) => std::ops::Bound::Excluded(node_shard_key(node, &a.stripe, a.index)),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let mut out = Vec::new();
+        for entry in self.node_shards.range((lower, std::ops::Bound::Unbounded)) {
+            if out.len() >= max.clamp(1, 10_000) as usize {
+                break;
+            }
+            let (k, _) = entry?;
+            if !k.starts_with(&prefix) || k.len() != prefix.len() + 17 {
+                break;
+            }
+            let Some(stripe) = StripeId::from_slice(&k[prefix.len()..prefix.len() + 16]) else {
+                break;
+            };
+            out.push(ShardLiveness {
+                stripe,
+                index: k[prefix.len() + 16],
+            });
+        }
+        Ok(out)
     }
 
     /// The first `max` items in queue order.

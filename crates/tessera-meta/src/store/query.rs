@@ -107,6 +107,9 @@ pub fn query(t: &SmTrees, q: &MetaQuery) -> Result<QueryReply, MetaNodeError> {
         MetaQuery::BucketAccess { bucket, access_key } => {
             QueryReply::BucketAccess(t.bucket_access(bucket, access_key)?)
         }
+        MetaQuery::NodeShards { node, after, max } => {
+            QueryReply::NodeShards(t.node_shards_page(node, after.as_ref(), *max)?)
+        }
         MetaQuery::ListGrants { bucket } => {
             if t.bucket(bucket)?.is_none() {
                 return Ok(QueryReply::Err(MetaError::NoSuchBucket));

@@ -693,6 +693,11 @@ impl SmTrees {
                     MetaReply::Ok
                 }
             }
+            MetaCommand::ReleaseLeases {
+                worker,
+                repairs,
+                gc,
+            } => self.release_leases(w, &mut fx, worker, *repairs, *gc)?,
             MetaCommand::CheckNode { id, at } => {
                 if self.node(id)?.is_none() {
                     MetaReply::Err(MetaError::NoSuchNode)
