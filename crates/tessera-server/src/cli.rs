@@ -471,7 +471,8 @@ pub enum NodeCommand {
         id: String,
     },
     /// Remove a node from the cluster map: a drained node (no shards left)
-    /// or a node that is down (its shards are rebuilt elsewhere).
+    /// or a node that is down (its shards are rebuilt elsewhere). Stop the
+    /// node first: a running node registers again with its next heartbeat.
     Remove {
         /// The storage node id.
         id: String,
