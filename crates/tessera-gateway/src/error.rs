@@ -47,6 +47,8 @@ pub enum ApiError {
     KeyTooLong,
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    InvalidTag(String),
     #[error("location constraint {0:?} does not match this gateway's region")]
     InvalidLocationConstraint(String),
     /// Content-MD5 that is not the base64 of 16 bytes.
@@ -232,6 +234,7 @@ impl From<ApiError> for S3Error {
             ApiError::InvalidBucketName => s3(C::InvalidBucketName, "The specified bucket is not valid"),
             ApiError::KeyTooLong => s3(C::KeyTooLongError, "Your key is too long"),
             ApiError::InvalidArgument(_) => s3(C::InvalidArgument, msg),
+            ApiError::InvalidTag(_) => s3(C::InvalidTag, msg),
             ApiError::InvalidLocationConstraint(_) => s3(C::InvalidLocationConstraint, msg),
             ApiError::InvalidDigest => s3(C::InvalidDigest, msg),
             ApiError::BadDigest => s3(

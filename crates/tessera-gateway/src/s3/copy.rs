@@ -135,6 +135,19 @@ pub(super) async fn copy_object(
             source.user_metadata.clone(),
         ),
     };
+    // Tags follow x-amz-tagging-directive (COPY by default), whatever the
+    // metadata directive did.
+    let mut headers = headers;
+    let replace_tags = input
+        .tagging_directive
+        .as_ref()
+        .is_some_and(|d| d.as_str().eq_ignore_ascii_case("REPLACE"));
+    if replace_tags {
+        super::tagging::apply(&mut headers, input.tagging.as_deref())?;
+    } else {
+        let source_tags = source.headers.get(super::tagging::TAGGING_KEY).cloned();
+        super::tagging::apply(&mut headers, source_tags.as_deref())?;
+    }
     let size = source.size;
     // The copy's checksum: the algorithm asked for, else the source's
     // (recomputed over the whole object: a copy is one part).

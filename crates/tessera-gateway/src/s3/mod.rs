@@ -10,6 +10,7 @@ mod get;
 mod list;
 mod multipart;
 mod put;
+mod tagging;
 
 use std::sync::Arc;
 
@@ -199,6 +200,13 @@ impl S3 for Tessera {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         dispatch!("HeadObject", get::head_object(self, req))
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        dispatch!("GetObjectTagging", tagging::get_object_tagging(self, req))
     }
 
     async fn get_object_attributes(

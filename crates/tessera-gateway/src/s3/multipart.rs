@@ -230,6 +230,7 @@ pub(super) async fn create_multipart_upload(
         input.content_language,
         input.expires,
     );
+    super::tagging::apply(&mut headers, input.tagging.as_deref())?;
     if let Some((a, t)) = sum {
         headers.insert(UPLOAD_CHECKSUM_ALGORITHM.into(), a.name().into());
         headers.insert(UPLOAD_CHECKSUM_TYPE.into(), t.name().into());

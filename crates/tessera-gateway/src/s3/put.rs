@@ -38,6 +38,9 @@ pub(super) async fn put_object(
     let sum = RequestChecksum::from_headers(&req.headers)?;
     let expected = declared_length(input.content_length, &req.headers)?;
     let condition = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref())?;
+    if let Some(t) = &input.tagging {
+        super::tagging::parse(t)?;
+    }
     // Authorization before a single body byte is read.
     s.authorize(&caller, &input.bucket, Access::Write).await?;
 
@@ -72,6 +75,14 @@ pub(super) async fn put_object(
             stripes,
         }]),
     };
+    let mut headers = standard_headers(
+        input.cache_control,
+        input.content_disposition,
+        input.content_encoding,
+        input.content_language,
+        input.expires,
+    );
+    super::tagging::apply(&mut headers, input.tagging.as_deref())?;
     let manifest = ObjectManifest {
         layout: MANIFEST_LAYOUT,
         bucket: input.bucket,
@@ -80,13 +91,7 @@ pub(super) async fn put_object(
         size: outcome.size,
         etag: etag.clone(),
         content_type: input.content_type.filter(|c| !c.is_empty()),
-        headers: standard_headers(
-            input.cache_control,
-            input.content_disposition,
-            input.content_encoding,
-            input.content_language,
-            input.expires,
-        ),
+        headers,
         user_metadata,
         checksums,
         created: tessera_types::now_millis(),
