@@ -22,14 +22,20 @@ def placed(c):
     return {n["id"]: n.get("indexed_shards", 0) for n in st["storage"]}, st
 
 
-def wait_until(what, fn, timeout=90):
+def wait_until(what, fn, timeout=90, c=None):
     t0 = time.time()
     while time.time() - t0 < timeout:
         v = fn()
         if v:
             return v
         time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+    detail = ""
+    if c is not None:
+        st = c.status() or {}
+        detail = json.dumps({"storage": [(n["addr"], n["state"], n.get("indexed_shards"))
+                                         for n in st.get("storage", [])],
+                             "durability": st.get("durability")}, indent=1)
+    raise AssertionError(f"timed out waiting for {what}\n{detail}")
 
 
 def read_all(s3, objects):
@@ -70,7 +76,7 @@ def test_added_node_gets_shards_and_a_drained_node_is_emptied():
              and n["state"] == "up"), None))
         # The leader queues a rebalance pass; workers move shards to it.
         moved = wait_until("shards on the new node", lambda: placed(c)[0].get(new_id, 0) > 0 and
-                           placed(c)[1]["durability"]["queued"] == 0)
+                           placed(c)[1]["durability"]["queued"] == 0, c=c)
         after, st = placed(c)
         assert sum(after.values()) == total, "a move keeps the shard count"
         assert 0 < after[new_id] < total

@@ -1,18 +1,18 @@
-//! The rebalancer's trigger, on the meta leader: when a storage node that
-//! the cluster map never had before is up, every live stripe is queued
-//! (in batches, through Raft) with reason `Rebalance`. Repair workers then
-//! move the shards of stripes whose placement now includes the new node,
-//! at the repair rate and after every degraded stripe (whole stripes sort
-//! last in the queue). Nodes returning from down do not trigger a pass:
-//! their stripes were already repaired elsewhere, and moving them back
-//! would only churn.
+//! The rebalancer's trigger, on the meta leader. The state machine counts
+//! additions of storage nodes the map never had (`rebalance_wanted`) and
+//! the additions the last complete pass covered (`rebalance_done`); while
+//! wanted > done, the leader queues every live stripe (in batches, through
+//! Raft) with reason `Rebalance`. Repair workers then move the shards of
+//! stripes whose placement now includes the new node, at the repair rate
+//! and after every degraded stripe (whole stripes sort last in the queue).
+//! The counters are replicated, so a new leader finishes a pass that its
+//! predecessor did not; nodes returning from down trigger nothing (their
+//! stripes were repaired elsewhere, and moving them back would only churn).
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use openraft::ServerState;
 use tessera_types::meta::{MetaCommand, MetaReply};
-use tessera_types::{NodeId, NodeState};
 use tokio_util::sync::CancellationToken;
 
 use crate::network::MetaRaft;
@@ -26,8 +26,6 @@ pub const BATCH: u32 = 512;
 const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
 pub async fn run(raft: MetaRaft, id: RaftNodeId, trees: SmTrees, shutdown: CancellationToken) {
-    // Every node id the map had when this node last looked as leader.
-    let mut known: Option<HashSet<NodeId>> = None;
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -36,24 +34,19 @@ pub async fn run(raft: MetaRaft, id: RaftNodeId, trees: SmTrees, shutdown: Cance
             _ = tick.tick() => {}
         }
         if !leading(&raft, id) {
-            known = None;
             continue;
         }
         let t = trees.clone();
-        let Ok(Ok(nodes)) = tokio::task::spawn_blocking(move || t.all_nodes()).await else {
+        let Ok(Ok((wanted, done))) = tokio::task::spawn_blocking(move || t.rebalance_state()).await
+        else {
             continue;
         };
-        let ids: HashSet<NodeId> = nodes.iter().map(|n| n.id.clone()).collect();
-        let new_up = match &known {
-            // Leadership just started: nothing to compare with.
-            None => false,
-            Some(prev) => nodes
-                .iter()
-                .any(|n| n.state == NodeState::Up && !prev.contains(&n.id)),
-        };
-        known = Some(ids);
-        if new_up {
-            tracing::info!("a new storage node is up: queueing every stripe for rebalance");
+        if wanted > done {
+            tracing::info!(
+                wanted,
+                done,
+                "new storage nodes: queueing every stripe for rebalance"
+            );
             match pass(&raft, id, &shutdown).await {
                 Ok(n) => tracing::info!(batches = n, "rebalance pass queued"),
                 Err(e) => tracing::warn!(error = %e, "rebalance pass stopped"),

@@ -28,6 +28,12 @@ use tessera_types::meta::PartRecord;
 
 pub(crate) const META_REPAIR_CONFIG: &[u8] = b"repair_config";
 pub(crate) const META_REPAIRED: &[u8] = b"repaired";
+/// Bumped whenever a node the map never had is added.
+pub(crate) const META_REBALANCE_WANTED: &[u8] = b"rebalance_wanted";
+/// The `wanted` value when the pass in progress started.
+pub(crate) const META_REBALANCE_STARTED: &[u8] = b"rebalance_started";
+/// The `wanted` value the last complete pass covered.
+pub(crate) const META_REBALANCE_DONE: &[u8] = b"rebalance_done";
 
 /// Longest back-off after failed repair attempts.
 const MAX_BACKOFF_MS: i64 = 60_000;
@@ -555,6 +561,38 @@ impl SmTrees {
 
     /// QueueRebalance: see [`tessera_types::meta::MetaCommand::QueueRebalance`].
     pub(crate) fn queue_rebalance(
+        &self,
+        w: &mut Writes,
+        fx: &mut Effects,
+        after: Option<StripeId>,
+        max: u32,
+        at: UnixMillis,
+    ) -> Result<MetaReply, MetaNodeError> {
+        let reply = self.queue_rebalance_batch(fx, after, max, at)?;
+        // Pass bookkeeping: a pass starts with `after: None` and covers the
+        // additions wanted then; it is done when the cursor runs out.
+        let (wanted, _) = self.rebalance_state()?;
+        let started = if after.is_none() {
+            w.meta.insert(META_REBALANCE_STARTED, enc(&wanted));
+            wanted
+        } else {
+            Self::get(&self.meta, META_REBALANCE_STARTED)?.unwrap_or(0)
+        };
+        if reply == MetaReply::Cursor(None) {
+            w.meta.insert(META_REBALANCE_DONE, enc(&started));
+        }
+        Ok(reply)
+    }
+
+    /// (wanted, done) of rebalance passes: a pass is due while wanted > done.
+    pub fn rebalance_state(&self) -> Result<(u64, u64), MetaNodeError> {
+        Ok((
+            Self::get(&self.meta, META_REBALANCE_WANTED)?.unwrap_or(0),
+            Self::get(&self.meta, META_REBALANCE_DONE)?.unwrap_or(0),
+        ))
+    }
+
+    fn queue_rebalance_batch(
         &self,
         fx: &mut Effects,
         after: Option<StripeId>,

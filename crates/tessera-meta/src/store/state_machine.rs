@@ -486,7 +486,16 @@ impl SmTrees {
                 let mut node = info.clone();
                 let before = self.node(&info.id)?;
                 match &before {
-                    None => bump_epoch = true,
+                    None => {
+                        bump_epoch = true;
+                        // A node the cluster never had: existing stripes
+                        // should follow placement (see rebalance.rs).
+                        let wanted: u64 =
+                            Self::get(&self.meta, super::durability::META_REBALANCE_WANTED)?
+                                .unwrap_or(0);
+                        w.meta
+                            .insert(super::durability::META_REBALANCE_WANTED, enc(&(wanted + 1)));
+                    }
                     Some(old) => {
                         // A node that heartbeats again is up, unless an
                         // operator is draining it.
@@ -672,7 +681,7 @@ impl SmTrees {
             MetaCommand::AckGc { keys } => self.ack_gc(w, keys),
             MetaCommand::QueueRebalance { after, max, at } => {
                 new_clock = new_clock.max(*at);
-                self.queue_rebalance(&mut fx, *after, *max, new_clock)?
+                self.queue_rebalance(w, &mut fx, *after, *max, new_clock)?
             }
             MetaCommand::SetGrant {
                 bucket,
