@@ -598,7 +598,11 @@ async fn rebalance_passes_queue_every_stripe_after_the_degraded_ones() {
         vec![part(1, vec![stripe(9, &["n1", "n2"])])],
     ))
     .await;
-    assert_eq!(h.sm.trees().rebalance_state().unwrap(), (5, 0), "5 new nodes, no pass yet");
+    assert_eq!(
+        h.sm.trees().rebalance_state().unwrap(),
+        (5, 0),
+        "5 new nodes, no pass yet"
+    );
     let mut after = None;
     let mut batches = 0;
     loop {
@@ -617,7 +621,11 @@ async fn rebalance_passes_queue_every_stripe_after_the_degraded_ones() {
         }
     }
     assert_eq!(batches, 3, "6 stripes in batches of 2");
-    assert_eq!(h.sm.trees().rebalance_state().unwrap(), (5, 5), "the pass covered them");
+    assert_eq!(
+        h.sm.trees().rebalance_state().unwrap(),
+        (5, 5),
+        "the pass covered them"
+    );
     let q = h.queue();
     assert_eq!(q.len(), 6);
     assert_eq!(q[0].stripe, StripeId([9; 16]), "the degraded stripe first");
