@@ -1052,17 +1052,21 @@ fn background_config_is_validated() {
     .unwrap();
 }
 
-/// Not a test: measures how fast one pass can go on this machine, from
-/// the page cache and from disk (`cargo nextest run -p tessera-storage
-/// --run-ignored only scrub_throughput --no-capture`).
+/// One unthrottled pass, from the page cache and from disk, checks every
+/// byte and prints its speed on this machine (`--no-capture`; set
+/// `SCRUB_BENCH_DIR` to measure another disk, `SCRUB_BENCH_SHARDS` for a
+/// bigger sample).
 #[tokio::test]
-#[ignore]
 async fn scrub_throughput() {
     use std::os::fd::AsRawFd;
     let dir =
         tempfile::tempdir_in(std::env::var("SCRUB_BENCH_DIR").unwrap_or("/tmp".into())).unwrap();
+    let n: usize = std::env::var("SCRUB_BENCH_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     let store = open_store(dir.path(), None).await;
-    let shards = put_many(&store, 64, 4 << 20).await;
+    let shards = put_many(&store, n, 4 << 20).await;
     let meta = FakeNodeMeta::default();
     for cold in [false, true] {
         if cold {
@@ -1076,6 +1080,15 @@ async fn scrub_throughput() {
         }
         let (mut s, _) = scrubber(&store, &meta, FAST);
         let summary = s.pass(&CancellationToken::new()).await.unwrap();
+        assert_eq!(summary.shards, n as u64, "every shard re-hashed");
+        assert!(
+            summary.bytes >= (n as u64) * (4 << 20),
+            "every byte re-hashed"
+        );
+        assert!(
+            meta.reported().is_empty(),
+            "healthy shards are not reported"
+        );
         eprintln!(
             "{}: {} shards, {} MiB in {:?}: {:.0} MB/s",
             if cold { "cold" } else { "page cache" },
