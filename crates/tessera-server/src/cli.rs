@@ -50,9 +50,27 @@ pub enum Command {
     Dev(DevArgs),
     /// Operate a running cluster: status, access keys.
     Admin(AdminArgs),
+    /// Probe a node's admin HTTP port (`/health/ready` by default): exit 0
+    /// on 200 OK, 1 otherwise. For container health checks.
+    Health(HealthArgs),
     /// Load-test any S3 endpoint (put, get, stat, list, delete, mixed) and
     /// report throughput, latency percentiles and server CPU per operation.
     Bench(crate::bench::BenchArgs),
+}
+
+/// `tessera health`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The node's admin HTTP address (its `admin-listen`).
+    #[arg(long, env = "TESSERA_HEALTH_ADDR", value_name = "HOST:PORT")]
+    pub addr: String,
+    /// The path to ask for: `/health/ready` (serving) or `/health/live`
+    /// (the process answers).
+    #[arg(long, default_value = "/health/ready")]
+    pub path: String,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
 }
 
 /// `tessera meta`.
@@ -260,10 +278,17 @@ pub struct GatewayArgs {
     /// Most concurrent client connections. [default: 4096]
     #[arg(long, env = "TESSERA_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Base domain for virtual-hosted-style requests (`bucket.DOMAIN`).
-    /// [default: path-style only]
-    #[arg(long, env = "TESSERA_DOMAIN")]
-    pub domain: Option<String>,
+    /// Base domain for virtual-hosted-style requests: `Host:
+    /// bucket.DOMAIN` addresses `bucket` (path-style keeps working).
+    /// Repeat or separate with commas for several. [default: path-style
+    /// only]
+    #[arg(
+        long = "s3-domain",
+        env = "TESSERA_S3_DOMAIN",
+        value_name = "DOMAIN",
+        value_delimiter = ','
+    )]
+    pub s3_domain: Vec<String>,
     /// PEM certificate chain: with --tls-key, S3 is served over HTTPS
     /// (only) on --listen. [default: plain HTTP]
     #[arg(long, env = "TESSERA_TLS_CERT", value_name = "FILE")]
@@ -497,6 +522,11 @@ pub enum KeyCommand {
             hide_env_values = true
         )]
         secret_key: Option<String>,
+        /// Succeed without change when the key already exists with the same
+        /// secret (and name): makes an init job or script safe to re-run.
+        /// A different secret is still an error.
+        #[arg(long)]
+        if_not_exists: bool,
     },
     /// List access keys (secrets are not shown).
     List {

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod fsutil;
+pub mod health;
 pub mod logging;
 pub mod roles;
 pub mod shutdown;
@@ -31,7 +32,7 @@ use config::{GatewaySettings, MetaSettings, StorageSettings};
 /// commands stay quiet, servers say what they do.
 pub fn default_log_filter(command: &Command) -> &'static str {
     match command {
-        Command::Admin(_) | Command::Bench(_) => "warn",
+        Command::Admin(_) | Command::Bench(_) | Command::Health(_) => "warn",
         _ => "info",
     }
 }
@@ -92,6 +93,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
         }
         Command::Admin(args) => return admin::run(args).await,
         Command::Bench(args) => return bench::run(args, shutdown).await,
+        Command::Health(args) => return health::run(args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

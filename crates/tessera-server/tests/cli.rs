@@ -233,7 +233,9 @@ fn admin_commands() {
             name,
             access_key,
             secret_key,
+            if_not_exists,
         }) => {
+            assert!(!if_not_exists);
             assert_eq!(name, "alice");
             assert_eq!(access_key.as_deref(), Some("AKALICE"));
             assert_eq!(secret_key.as_deref(), Some("alicesecret"));

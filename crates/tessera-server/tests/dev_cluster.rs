@@ -53,21 +53,33 @@ fn options(dir: &Path, base: u16) -> DevOptions {
     }
 }
 
-fn admin(cluster_file: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new(BIN)
+fn admin_unchecked(cluster_file: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
         .arg("admin")
         .args(args)
         .arg("--cluster")
         .arg(cluster_file)
         .env_remove("TESSERA_META")
+        .env_remove("TESSERA_SECRET_KEY")
         .output()
-        .expect("run tessera admin");
+        .expect("run tessera admin")
+}
+
+fn admin(cluster_file: &Path, args: &[&str]) -> std::process::Output {
+    let out = admin_unchecked(cluster_file, args);
     assert!(
         out.status.success(),
         "tessera admin {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+fn health(addr: &str) -> std::process::Output {
+    Command::new(BIN)
+        .args(["health", "--addr", addr, "--timeout-ms", "3000"])
+        .output()
+        .expect("run tessera health")
 }
 
 fn status(cluster_file: &Path) -> StatusReport {
@@ -200,6 +212,9 @@ fn check_admin_ports(info: &ClusterInfo) {
         assert!(!n.admin_addr.is_empty(), "{n:?}");
         assert_eq!(http_get(&n.admin_addr, "/health/live").0, 200, "{n:?}");
         wait_for(&n.admin_addr, "/health/ready", |st, _| st == 200);
+        // The container health probe agrees.
+        let probe = health(&n.admin_addr);
+        assert!(probe.status.success(), "tessera health {n:?}: {probe:?}");
         let want: &[&str] = match n.role.as_str() {
             "meta" => &[
                 "tessera_meta_raft_term ",
@@ -221,6 +236,13 @@ fn check_admin_ports(info: &ClusterInfo) {
         });
         assert_eq!(http_get(&n.admin_addr, "/nope").0, 404);
     }
+    // Nothing listens on the S3 port's neighbour below the admin ports.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let probe = health(&closed_addr);
+    assert!(!probe.status.success(), "health of a closed port succeeded");
+    assert!(!probe.stderr.is_empty(), "a failing probe says why");
     let gw = info.nodes.iter().find(|n| n.role == "gateway").unwrap();
     let series = "tessera_gateway_s3_requests_total{op=\"ListBuckets\",status=\"403\"}";
     let before = sample(&http_get(&gw.admin_addr, "/metrics").1, series).unwrap_or(0.0);
@@ -295,6 +317,35 @@ async fn dev_cluster_starts_reports_and_restarts_with_its_data() {
     let out = admin(&file, &["key", "create", "alice"]);
     let alice: CreatedKey = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(alice.name, "alice");
+    // `--if-not-exists` makes an init job safe to re-run, and still refuses
+    // a different secret for the same key id.
+    let fixed = [
+        "key",
+        "create",
+        "ops",
+        "--access-key",
+        "OPSKEY0001",
+        "--secret-key",
+        "ops-secret-0123456789abcdef0123456789",
+        "--if-not-exists",
+    ];
+    let first: CreatedKey = serde_json::from_slice(&admin(&file, &fixed).stdout).unwrap();
+    assert_eq!(first.access_key, "OPSKEY0001");
+    let again: serde_json::Value = serde_json::from_slice(&admin(&file, &fixed).stdout).unwrap();
+    assert_eq!(again["existed"], true, "{again}");
+    assert!(
+        again.get("secret_key").is_none(),
+        "secret printed again: {again}"
+    );
+    let mut other = fixed;
+    other[6] = "another-secret-0123456789abcdef012345678";
+    let out = admin_unchecked(&file, &other);
+    assert!(!out.status.success(), "a different secret was accepted");
+    let out = admin_unchecked(&file, &fixed[..7]);
+    assert!(
+        !out.status.success(),
+        "a second create without --if-not-exists succeeded"
+    );
 
     let pids: Vec<u32> = info.nodes.iter().map(|n| n.pid).collect();
     cluster.stop().await.unwrap();

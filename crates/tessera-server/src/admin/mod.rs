@@ -544,12 +544,14 @@ async fn key(client: &MetaClient, cmd: KeyCommand) -> Result<()> {
             name,
             access_key,
             secret_key,
+            if_not_exists,
         } => {
             let mut key = AccessKey::generate(&name, tessera_types::now_millis());
             if let Some(id) = access_key {
                 check_key_id(&id)?;
                 key.id = id;
             }
+            let secret_given = secret_key.is_some();
             if let Some(secret) = secret_key {
                 check_secret(&secret)?;
                 key.secret = secret;
@@ -560,6 +562,23 @@ async fn key(client: &MetaClient, cmd: KeyCommand) -> Result<()> {
                 .context("looking up the access key")?
             {
                 QueryReply::AccessKey(None) => {}
+                QueryReply::AccessKey(Some(old)) if if_not_exists => {
+                    if secret_given && old.secret != key.secret {
+                        bail!(
+                            "access key {} already exists with a different secret",
+                            key.id
+                        );
+                    }
+                    // The secret is not printed again: the caller has it.
+                    let out = serde_json::json!({
+                        "access_key": old.id,
+                        "name": old.name,
+                        "created": old.created,
+                        "existed": true,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                    return Ok(());
+                }
                 QueryReply::AccessKey(Some(_)) => bail!("access key {} already exists", key.id),
                 QueryReply::Err(e) => bail!("meta refused the lookup: {e}"),
                 other => bail!("unexpected answer: {other:?}"),
