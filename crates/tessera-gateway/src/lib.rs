@@ -14,6 +14,7 @@
 //! - [`names`]: bucket-name and key rules.
 //! - [`metrics`]: request metrics around the s3s service.
 //! - [`cluster`]: the cached cluster map and placement.
+//! - [`console`]: the read-only web console on the admin port.
 //! - [`pipeline`]: stripe writer, stripe reader, deferred shard deletion.
 //! - [`repair`]: the repair and GC workers, and bad-shard reports from reads.
 //! - [`s3`]: the S3 operations, one file per family.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod checksum;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod metrics;
 pub mod names;
@@ -89,11 +91,13 @@ pub async fn serve(
     if let Some(addr) = &config.admin_listen {
         let admin = tokio::net::TcpListener::bind(addr).await?;
         let view = cluster.clone();
-        tokio::spawn(tessera_observe::serve_admin(
+        let console = console::routes(meta.clone(), console::GatewayInfo::of(&config));
+        tokio::spawn(tessera_observe::serve_admin_with(
             admin,
             metrics.registry.clone(),
             // Ready once a cluster map with storage nodes came from meta.
             Arc::new(move || !view.current().map.nodes.is_empty()),
+            Some(console),
             background.clone(),
         ));
     }

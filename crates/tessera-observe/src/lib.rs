@@ -1,7 +1,8 @@
 //! Tessera's observability: a small Prometheus registry (counters, gauges,
 //! histograms with labels, rendered in the text exposition format) and the
 //! admin HTTP server every role runs (`/metrics`, `/health/live`,
-//! `/health/ready`), and crash failpoints for tests ([`failpoint`]).
+//! `/health/ready`, plus read-only routes a role adds, such as the
+//! gateway's console), and crash failpoints for tests ([`failpoint`]).
 //!
 //! It depends on nothing of Tessera's: services create their metrics here
 //! and update them; the registry renders them on scrape. Metric names follow
@@ -12,4 +13,4 @@ mod metrics;
 mod server;
 
 pub use metrics::{Counter, Gauge, Histogram, Registry, LATENCY_BUCKETS};
-pub use server::{serve_admin, Readiness};
+pub use server::{serve_admin, serve_admin_with, AdminReply, AdminRoutes, Readiness};
