@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end test of the Docker Compose cluster (deploy/compose):
 #
-#   1. build the image (deploy/build-image.sh; SKIP_BUILD=1 to reuse one)
-#   2. `compose up -d` under a unique project name, wait until healthy
+#   1. build the image (deploy/build-image.sh from $TESSERA_BIN or the
+#      release binary; SKIP_BUILD=1 to reuse one)
+#   2. `compose up -d` under a unique project name, wait until healthy;
+#      the console's JSON and /metrics answer on gateway1's admin port
 #   3. with the aws cli: create a bucket, PUT 20 objects of mixed sizes
 #      (inline, single stripe, multi-stripe, > 1 MiB)
 #   4. `docker kill` two storage nodes in different zones, read everything
@@ -14,12 +16,17 @@
 #   7. final read of every object, listing check
 #
 # Always tears everything down (`compose down -v`: containers, network,
-# volumes), also on failure or Ctrl-C. Runs from any directory.
+# volumes, and the image when it built one under its own name), also on
+# failure or Ctrl-C; first removes what an earlier run that died (its pid is
+# gone) left behind. Runs from any directory.
 #
 # Environment:
 #   AWS            aws cli to use (default: `aws` on PATH, else a venv in
 #                  ~/.cache/tessera-compose-venv)
-#   TESSERA_IMAGE  image to build/use (default tessera:dev)
+#   TESSERA_BIN    binary to put in the image (default: build-image.sh's,
+#                  the release binary, built when missing)
+#   TESSERA_IMAGE  image to build/use and keep (default: a per-run
+#                  tessera:compose-test-PID, removed at the end)
 #   SKIP_BUILD=1   use the existing TESSERA_IMAGE
 #   KEEP_LOGS=DIR  also save every container's log there
 #   Plus whatever deploy/build-image.sh takes (CARGO_TARGET_DIR, ...).
@@ -69,13 +76,46 @@ else
 fi
 "$aws_bin" --version >/dev/null 2>&1 || die "aws cli at $aws_bin does not run"
 
+# ------------------------------------------- leftovers of dead runs ---
+# Projects are named tessera-ci-<time>-<pid> and images
+# tessera:compose-test-<pid>: whatever belongs to a pid that is no longer
+# running was left by a run that was killed before its cleanup.
+stale_pid_gone() { [[ "$1" =~ ^[0-9]+$ ]] && ! kill -0 "$1" 2>/dev/null; }
+for p in $(docker ps -a --format '{{.Label "com.docker.compose.project"}}' | sort -u | grep '^tessera-ci-' || true); do
+    if stale_pid_gone "${p##*-}"; then
+        log "removing leftovers of an earlier run: $p"
+        docker ps -aq --filter "label=com.docker.compose.project=$p" | xargs -r docker rm -f >/dev/null 2>&1 || true
+    fi
+done
+for v in $(docker volume ls -q --filter label=com.docker.compose.project | grep '^tessera-ci-' || true); do
+    p="$(docker volume inspect -f '{{index .Labels "com.docker.compose.project"}}' "$v" 2>/dev/null)" || continue
+    pid="${p##*-}"
+    stale_pid_gone "$pid" && docker volume rm "$v" >/dev/null 2>&1 || true
+done
+for n in $(docker network ls --format '{{.Name}}' | grep '^tessera-ci-' || true); do
+    p="${n%_tessera}"
+    stale_pid_gone "${p##*-}" && docker network rm "$n" >/dev/null 2>&1 || true
+done
+for img in $(docker image ls --format '{{.Repository}}:{{.Tag}}' | grep '^tessera:compose-test-' || true); do
+    stale_pid_gone "${img##*-}" && docker image rm "$img" >/dev/null 2>&1 || true
+done
+
 # ------------------------------------------------------ the cluster ---
 project="tessera-ci-$(date +%s)-$$"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tessera-compose-test.XXXXXX")"
-export TESSERA_IMAGE="${TESSERA_IMAGE:-tessera:dev}"
+own_image=0
+if [[ -z "${TESSERA_IMAGE:-}" ]]; then
+    TESSERA_IMAGE="tessera:compose-test-$$"
+    [[ "${SKIP_BUILD:-0}" == 1 ]] && die "SKIP_BUILD=1 needs TESSERA_IMAGE"
+    own_image=1
+fi
+export TESSERA_IMAGE
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export TESSERA_GATEWAY1_PORT="${TESSERA_GATEWAY1_PORT:-$(free_port)}"
 export TESSERA_GATEWAY2_PORT="${TESSERA_GATEWAY2_PORT:-$(free_port)}"
+export TESSERA_GATEWAY1_ADMIN_PORT="${TESSERA_GATEWAY1_ADMIN_PORT:-$(free_port)}"
+export TESSERA_GATEWAY2_ADMIN_PORT="${TESSERA_GATEWAY2_ADMIN_PORT:-$(free_port)}"
+export TESSERA_ADMIN_BIND=127.0.0.1
 export TESSERA_BIND=127.0.0.1
 export TESSERA_SUSPECT_AFTER_MS=3000
 # Fresh credentials for every run: nothing real is ever committed.
@@ -118,6 +158,7 @@ cleanup() {
     docker ps -aq --filter "label=com.docker.compose.project=$project" | xargs -r docker rm -f >/dev/null 2>&1
     docker volume ls -q --filter "label=com.docker.compose.project=$project" | xargs -r docker volume rm >/dev/null 2>&1
     docker network rm "$network" >/dev/null 2>&1
+    [[ $own_image == 1 ]] && docker image rm "$TESSERA_IMAGE" >/dev/null 2>&1
     rm -rf "$work"
     exit "$rc"
 }
@@ -221,7 +262,7 @@ phase "build image ($TESSERA_IMAGE)"
 if [[ "${SKIP_BUILD:-0}" == 1 ]]; then
     docker image inspect "$TESSERA_IMAGE" >/dev/null || die "SKIP_BUILD=1 but no image $TESSERA_IMAGE"
 else
-    "$deploy/build-image.sh"
+    "$deploy/build-image.sh" ${TESSERA_BIN:+"$TESSERA_BIN"} >/dev/null
 fi
 image_size="$(docker image inspect -f '{{.Size}}' "$TESSERA_IMAGE")"
 
@@ -235,6 +276,21 @@ wait_until 60 "the init service to create the root key" init_done
 wait_until 60 "S3 on both gateways" s3_ready
 read -r leader up <<<"$(status_json | summarize)"
 log "healthy: meta leader $leader, $up storage nodes up"
+# The console and metrics on gateway1's published admin port.
+python3 - "http://127.0.0.1:$TESSERA_GATEWAY1_ADMIN_PORT" <<'PY' || die "console or /metrics on the gateway admin port"
+import json, sys, urllib.request
+base = sys.argv[1]
+s = json.load(urllib.request.urlopen(base + "/console/api/status", timeout=10))
+nodes = s["storage"]["nodes"]
+assert s["meta"]["leader"] in (1, 2, 3), s["meta"]
+assert len(nodes) == 6 and all(n["state"] == "up" for n in nodes), nodes
+assert sorted({n["zone"] for n in nodes}) == ["z1", "z2", "z3"], nodes
+page = urllib.request.urlopen(base + "/console/", timeout=10).read().decode()
+assert "console.js" in page
+metrics = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+assert "tessera_gateway_s3_requests_total" in metrics
+print("console: leader meta%s, %d storage nodes up in 3 zones" % (s["meta"]["leader"], len(nodes)))
+PY
 
 # ------------------------------------------------------------ 3. write ---
 phase "create bucket + PUT 20 objects"
