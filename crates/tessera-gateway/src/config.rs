@@ -35,9 +35,11 @@ pub struct GatewayConfig {
     pub max_buffered_stripes: usize,
     /// Stripes a GET reads ahead of the one being sent to the client.
     pub read_ahead_stripes: usize,
-    /// Base domain for virtual-hosted-style requests (`bucket.<domain>`);
-    /// unset = path-style only.
-    pub domain: Option<String>,
+    /// Base domains for virtual-hosted-style requests: a Host header
+    /// `bucket.<domain>` (any port) addresses `bucket`; any other host is
+    /// path-style. A string or a list; empty = path-style only.
+    #[serde(deserialize_with = "one_or_many")]
+    pub s3_domain: Vec<String>,
     /// Largest object a single PutObject may upload, in bytes.
     pub max_object_size: u64,
     /// Time a client has to send a request's headers (slowloris guard).
@@ -110,7 +112,7 @@ impl Default for GatewayConfig {
             write_quorum: None,
             max_buffered_stripes: 64,
             read_ahead_stripes: 2,
-            domain: None,
+            s3_domain: vec![],
             max_object_size: 5 << 30,
             header_read_timeout_ms: 10_000,
             body_idle_timeout_ms: 60_000,
@@ -188,9 +190,14 @@ impl GatewayConfig {
         if self.max_connections == 0 {
             return err("max-connections must be at least 1".into());
         }
-        if let Some(d) = &self.domain {
-            if d.is_empty() || d.contains(':') || d.contains('/') {
-                return err(format!("domain: not a host name: {d:?}"));
+        for d in &self.s3_domain {
+            let label_ok = |l: &str| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            };
+            if !d.split('.').all(label_ok) {
+                return err(format!(
+                    "s3-domain: not a host name (no port, no scheme): {d:?}"
+                ));
             }
         }
         crate::server::tls_config(self)?;
@@ -200,6 +207,20 @@ impl GatewayConfig {
     pub(crate) fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 #[cfg(test)]
@@ -218,5 +239,21 @@ mod tests {
         c.write_quorum = None;
         c.inline_threshold = 4 << 20;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn s3_domains() {
+        let mut c = GatewayConfig {
+            meta: vec!["127.0.0.1:1".into()],
+            ..GatewayConfig::default()
+        };
+        for good in ["localhost", "s3.example.com", "s3-1.internal"] {
+            c.s3_domain = vec![good.into()];
+            c.validate().unwrap();
+        }
+        for bad in ["", "s3.example.com:9000", "http://x", ".x", "x..y", "a b"] {
+            c.s3_domain = vec![bad.into()];
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
     }
 }

@@ -41,8 +41,13 @@ pub enum ApiError {
     /// Meta answered something this gateway did not ask for.
     #[error("unexpected meta reply to {0}")]
     UnexpectedReply(&'static str),
-    #[error("invalid bucket name")]
-    InvalidBucketName,
+    /// A bucket name that breaks the naming rules; says which one.
+    #[error("The specified bucket is not valid: {0}")]
+    InvalidBucketName(&'static str),
+    /// A feature Tessera does not have (versioning, ACLs other than
+    /// private, SSE, object lock, ...): never a wrong success.
+    #[error("{0}")]
+    NotImplemented(&'static str),
     #[error("key longer than 1024 bytes")]
     KeyTooLong,
     #[error("{0}")]
@@ -231,7 +236,11 @@ impl From<ApiError> for S3Error {
             ApiError::UnexpectedReply(_) | ApiError::Internal(_) | ApiError::Erasure(_) => {
                 s3(C::InternalError, "We encountered an internal error; please retry")
             }
-            ApiError::InvalidBucketName => s3(C::InvalidBucketName, "The specified bucket is not valid"),
+            ApiError::InvalidBucketName(_) => s3(C::InvalidBucketName, msg),
+            ApiError::NotImplemented(_) => s3(
+                C::NotImplemented,
+                format!("A header or operation you provided implies functionality that is not implemented: {msg}"),
+            ),
             ApiError::KeyTooLong => s3(C::KeyTooLongError, "Your key is too long"),
             ApiError::InvalidArgument(_) => s3(C::InvalidArgument, msg),
             ApiError::InvalidTag(_) => s3(C::InvalidTag, msg),
@@ -345,7 +354,8 @@ mod tests {
                 412,
             ),
             (ApiError::AccessDenied("x"), "AccessDenied", 403),
-            (ApiError::InvalidBucketName, "InvalidBucketName", 400),
+            (ApiError::InvalidBucketName("x"), "InvalidBucketName", 400),
+            (ApiError::NotImplemented("x"), "NotImplemented", 501),
             (ApiError::KeyTooLong, "KeyTooLongError", 400),
             (ApiError::BadDigest, "BadDigest", 400),
             (ApiError::InvalidDigest, "InvalidDigest", 400),

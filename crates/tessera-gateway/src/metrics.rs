@@ -261,13 +261,18 @@ impl hyper::service::Service<http::Request<Incoming>> for Metered {
         // DATA on a HEAD stream is a protocol error (s3s answers a failed HEAD
         // with an XML error body): send the head only.
         let head = req.method() == http::Method::HEAD;
+        // Presigned-URL rules s3s leaves open (see `s3::presign`).
+        let refused = crate::s3::presign::check_query(req.uri().query()).err();
         let mut req = req.map(|b| Counted {
             inner: Box::pin(b),
             counter: metrics.bytes_in.clone(),
         });
         req.extensions_mut().insert(slot.clone());
         Box::pin(async move {
-            let r = tower::Service::call(&mut inner, req).await;
+            let r = match refused {
+                Some(message) => Ok(crate::s3::presign::error_response(message)),
+                None => tower::Service::call(&mut inner, req).await,
+            };
             let op = slot.get().unwrap_or_else(|| shape.to_string());
             let op = op.as_str();
             let status = match &r {

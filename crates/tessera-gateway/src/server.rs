@@ -12,9 +12,7 @@ use std::sync::Arc;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use s3s::host::{S3Host, VirtualHost};
 use s3s::service::{S3Service, S3ServiceBuilder};
-use s3s::S3Result;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -27,31 +25,8 @@ use crate::auth::{MetaAuth, RequireAuth};
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metered;
-use crate::names::BucketNameRules;
+use crate::names::{AnyBucketName, CheckedNames, VirtualHosts};
 use crate::s3::Tessera;
-
-/// Virtual-hosted-style addressing under one base domain; any other host
-/// (an IP, `localhost`, another name) is path-style.
-struct VirtualHosts {
-    domain: String,
-}
-
-impl S3Host for VirtualHosts {
-    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<VirtualHost<'a>> {
-        let name = match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        };
-        let bucket = name
-            .strip_suffix(self.domain.as_str())
-            .and_then(|b| b.strip_suffix('.'))
-            .filter(|b| !b.is_empty());
-        Ok(match bucket {
-            Some(b) => VirtualHost::new(self.domain.as_str()).with_bucket(b),
-            None => VirtualHost::new(name),
-        })
-    }
-}
 
 /// Builds the s3s service.
 pub(crate) fn build_service(config: &GatewayConfig, s3: Tessera) -> S3Service {
@@ -62,12 +37,10 @@ pub(crate) fn build_service(config: &GatewayConfig, s3: Tessera) -> S3Service {
     );
     let mut builder = S3ServiceBuilder::new(s3);
     builder.set_auth(auth);
-    builder.set_access(RequireAuth);
-    builder.set_validation(BucketNameRules);
-    if let Some(domain) = &config.domain {
-        builder.set_host(VirtualHosts {
-            domain: domain.clone(),
-        });
+    builder.set_access(CheckedNames(RequireAuth));
+    builder.set_validation(AnyBucketName);
+    if !config.s3_domain.is_empty() {
+        builder.set_host(VirtualHosts::new(&config.s3_domain));
     }
     builder.build()
 }
@@ -202,27 +175,6 @@ pub(crate) async fn serve_http(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn virtual_hosts() {
-        let h = VirtualHosts {
-            domain: "s3.example.com".into(),
-        };
-        let vh = h.parse_host_header("photos.s3.example.com:9000").unwrap();
-        assert_eq!(vh.bucket(), Some("photos"));
-        assert_eq!(
-            h.parse_host_header("s3.example.com").unwrap().bucket(),
-            None
-        );
-        assert_eq!(
-            h.parse_host_header("localhost:9000").unwrap().bucket(),
-            None
-        );
-        assert_eq!(
-            h.parse_host_header("127.0.0.1:9000").unwrap().bucket(),
-            None
-        );
-    }
 
     #[test]
     fn tls_configuration() {

@@ -675,3 +675,44 @@ async fn grants_give_other_keys_access_and_go_with_the_bucket() {
         QueryReply::BucketAccess(None)
     );
 }
+
+#[tokio::test]
+async fn object_tagging_is_replaced_in_place() {
+    let mut h = Harness::new();
+    let set = |key: &str, tagging: Option<&str>| MetaCommand::SetObjectTagging {
+        bucket: "b".into(),
+        key: key.into(),
+        tagging: tagging.map(str::to_string),
+    };
+    assert_eq!(
+        h.cmd(set("k", Some("a=1"))).await,
+        MetaReply::Err(MetaError::NoSuchBucket)
+    );
+    h.bucket("b").await;
+    assert_eq!(
+        h.cmd(set("k", Some("a=1"))).await,
+        MetaReply::Err(MetaError::NoSuchKey)
+    );
+    h.put("b", "k").await;
+    let get = |h: &Harness| match h.q(MetaQuery::GetObject {
+        bucket: "b".into(),
+        key: "k".into(),
+    }) {
+        QueryReply::Object(Some(m)) => *m,
+        other => panic!("{other:?}"),
+    };
+    let before = get(&h);
+    assert_eq!(h.cmd(set("k", Some("a=1&b=2"))).await, MetaReply::Ok);
+    let mut expected = before.clone();
+    expected
+        .headers
+        .insert(tessera_types::TAGGING_HEADER.into(), "a=1&b=2".into());
+    // Only the tag set changed: same version, ETag, stripes; no GC.
+    assert_eq!(get(&h), expected);
+    assert!(h.sm.trees().gc_items().unwrap().is_empty());
+    assert_eq!(h.cmd(set("k", None)).await, MetaReply::Ok);
+    assert_eq!(get(&h), before);
+    // Removing tags that are not there is fine too.
+    assert_eq!(h.cmd(set("k", None)).await, MetaReply::Ok);
+    assert_eq!(get(&h), before);
+}

@@ -410,8 +410,8 @@ impl GatewaySettings {
         if let Some(v) = args.max_connections {
             c.max_connections = v;
         }
-        if let Some(v) = &args.domain {
-            c.domain = Some(v.clone());
+        if !args.s3_domain.is_empty() {
+            c.s3_domain = args.s3_domain.clone();
         }
         if let Some(v) = &args.tls_cert {
             c.tls_cert = Some(v.clone());
@@ -830,7 +830,28 @@ mod tests {
         let g = gateway(6, 3);
         let text = render_toml(&g.listen, &g.config).unwrap();
         let (_, back) = parse_toml::<GatewayConfig>(p(), &text).unwrap();
-        assert_eq!((back.k, back.m, back.domain), (6, 3, None));
+        assert_eq!((back.k, back.m), (6, 3));
+        assert!(back.s3_domain.is_empty());
+        let mut g = gateway(6, 3);
+        g.config.s3_domain = vec!["s3.example.com".into(), "localhost".into()];
+        let text = render_toml(&g.listen, &g.config).unwrap();
+        let (_, back) = parse_toml::<GatewayConfig>(p(), &text).unwrap();
+        assert_eq!(back.s3_domain, g.config.s3_domain);
+    }
+
+    #[test]
+    fn s3_domain_is_one_or_many() {
+        for (text, want) in [
+            ("s3-domain = \"s3.example.com\"\n", vec!["s3.example.com"]),
+            (
+                "s3-domain = [\"a.com\", \"b.com\"]\n",
+                vec!["a.com", "b.com"],
+            ),
+            ("region = \"us-east-1\"\n", vec![]),
+        ] {
+            let (_, c) = parse_toml::<GatewayConfig>(p(), text).unwrap();
+            assert_eq!(c.s3_domain, want, "{text}");
+        }
     }
 
     #[test]

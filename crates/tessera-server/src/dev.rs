@@ -74,6 +74,10 @@ pub const ROOT_KEY_NAME: &str = "root";
 
 const POLL: Duration = Duration::from_millis(200);
 const LOOPBACK: &str = "127.0.0.1";
+/// The gateway's virtual-host base domain: `Host: bucket.localhost:PORT`
+/// addresses `bucket` (a client must resolve `bucket.localhost` to
+/// loopback itself where its resolver does not).
+pub const DEV_S3_DOMAIN: &str = "localhost";
 
 /// The gateway's S3 port.
 pub fn gateway_port(base: u16) -> u16 {
@@ -195,6 +199,9 @@ pub struct ClusterInfo {
     /// certificate, for clients to trust (`AWS_CA_BUNDLE`, boto3 `verify=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_path: Option<String>,
+    /// The gateway's virtual-host base domains (`s3-domain`).
+    #[serde(default)]
+    pub s3_domain: Vec<String>,
 }
 
 impl std::fmt::Debug for ClusterInfo {
@@ -396,6 +403,7 @@ impl DevCluster {
                 secret_key: root.secret.clone(),
                 nodes: vec![],
                 ca_path: tls.map(|t| t.ca.display().to_string()),
+                s3_domain: vec![DEV_S3_DOMAIN.to_string()],
             },
             opts,
             secret,
@@ -954,6 +962,7 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
     args.extend(["--listen".into(), a.clone().into()]);
     args.extend(["--meta".into(), meta_list.into()]);
     args.extend(["--region".into(), o.region.clone().into()]);
+    args.extend(["--s3-domain".into(), DEV_S3_DOMAIN.into()]);
     args.extend(["--k".into(), o.k.to_string().into()]);
     args.extend(["--m".into(), o.m.to_string().into()]);
     let admin = addr(gateway_admin_port(o.port_base));
@@ -1324,6 +1333,7 @@ mod tests {
             secret_key: "very-secret".into(),
             nodes: vec![],
             ca_path: None,
+            s3_domain: vec![],
         };
         assert!(!format!("{info:?}").contains("very-secret"));
     }

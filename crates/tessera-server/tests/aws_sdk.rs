@@ -2,7 +2,8 @@
 //! checksum settings, path-style) against a real `tessera dev` cluster:
 //! buckets, put/get (buffered and streamed from a file), a ~12 MiB
 //! multipart upload, ListObjectsV2 pagination, head, copy, delete-objects,
-//! and presigned GET/PUT URLs used by a plain hyper client.
+//! presigned GET/PUT URLs used by a plain hyper client, object tagging, and
+//! versioning (never enabled; enabling it is NotImplemented).
 //!
 //! The cluster is owned by a `DevCluster`, whose Drop kills its children if
 //! an assertion fails half-way; the temporary directory goes with it.
@@ -12,11 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    ChecksumMode, CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective,
-    ObjectIdentifier,
+    BucketVersioningStatus, ChecksumMode, CompletedMultipartUpload, CompletedPart, Delete,
+    MetadataDirective, ObjectIdentifier, Tag, Tagging, VersioningConfiguration,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -469,6 +471,98 @@ async fn aws_sdk_s3_workload_against_tessera_dev() {
     assert_eq!(body(got).await, data);
     let (status, _) = plain("PUT", &tamper(put_url.uri()), b"other".to_vec()).await;
     assert_eq!(status, 403);
+
+    // Object tags: replaced in place, removed; the object stays the same.
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build().unwrap();
+    let etag = s3
+        .head_object()
+        .bucket(bucket)
+        .key("small.bin")
+        .send()
+        .await
+        .unwrap()
+        .e_tag;
+    s3.put_object_tagging()
+        .bucket(bucket)
+        .key("small.bin")
+        .tagging(
+            Tagging::builder()
+                .tag_set(tag("team", "storage"))
+                .tag_set(tag("ü", "日本"))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let tags = |out: aws_sdk_s3::operation::get_object_tagging::GetObjectTaggingOutput| {
+        let mut v: Vec<(String, String)> =
+            out.tag_set.into_iter().map(|t| (t.key, t.value)).collect();
+        v.sort();
+        v
+    };
+    let got = s3
+        .get_object_tagging()
+        .bucket(bucket)
+        .key("small.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        tags(got),
+        vec![
+            ("team".to_string(), "storage".to_string()),
+            ("ü".to_string(), "日本".to_string())
+        ]
+    );
+    s3.delete_object_tagging()
+        .bucket(bucket)
+        .key("small.bin")
+        .send()
+        .await
+        .unwrap();
+    let got = s3
+        .get_object_tagging()
+        .bucket(bucket)
+        .key("small.bin")
+        .send()
+        .await
+        .unwrap();
+    assert!(tags(got).is_empty());
+    let head = s3
+        .head_object()
+        .bucket(bucket)
+        .key("small.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.e_tag, etag);
+
+    // Versioning: never enabled (no status); enabling it is NotImplemented.
+    let v = s3
+        .get_bucket_versioning()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v.status, None);
+    let err = s3
+        .put_bucket_versioning()
+        .bucket(bucket)
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NotImplemented"), "{err:?}");
+    assert_eq!(
+        err.raw_response().map(|r| r.status().as_u16()),
+        Some(501),
+        "{err:?}"
+    );
 
     eprintln!("aws-sdk-s3 workload took {:?}", t0.elapsed());
     cluster.stop().await.unwrap();

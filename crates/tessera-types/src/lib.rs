@@ -14,6 +14,7 @@ pub mod repair;
 pub use ids::{MetaNodeId, NodeId, StripeId};
 pub use manifest::{
     AccessKey, Bucket, ObjectData, ObjectManifest, Part, ShardEntry, StorageClass, Stripe,
+    TAGGING_HEADER,
 };
 pub use node::{ClusterMap, NodeInfo, NodeState};
 

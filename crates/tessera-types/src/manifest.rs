@@ -97,6 +97,10 @@ pub enum ObjectData {
 /// Current manifest layout version.
 pub const MANIFEST_LAYOUT: u16 = 1;
 
+/// Where an object's tag set (canonical, URL-encoded `k1=v1&k2=v2`) lives
+/// in [`ObjectManifest::headers`]; never sent back as a response header.
+pub const TAGGING_HEADER: &str = "x-amz-tagging";
+
 /// Everything about one object version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectManifest {

@@ -176,6 +176,16 @@ pub enum MetaCommand {
         repairs: bool,
         gc: bool,
     },
+    /// Replaces the tag set of the current version of an object in place
+    /// (PutObjectTagging; `None`: DeleteObjectTagging): the manifest's
+    /// [`crate::TAGGING_HEADER`] entry becomes `tagging`, nothing else
+    /// changes. `NoSuchKey` if the object does not exist.
+    SetObjectTagging {
+        bucket: String,
+        key: String,
+        /// The canonical, URL-encoded tag set (`k1=v1&k2=v2`).
+        tagging: Option<String>,
+    },
 }
 
 /// What a non-owner access key may do in a bucket.
@@ -215,6 +225,7 @@ impl MetaCommand {
             MetaCommand::QueueRebalance { .. } => "queue_rebalance",
             MetaCommand::SetGrant { .. } => "set_grant",
             MetaCommand::ReleaseLeases { .. } => "release_leases",
+            MetaCommand::SetObjectTagging { .. } => "set_object_tagging",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! ListBuckets, CreateBucket, HeadBucket, DeleteBucket, GetBucketLocation.
+//! ListBuckets, CreateBucket, HeadBucket, DeleteBucket, GetBucketLocation,
+//! GetBucketVersioning (never versioned).
 
 use s3s::dto::*;
 use s3s::S3Request;
@@ -117,4 +118,17 @@ pub(super) async fn get_bucket_location(
     Ok(GetBucketLocationOutput {
         location_constraint,
     })
+}
+
+/// GetBucketVersioning: buckets are never versioned (PutBucketVersioning
+/// is NotImplemented), which S3 spells as a configuration without a
+/// status.
+pub(super) async fn get_bucket_versioning(
+    s: &Tessera,
+    req: S3Request<GetBucketVersioningInput>,
+) -> Result<GetBucketVersioningOutput, ApiError> {
+    let caller = s.caller(&req)?;
+    s.authorize(&caller, &req.input.bucket, Access::Read)
+        .await?;
+    Ok(GetBucketVersioningOutput::default())
 }

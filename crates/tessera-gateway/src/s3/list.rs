@@ -69,17 +69,38 @@ struct Page {
     next_marker: Option<String>,
 }
 
-/// One page from meta, after authorization.
-async fn page(s: &Tessera, caller: &str, q: ListObjectsQuery, url: bool) -> Result<Page, ApiError> {
-    s.authorize(caller, &q.bucket, Access::Read).await?;
+impl Page {
+    /// Sets every object's `Owner`: the bucket's owner (objects have no
+    /// owner of their own: whoever may write in a bucket writes for its
+    /// owner).
+    fn with_owner(mut self, owner: &str) -> Page {
+        for o in &mut self.contents {
+            o.owner = Some(Owner {
+                display_name: Some(owner.to_string()),
+                id: Some(owner.to_string()),
+            });
+        }
+        self
+    }
+}
+
+/// One page from meta, after authorization, and the bucket's owner.
+async fn page(
+    s: &Tessera,
+    caller: &str,
+    q: ListObjectsQuery,
+    url: bool,
+) -> Result<(Page, String), ApiError> {
+    let owner = s.authorize(caller, &q.bucket, Access::Read).await?.owner;
     let enc = |v: String| if url { url_encode(&v) } else { v };
     if q.max_keys == 0 {
-        return Ok(Page {
+        let empty = Page {
             contents: vec![],
             prefixes: vec![],
             is_truncated: false,
             next_marker: None,
-        });
+        };
+        return Ok((empty, owner));
     }
     let start_after = q.start_after.clone();
     let q = MetaQuery::ListObjects(q);
@@ -114,12 +135,13 @@ async fn page(s: &Tessera, caller: &str, q: ListObjectsQuery, url: bool) -> Resu
             prefix: Some(enc(p)),
         })
         .collect();
-    Ok(Page {
+    let page = Page {
         contents,
         prefixes,
         is_truncated,
         next_marker: next_marker.filter(|_| is_truncated),
-    })
+    };
+    Ok((page, owner))
 }
 
 fn is_url(e: &Option<EncodingType>) -> bool {
@@ -153,7 +175,10 @@ pub(super) async fn list_objects_v2(
         start_after,
         max_keys: max,
     };
-    let p = page(s, &caller, q, url).await?;
+    let (mut p, owner) = page(s, &caller, q, url).await?;
+    if i.fetch_owner == Some(true) {
+        p = p.with_owner(&owner);
+    }
     let enc = |v: Option<String>| if url { v.map(|v| url_encode(&v)) } else { v };
     Ok(ListObjectsV2Output {
         name: Some(i.bucket),
@@ -189,7 +214,13 @@ pub(super) async fn list_objects(
         start_after: marker,
         max_keys: max,
     };
-    let p = page(s, &caller, q, url).await?;
+    // v1 always names the owner.
+    let (p, owner) = page(s, &caller, q, url).await?;
+    let p = p.with_owner(&owner);
+    // NextMarker only with a delimiter (as S3): without one the client
+    // continues from the last key.
+    let delimited = i.delimiter.as_deref().is_some_and(|d| !d.is_empty());
+    let next_marker = p.next_marker.filter(|_| delimited);
     let enc = |v: Option<String>| if url { v.map(|v| url_encode(&v)) } else { v };
     Ok(ListObjectsOutput {
         name: Some(i.bucket),
@@ -198,7 +229,7 @@ pub(super) async fn list_objects(
         marker: enc(Some(i.marker.unwrap_or_default())),
         max_keys: Some(max as i32),
         is_truncated: Some(p.is_truncated),
-        next_marker: enc(p.next_marker),
+        next_marker: enc(next_marker),
         contents: Some(p.contents),
         common_prefixes: Some(p.prefixes),
         encoding_type: i.encoding_type,

@@ -2,6 +2,18 @@
 //! dispatches to them. s3s has already authenticated the request (see
 //! `auth.rs`); every handler starts from [`Tessera::caller`] (the verified
 //! access key) and [`Tessera::authorize`] (bucket ownership).
+//!
+//! What is out of scope answers 501 NotImplemented, never a wrong success:
+//! every operation not implemented here keeps s3s's default (versioning
+//! but GetBucketVersioning, object lock, lifecycle, policy, ACLs,
+//! encryption, website, CORS, replication, notifications, logging,
+//! requester-pays, accelerate, ...); POST-object form uploads are refused
+//! (s3s would turn them into a PutObject); and [`unsupported`] refuses the
+//! headers that ask an implemented operation for such a feature (SSE,
+//! object lock, ACLs other than private, website redirects), as well as
+//! object versions other than `null`. GetBucketVersioning answers the
+//! truth: a bucket that was never versioned (an empty
+//! `VersioningConfiguration`).
 
 mod bucket;
 mod copy;
@@ -9,6 +21,7 @@ mod delete;
 mod get;
 mod list;
 mod multipart;
+pub(crate) mod presign;
 mod put;
 mod tagging;
 
@@ -142,6 +155,54 @@ macro_rules! dispatch {
     ($name:literal, $e:expr) => {
         $e.await.map(S3Response::new).map_err(|e| fail($name, e))
     };
+    // With the request-header and version checks first.
+    ($name:literal, $req:ident, $version:expr, $e:expr) => {{
+        unsupported(&$req.headers)
+            .and_then(|()| tagging::check_version($version))
+            .map_err(|e| fail($name, e))?;
+        dispatch!($name, $e)
+    }};
+}
+
+/// Canned ACLs that say what Tessera does anyway (the bucket's owner has
+/// full control, nobody else has any access unless granted by `tessera
+/// admin bucket allow`); clients such as rclone send them by default.
+const TRUE_CANNED_ACLS: [&str; 2] = ["private", "bucket-owner-full-control"];
+
+/// Request headers asking for features Tessera does not have. Silently
+/// ignoring them would be a wrong success (an object stored unencrypted
+/// that the client asked to encrypt, one without the retention it asked
+/// for, a public-read ACL that is not applied).
+pub(crate) fn unsupported(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    for (name, value) in headers {
+        let n = name.as_str();
+        let v = value.to_str().unwrap_or("").trim();
+        let what = if n.starts_with("x-amz-server-side-encryption")
+            || n.starts_with("x-amz-copy-source-server-side-encryption")
+        {
+            "server-side encryption"
+        } else if n.starts_with("x-amz-object-lock-") {
+            "object lock"
+        } else if n == "x-amz-bucket-object-lock-enabled" {
+            if v.eq_ignore_ascii_case("false") {
+                continue;
+            }
+            "object lock"
+        } else if n == "x-amz-acl" {
+            if TRUE_CANNED_ACLS.contains(&v) {
+                continue;
+            }
+            "access control lists (only the private canned ACL)"
+        } else if n.starts_with("x-amz-grant-") {
+            "access control lists (grants)"
+        } else if n == "x-amz-website-redirect-location" {
+            "website hosting"
+        } else {
+            continue;
+        };
+        return Err(ApiError::NotImplemented(what));
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -157,7 +218,7 @@ impl S3 for Tessera {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
-        dispatch!("CreateBucket", bucket::create_bucket(self, req))
+        dispatch!("CreateBucket", req, None, bucket::create_bucket(self, req))
     }
 
     async fn head_bucket(
@@ -185,21 +246,27 @@ impl S3 for Tessera {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        dispatch!("PutObject", put::put_object(self, req))
+        dispatch!("PutObject", req, None, put::put_object(self, req))
     }
 
     async fn get_object(
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        dispatch!("GetObject", get::get_object(self, req))
+        {
+            let v = req.input.version_id.clone();
+            dispatch!("GetObject", req, v.as_deref(), get::get_object(self, req))
+        }
     }
 
     async fn head_object(
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        dispatch!("HeadObject", get::head_object(self, req))
+        {
+            let v = req.input.version_id.clone();
+            dispatch!("HeadObject", req, v.as_deref(), get::head_object(self, req))
+        }
     }
 
     async fn get_object_tagging(
@@ -213,14 +280,30 @@ impl S3 for Tessera {
         &self,
         req: S3Request<GetObjectAttributesInput>,
     ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
-        dispatch!("GetObjectAttributes", get::get_object_attributes(self, req))
+        {
+            let v = req.input.version_id.clone();
+            dispatch!(
+                "GetObjectAttributes",
+                req,
+                v.as_deref(),
+                get::get_object_attributes(self, req)
+            )
+        }
     }
 
     async fn delete_object(
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        dispatch!("DeleteObject", delete::delete_object(self, req))
+        {
+            let v = req.input.version_id.clone();
+            dispatch!(
+                "DeleteObject",
+                req,
+                v.as_deref(),
+                delete::delete_object(self, req)
+            )
+        }
     }
 
     async fn list_objects_v2(
@@ -241,14 +324,27 @@ impl S3 for Tessera {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        dispatch!("DeleteObjects", delete::delete_objects(self, req))
+        {
+            let v = req
+                .input
+                .delete
+                .objects
+                .iter()
+                .find_map(|o| o.version_id.clone().filter(|v| v != "null"));
+            dispatch!(
+                "DeleteObjects",
+                req,
+                v.as_deref(),
+                delete::delete_objects(self, req)
+            )
+        }
     }
 
     async fn copy_object(
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
-        dispatch!("CopyObject", copy::copy_object(self, req))
+        dispatch!("CopyObject", req, None, copy::copy_object(self, req))
     }
 
     async fn create_multipart_upload(
@@ -257,6 +353,8 @@ impl S3 for Tessera {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         dispatch!(
             "CreateMultipartUpload",
+            req,
+            None,
             multipart::create_multipart_upload(self, req)
         )
     }
@@ -265,14 +363,19 @@ impl S3 for Tessera {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        dispatch!("UploadPart", multipart::upload_part(self, req))
+        dispatch!("UploadPart", req, None, multipart::upload_part(self, req))
     }
 
     async fn upload_part_copy(
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-        dispatch!("UploadPartCopy", multipart::upload_part_copy(self, req))
+        dispatch!(
+            "UploadPartCopy",
+            req,
+            None,
+            multipart::upload_part_copy(self, req)
+        )
     }
 
     async fn complete_multipart_upload(
@@ -310,5 +413,92 @@ impl S3 for Tessera {
             "ListMultipartUploads",
             multipart::list_multipart_uploads(self, req)
         )
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        dispatch!("PutObjectTagging", tagging::put_object_tagging(self, req))
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        dispatch!(
+            "DeleteObjectTagging",
+            tagging::delete_object_tagging(self, req)
+        )
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        dispatch!(
+            "GetBucketVersioning",
+            bucket::get_bucket_versioning(self, req)
+        )
+    }
+
+    /// POST-object form uploads are out of scope (s3s's default would run
+    /// them as a PutObject).
+    async fn post_object(
+        &self,
+        _req: S3Request<PostObjectInput>,
+    ) -> S3Result<S3Response<PostObjectOutput>> {
+        Err(fail(
+            "PostObject",
+            ApiError::NotImplemented("POST-object form uploads"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(headers: &[(&str, &str)]) -> Result<(), ApiError> {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        unsupported(&h)
+    }
+
+    #[test]
+    fn feature_headers_are_not_implemented() {
+        check(&[("content-type", "text/plain"), ("x-amz-meta-a", "1")]).unwrap();
+        check(&[("x-amz-acl", "private")]).unwrap();
+        check(&[("x-amz-acl", "bucket-owner-full-control")]).unwrap();
+        check(&[("x-amz-bucket-object-lock-enabled", "false")]).unwrap();
+        for (k, v) in [
+            ("x-amz-server-side-encryption", "AES256"),
+            ("x-amz-server-side-encryption", "aws:kms"),
+            ("x-amz-server-side-encryption-aws-kms-key-id", "k"),
+            ("x-amz-server-side-encryption-customer-algorithm", "AES256"),
+            ("x-amz-copy-source-server-side-encryption-customer-key", "k"),
+            ("x-amz-object-lock-mode", "GOVERNANCE"),
+            ("x-amz-object-lock-legal-hold", "ON"),
+            ("x-amz-bucket-object-lock-enabled", "true"),
+            ("x-amz-acl", "public-read"),
+            ("x-amz-grant-read", "id=x"),
+            ("x-amz-website-redirect-location", "/x"),
+        ] {
+            assert!(
+                matches!(check(&[(k, v)]), Err(ApiError::NotImplemented(_))),
+                "{k}: {v}"
+            );
+        }
+        tagging::check_version(None).unwrap();
+        tagging::check_version(Some("null")).unwrap();
+        assert!(matches!(
+            tagging::check_version(Some("3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY")),
+            Err(ApiError::NotImplemented(_))
+        ));
     }
 }

@@ -1,21 +1,26 @@
 //! Object tags: `x-amz-tagging` on PutObject, CreateMultipartUpload and
-//! CopyObject (with `x-amz-tagging-directive`), and GetObjectTagging. The
-//! tag set is kept, canonically encoded, in the manifest's header map under
-//! [`TAGGING_KEY`] (never sent back as a response header). Changing the
-//! tags of an existing object (PutObjectTagging, DeleteObjectTagging) is
-//! later work and answers NotImplemented.
+//! CopyObject (with `x-amz-tagging-directive`), GetObjectTagging,
+//! PutObjectTagging and DeleteObjectTagging. The tag set is kept,
+//! canonically encoded, in the manifest's header map under [`TAGGING_KEY`]
+//! (never sent back as a response header); Put/DeleteObjectTagging replace
+//! it in place with one Raft command (`MetaCommand::SetObjectTagging`), so
+//! a reader sees the old or the new set, never a mix, and the object's
+//! data, ETag and version stay as they are.
 
 use std::collections::BTreeMap;
 
 use s3s::dto::*;
 use s3s::S3Request;
 
+use tessera_types::meta::MetaCommand;
+
 use super::get;
-use super::Tessera;
+use super::{Access, Tessera};
 use crate::error::ApiError;
+use crate::names::check_key;
 
 /// Where the tag set lives in [`tessera_types::ObjectManifest::headers`].
-pub(super) const TAGGING_KEY: &str = "x-amz-tagging";
+pub(super) const TAGGING_KEY: &str = tessera_types::TAGGING_HEADER;
 
 /// S3's limits on object tags.
 const MAX_TAGS: usize = 10;
@@ -58,10 +63,20 @@ fn encode(s: &str) -> String {
 
 /// Parses and checks an `x-amz-tagging` value (`k1=v1&k2=v2`).
 pub(super) fn parse(header: &str) -> Result<BTreeMap<String, String>, ApiError> {
-    let mut tags = BTreeMap::new();
+    let mut pairs = Vec::new();
     for pair in header.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (k, v) = (decode(k)?, decode(v)?);
+        pairs.push((decode(k)?, decode(v)?));
+    }
+    check(pairs)
+}
+
+/// Checks S3's rules on a tag set: at most [`MAX_TAGS`] tags, unique keys
+/// of 1 to [`MAX_KEY_CHARS`] characters, values of at most
+/// [`MAX_VALUE_CHARS`].
+fn check(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut tags = BTreeMap::new();
+    for (k, v) in pairs {
         if k.is_empty() || k.chars().count() > MAX_KEY_CHARS {
             return Err(ApiError::InvalidTag(format!(
                 "tag keys are 1 to {MAX_KEY_CHARS} characters"
@@ -108,6 +123,17 @@ pub(super) fn apply(
     Ok(())
 }
 
+/// Versions other than the `null` version (the only one of an
+/// unversioned bucket) are NotImplemented.
+pub(super) fn check_version(version_id: Option<&str>) -> Result<(), ApiError> {
+    match version_id {
+        Some(v) if v != "null" => Err(ApiError::NotImplemented(
+            "object versions are not supported (buckets are unversioned)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// GetObjectTagging.
 pub(super) async fn get_object_tagging(
     s: &Tessera,
@@ -115,11 +141,7 @@ pub(super) async fn get_object_tagging(
 ) -> Result<GetObjectTaggingOutput, ApiError> {
     let caller = s.caller(&req)?;
     let input = req.input;
-    if input.version_id.as_deref().is_some_and(|v| v != "null") {
-        return Err(ApiError::InvalidArgument(
-            "object versions are not supported".into(),
-        ));
-    }
+    check_version(input.version_id.as_deref())?;
     let m = get::load(s, &caller, &input.bucket, &input.key).await?;
     let tags = match m.headers.get(TAGGING_KEY) {
         Some(t) => parse(t)?,
@@ -135,6 +157,56 @@ pub(super) async fn get_object_tagging(
             .collect(),
         version_id: None,
     })
+}
+
+/// Replaces the tag set of an existing object (`None`: removes it).
+async fn set_tags(
+    s: &Tessera,
+    caller: &str,
+    bucket: &str,
+    key: &str,
+    tagging: Option<String>,
+) -> Result<(), ApiError> {
+    check_key(key)?;
+    s.authorize(caller, bucket, Access::Write).await?;
+    s.write(&MetaCommand::SetObjectTagging {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        tagging,
+    })
+    .await?;
+    Ok(())
+}
+
+/// PutObjectTagging: replaces the whole tag set.
+pub(super) async fn put_object_tagging(
+    s: &Tessera,
+    req: S3Request<PutObjectTaggingInput>,
+) -> Result<PutObjectTaggingOutput, ApiError> {
+    let caller = s.caller(&req)?;
+    let input = req.input;
+    check_version(input.version_id.as_deref())?;
+    let pairs = input
+        .tagging
+        .tag_set
+        .into_iter()
+        .map(|t| (t.key.unwrap_or_default(), t.value.unwrap_or_default()))
+        .collect();
+    let tags = check(pairs)?;
+    set_tags(s, &caller, &input.bucket, &input.key, canonical(&tags)).await?;
+    Ok(PutObjectTaggingOutput { version_id: None })
+}
+
+/// DeleteObjectTagging: removes every tag.
+pub(super) async fn delete_object_tagging(
+    s: &Tessera,
+    req: S3Request<DeleteObjectTaggingInput>,
+) -> Result<DeleteObjectTaggingOutput, ApiError> {
+    let caller = s.caller(&req)?;
+    let input = req.input;
+    check_version(input.version_id.as_deref())?;
+    set_tags(s, &caller, &input.bucket, &input.key, None).await?;
+    Ok(DeleteObjectTaggingOutput { version_id: None })
 }
 
 #[cfg(test)]
@@ -161,5 +233,25 @@ mod tests {
         ));
         let long = format!("{}=v", "k".repeat(129));
         assert!(matches!(parse(&long), Err(ApiError::InvalidTag(_))));
+        let long = format!("k={}", "v".repeat(257));
+        assert!(matches!(parse(&long), Err(ApiError::InvalidTag(_))));
+        // Limits count characters, not bytes.
+        let wide = format!("{}={}", "é".repeat(128), "ü".repeat(256));
+        assert_eq!(parse(&wide).unwrap().len(), 1);
+        // The XML form (PutObjectTagging) goes through the same checks.
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert!(check(vec![pair("a", "1"), pair("b", "")]).is_ok());
+        assert!(matches!(
+            check(vec![pair("a", "1"), pair("a", "2")]),
+            Err(ApiError::InvalidTag(_))
+        ));
+        assert!(matches!(
+            check((0..11).map(|i| pair(&format!("k{i}"), "v")).collect()),
+            Err(ApiError::InvalidTag(_))
+        ));
+        assert!(matches!(
+            check(vec![pair("", "v")]),
+            Err(ApiError::InvalidTag(_))
+        ));
     }
 }

@@ -455,6 +455,25 @@ impl SmTrees {
                     }
                 }
             }
+            MetaCommand::SetObjectTagging {
+                bucket,
+                key,
+                tagging,
+            } => {
+                if self.bucket(bucket)?.is_none() {
+                    MetaReply::Err(MetaError::NoSuchBucket)
+                } else if let Some(mut m) = self.object(bucket, key)? {
+                    let name = tessera_types::TAGGING_HEADER.to_string();
+                    match tagging {
+                        Some(t) => m.headers.insert(name, t.clone()),
+                        None => m.headers.remove(&name),
+                    };
+                    w.objects.insert(object_key(bucket, key), enc(&m));
+                    MetaReply::Ok
+                } else {
+                    MetaReply::Err(MetaError::NoSuchKey)
+                }
+            }
             MetaCommand::DeleteObject { bucket, key } => {
                 if self.bucket(bucket)?.is_none() {
                     MetaReply::Err(MetaError::NoSuchBucket)
