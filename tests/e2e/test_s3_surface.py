@@ -14,11 +14,15 @@
 
 import concurrent.futures
 import datetime
+import hashlib
+import hmac
+import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -531,21 +535,79 @@ def expected_delimited(all_keys, prefix, delimiter):
     return keys, sorted(set(prefixes), key=lambda p: p.encode("utf-8"))
 
 
+class FastPutter:
+    """Empty-object PUTs with SigV4 computed by hand over keep-alive
+    connections: boto3 spends milliseconds of CPU per request, which on a
+    small CI machine costs more than the gateway does."""
+
+    def __init__(self, info):
+        ep = urllib.parse.urlsplit(info["s3_endpoint"])
+        self.host, self.port, self.netloc = ep.hostname, ep.port, ep.netloc
+        self.info = info
+        self.local = threading.local()
+
+    def _key(self, day):
+        k = ("AWS4" + self.info["secret_key"]).encode()
+        for part in (day, self.info["region"], "s3", "aws4_request"):
+            k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+        return k
+
+    def put(self, bucket, key):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        path = "/" + bucket + "/" + urllib.parse.quote(key, safe="/-_.~")
+        payload = "UNSIGNED-PAYLOAD"
+        signed = "host;x-amz-content-sha256;x-amz-date"
+        canonical = "\n".join([
+            "PUT", path, "",
+            f"host:{self.netloc}", f"x-amz-content-sha256:{payload}", f"x-amz-date:{amz_date}", "",
+            signed, payload])
+        scope = f"{day}/{self.info['region']}/s3/aws4_request"
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+        sig = hmac.new(self._key(day), to_sign.encode(), hashlib.sha256).hexdigest()
+        headers = {
+            "Host": self.netloc, "x-amz-date": amz_date, "x-amz-content-sha256": payload, "Content-Length": "0",
+            "Authorization": f"AWS4-HMAC-SHA256 Credential={self.info['access_key']}/{scope}, "
+                             f"SignedHeaders={signed}, Signature={sig}",
+        }
+        for attempt in range(5):
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            try:
+                conn.request("PUT", path, body=b"", headers=headers)
+                r = conn.getresponse()
+                body = r.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.local.conn = None
+                continue
+            if r.status == 200:
+                return
+            if r.status != 503:
+                raise AssertionError(f"PUT {key!r}: {r.status} {body!r}")
+            time.sleep(0.1 * (attempt + 1))
+        raise AssertionError(f"PUT {key!r} kept failing")
+
+
 @pytest.fixture(scope="module")
 def listed(cluster):
     s3 = boto3.client(
         "s3", endpoint_url=cluster.info["s3_endpoint"], region_name=cluster.info["region"],
         aws_access_key_id=cluster.info["access_key"], aws_secret_access_key=cluster.info["secret_key"],
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 10, "mode": "standard"},
-                      max_pool_connections=64),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 10, "mode": "standard"}),
     )
     s3.create_bucket(Bucket=LIST_BUCKET)
     keys = scale_keys()
+    putter = FastPutter(cluster.info)
     t0 = time.time()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=48) as pool:
-        list(pool.map(lambda k: s3.put_object(Bucket=LIST_BUCKET, Key=k, Body=b""), keys))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        list(pool.map(lambda k: putter.put(LIST_BUCKET, k), keys))
     took = time.time() - t0
-    print(f"\n[listing] wrote {len(keys)} keys in {took:.1f}s ({len(keys) / took:.0f} PUT/s, 48 threads)")
+    print(f"\n[listing] wrote {len(keys)} keys in {took:.1f}s ({len(keys) / took:.0f} PUT/s, 32 connections)")
+    # Spot-check that the hand-signed PUTs stored the keys as given.
+    for k in keys[::1000]:
+        assert s3.head_object(Bucket=LIST_BUCKET, Key=k)["ContentLength"] == 0
     return s3, keys
 
 
@@ -567,7 +629,7 @@ def test_list_v2_at_scale(listed, cluster):
     assert keys == [k for k in all_keys if k.encode() > "日本/d3/".encode()]
 
     # Delimiter and common prefixes, paginated across both.
-    for prefix, max_keys in (("", 3), ("", 1000), ("ü-umlaut/", 5), ("🎉party/d1", 2), ("a+b/", 1), ("q?&=#%/", 7),
+    for prefix, max_keys in (("", 17), ("", 1000), ("ü-umlaut/", 5), ("🎉party/d1", 2), ("a+b/", 1), ("q?&=#%/", 7),
                              ("alpha/d3/", 50), ("日本/d4/", 1000)):
         want_keys, want_prefixes = expected_delimited(all_keys, prefix, "/")
         keys, prefixes, _ = list_v2_all(s3, Prefix=prefix, Delimiter="/", MaxKeys=max_keys)
@@ -619,7 +681,7 @@ def test_list_v1_at_scale(listed, cluster):
     assert keys == all_keys and pages == -(-len(all_keys) // 1000)
 
     # With a delimiter: NextMarker is the last key or common prefix of the page.
-    for prefix, max_keys in (("", 4), ("🎉party/", 3)):
+    for prefix, max_keys in (("", 23), ("🎉party/", 3)):
         want_keys, want_prefixes = expected_delimited(all_keys, prefix, "/")
         keys, prefixes, marker = [], [], ""
         while True:
