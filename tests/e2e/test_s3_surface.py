@@ -100,6 +100,8 @@ NOT_IMPLEMENTED = [
     ("DeleteObject?versionId", lambda s3: s3.delete_object(Bucket=B, Key=K, VersionId="3HL4kqtJlcpXroDT")),
     ("DeleteObjects with a VersionId", lambda s3: s3.delete_objects(
         Bucket=B, Delete={"Objects": [{"Key": K, "VersionId": "3HL4kqtJlcpXroDT"}]})),
+    ("CopyObject from a versionId", lambda s3: s3.copy_object(
+        Bucket=B, Key="new-copy-ver", CopySource={"Bucket": B, "Key": K, "VersionId": "3HL4kqtJlcpXroDT"})),
     ("GetObjectTagging?versionId", lambda s3: s3.get_object_tagging(Bucket=B, Key=K, VersionId="x1")),
     ("PutObjectTagging?versionId", lambda s3: s3.put_object_tagging(
         Bucket=B, Key=K, VersionId="x1", Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})),

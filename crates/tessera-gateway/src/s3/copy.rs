@@ -43,11 +43,8 @@ pub(super) fn copy_source(cs: &CopySource) -> Result<(String, String), ApiError>
                         .into(),
                 ));
             }
-            if version_id.as_deref().is_some_and(|v| v != "null") {
-                return Err(ApiError::InvalidArgument(
-                    "versioned copy sources are not supported".into(),
-                ));
-            }
+            // Only the `null` version exists (buckets are unversioned).
+            super::tagging::check_version(version_id.as_deref())?;
             check_key(key)?;
             Ok((bucket.to_string(), key.to_string()))
         }
