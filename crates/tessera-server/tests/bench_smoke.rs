@@ -149,6 +149,41 @@ async fn bench_put_get_mixed_against_a_dev_cluster() {
     let moved = p.by_op.get("get").map_or(0, |o| o.ops) + p.by_op.get("put").map_or(0, |o| o.ops);
     assert_eq!(p.bytes, moved * SIZE, "{p:?}");
 
+    // --keep leaves a run's objects; --existing reads them back (no
+    // prepare phase) and never deletes them: a second run finds them too.
+    let kept = bench(
+        &file,
+        &[&["--workload", "put", "--keep"][..], &common].concat(),
+    );
+    for _ in 0..2 {
+        let again = bench(
+            &file,
+            &[
+                &["--workload", "get", "--existing", &kept.prefix][..],
+                &common,
+            ]
+            .concat(),
+        );
+        assert_eq!(again.phases.len(), 1, "no prepare phase: {again:?}");
+        let p = phase(&again, "get");
+        check_phase(p, COUNT);
+        check_bytes(p, COUNT * SIZE);
+    }
+    let out = Command::new(BIN)
+        .args(["bench", "--cluster"])
+        .arg(&file)
+        .args([
+            "--workload",
+            "get",
+            "--existing",
+            "no-such-prefix/",
+            "-n",
+            "1",
+        ])
+        .output()
+        .expect("run tessera bench");
+    assert!(!out.status.success(), "nothing under the prefix");
+
     // Objects past the inline threshold go through the erasure coder.
     let dist = bench(
         &file,

@@ -156,6 +156,40 @@ impl S3Client {
         .await
     }
 
+    /// The keys under `prefix`, up to `max` (ListObjectsV2 pages).
+    pub async fn list_keys(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Vec<String>, OpError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        while keys.len() < max {
+            let mut query = vec![("list-type", "2"), ("prefix", prefix)];
+            if let Some(t) = token.as_deref() {
+                query.push(("continuation-token", t));
+            }
+            let text = self
+                .timed(async {
+                    let resp = self
+                        .send(Method::GET, bucket, None, &query, Bytes::new())
+                        .await?;
+                    read_text(resp).await
+                })
+                .await?;
+            keys.extend(xml_values(&text, "Key"));
+            token = xml_values(&text, "NextContinuationToken")
+                .into_iter()
+                .next();
+            if token.is_none() {
+                break;
+            }
+        }
+        keys.truncate(max);
+        Ok(keys)
+    }
+
     /// Creates `bucket` unless it exists (and is ours). Returns whether it
     /// was created.
     pub async fn ensure_bucket(&self, bucket: &str) -> Result<bool, OpError> {
@@ -285,6 +319,42 @@ async fn drain(resp: hyper::Response<Incoming>) -> Result<u64, OpError> {
     Ok(n)
 }
 
+/// The whole body as text.
+async fn read_text(resp: hyper::Response<Incoming>) -> Result<String, OpError> {
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| OpError::Transport(error_chain(&e)))?;
+        if let Some(data) = frame.data_ref() {
+            text.extend_from_slice(data);
+        }
+    }
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// The text of every `<tag>...</tag>` element of an XML document, with the
+/// five predefined entities decoded.
+pub fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        rest = &rest[start + open.len()..];
+        let Some(end) = rest.find(&close) else { break };
+        out.push(
+            rest[..end]
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&"),
+        );
+        rest = &rest[end + close.len()..];
+    }
+    out
+}
+
 /// The `<Code>` of an S3 error body, or a placeholder.
 async fn error_code(resp: hyper::Response<Incoming>) -> String {
     let mut body = resp.into_body();
@@ -314,4 +384,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::xml_values;
+
+    #[test]
+    fn xml_values_of_a_listing() {
+        let xml = "<ListBucketResult><Contents><Key>a/1</Key></Contents>\
+                   <Contents><Key>b&amp;c&lt;d</Key></Contents>\
+                   <NextContinuationToken>t0k</NextContinuationToken></ListBucketResult>";
+        assert_eq!(xml_values(xml, "Key"), vec!["a/1", "b&c<d"]);
+        assert_eq!(xml_values(xml, "NextContinuationToken"), vec!["t0k"]);
+        assert!(xml_values(xml, "Missing").is_empty());
+        assert!(xml_values("<Key>unclosed", "Key").is_empty());
+    }
 }

