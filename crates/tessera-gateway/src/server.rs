@@ -28,6 +28,10 @@ use crate::metrics::Metered;
 use crate::names::{AnyBucketName, CheckedNames, VirtualHosts};
 use crate::s3::Tessera;
 
+/// hyper's HTTP/1 read buffer limit (its default is ~400 KiB), and the h2
+/// header list limit: bounds the memory a request head can take.
+const MAX_HTTP1_BUFFER: usize = 64 << 10;
+
 /// Builds the s3s service.
 pub(crate) fn build_service(config: &GatewayConfig, s3: Tessera) -> S3Service {
     let auth = MetaAuth::new(
@@ -88,12 +92,17 @@ pub(crate) async fn serve_http(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(GatewayConfig::ms(config.header_read_timeout_ms))
+        // A request head larger than this is refused (431) before it is
+        // parsed; also the largest body read at once. The S3 limits on
+        // headers are stricter still (auth::check_request).
+        .max_buf_size(MAX_HTTP1_BUFFER)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(std::time::Duration::from_secs(20)))
-        .max_concurrent_streams(128);
+        .max_concurrent_streams(128)
+        .max_header_list_size(MAX_HTTP1_BUFFER as u32);
     let tls = match tls_config(config) {
         Ok(t) => t.map(TlsAcceptor::from),
         Err(e) => {
