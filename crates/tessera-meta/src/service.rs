@@ -33,6 +33,48 @@ pub struct MetaService {
     raft: MetaRaft,
     trees: SmTrees,
     liveness: Arc<Liveness>,
+    reads: ReadBarrier,
+}
+
+/// Coalesces the leader checks of concurrent linearizable reads (read
+/// index batching). A read must see every write acknowledged before it
+/// arrived: any `ensure_linearizable` round that *started* after the read
+/// arrived proves that (it confirms leadership with a quorum after that
+/// point and waits until the state machine has applied the commit index
+/// it read then). Reads that arrive while a round runs wait for the next
+/// one, which covers all of them: one round trip to the followers per
+/// batch instead of per read.
+#[derive(Default)]
+pub(crate) struct ReadBarrier {
+    /// Reads that have arrived (each takes the next number).
+    arrivals: std::sync::atomic::AtomicU64,
+    /// One round at a time; holds the arrivals the last finished round
+    /// covers and its outcome.
+    round: tokio::sync::Mutex<(u64, Option<Result<(), Status>>)>,
+}
+
+impl ReadBarrier {
+    /// Waits for a round that started after this call, running it if no
+    /// other caller is; `check` is the round (`ensure_linearizable`).
+    pub(crate) async fn wait<F, Fut>(&self, check: F) -> Result<(), Status>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), Status>>,
+    {
+        use std::sync::atomic::Ordering;
+        let ticket = self.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut round = self.round.lock().await;
+        if round.0 >= ticket {
+            if let Some(outcome) = &round.1 {
+                return outcome.clone();
+            }
+        }
+        // Every read numbered up to `covers` arrived before this round.
+        let covers = self.arrivals.load(Ordering::SeqCst);
+        let outcome = check().await;
+        *round = (covers, Some(outcome.clone()));
+        outcome
+    }
 }
 
 impl MetaService {
@@ -42,7 +84,28 @@ impl MetaService {
             raft,
             trees,
             liveness,
+            reads: ReadBarrier::default(),
         }
+    }
+
+    /// Makes the reads that follow linearizable (see [`ReadBarrier`]).
+    async fn linearizable(&self) -> Result<(), Status> {
+        self.reads
+            .wait(|| async {
+                match self.raft.ensure_linearizable().await {
+                    Ok(_) => Ok(()),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                        Err(Self::not_leader(f.leader_node.as_ref()))
+                    }
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                        Err(Status::unavailable(e.to_string()))
+                    }
+                    Err(RaftError::Fatal(e)) => {
+                        Err(Status::unavailable(format!("raft stopped: {e}")))
+                    }
+                }
+            })
+            .await
     }
 
     /// The current leader's id and address as this node knows them.
@@ -100,18 +163,7 @@ impl Meta for MetaService {
     #[instrument(skip_all, err(level = "info"))]
     async fn read(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let q: MetaQuery = decode(&request.into_inner().payload)?;
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => {}
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                return Err(Self::not_leader(f.leader_node.as_ref()))
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                return Err(Status::unavailable(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => {
-                return Err(Status::unavailable(format!("raft stopped: {e}")))
-            }
-        }
+        self.linearizable().await?;
         let trees = self.trees.clone();
         let reply = tokio::task::spawn_blocking(move || query::query(&trees, &q))
             .await
@@ -199,5 +251,66 @@ impl Meta for MetaService {
                 .collect(),
             state: state.to_string(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn concurrent_reads_share_rounds_that_started_after_them() {
+        let barrier = Arc::new(ReadBarrier::default());
+        let rounds = Arc::new(AtomicU64::new(0));
+        // A slow first round: the reads arriving meanwhile wait for a
+        // second round, which serves all of them.
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let (b, r) = (barrier.clone(), rounds.clone());
+            tokio::spawn(async move {
+                b.wait(|| async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let _ = gate.await;
+                    Ok(())
+                })
+                .await
+            })
+        };
+        while rounds.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let mut later = Vec::new();
+        for _ in 0..8 {
+            let (b, r) = (barrier.clone(), rounds.clone());
+            later.push(tokio::spawn(async move {
+                b.wait(|| async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // None of them may be answered by the round that started first.
+        assert_eq!(rounds.load(Ordering::SeqCst), 1);
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        for t in later {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(rounds.load(Ordering::SeqCst), 2);
+
+        // A read after every round has finished runs its own round, and a
+        // failed round's error reaches the reads it covers.
+        let r = barrier
+            .wait(|| async { Err(Status::unavailable("no quorum")) })
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::Unavailable);
+        let r = barrier.wait(|| async { Ok(()) }).await;
+        assert!(r.is_ok());
     }
 }
