@@ -164,6 +164,7 @@ pub(super) async fn get_object(
     let (range, content_range) = resolve_range(input.range, m.size)?;
     let h = ObjectHeaders::of(&m);
     let sum = answered_checksum(&m, input.checksum_mode.as_ref(), content_range.is_some());
+    let tag_count = super::tagging::count(&m);
     let len = range.end - range.start;
     let body = match &m.data {
         ObjectData::Inline(data) => {
@@ -195,6 +196,7 @@ pub(super) async fn get_object(
         content_encoding: h.content_encoding,
         content_language: h.content_language,
         expires: h.expires,
+        tag_count,
         ..Default::default()
     };
     if let Some((a, v, t)) = sum {

@@ -123,6 +123,15 @@ pub(super) fn apply(
     Ok(())
 }
 
+/// How many tags an object has (GetObject's `x-amz-tagging-count`);
+/// `None` without tags.
+pub(super) fn count(m: &tessera_types::ObjectManifest) -> Option<i32> {
+    m.headers
+        .get(TAGGING_KEY)
+        .map(|t| t.split('&').filter(|p| !p.is_empty()).count() as i32)
+        .filter(|n| *n > 0)
+}
+
 /// Versions other than the `null` version (the only one of an
 /// unversioned bucket) are NotImplemented.
 pub(super) fn check_version(version_id: Option<&str>) -> Result<(), ApiError> {
