@@ -353,32 +353,20 @@ impl ShardStore {
             )));
         }
         let reservation = self.reserve(length.saturating_add(HEADER_LEN as u64))?;
-        let target = self.home_path(&key);
         let header = ShardHeader { length, blake3 };
-        #[cfg(test)]
-        let faults = self.faults.clone();
-        let tmp = blocking(move || {
-            let dir = target
-                .parent()
-                .ok_or_else(|| StorageError::Task("shard path has no parent".into()))?;
-            let mut tmp = TempFile::create(dir, &format!("{}.{}", key.stripe, key.index))
-                .map_err(StorageError::io)?;
-            #[cfg(test)]
-            faults.before_write(HEADER_LEN).map_err(StorageError::io)?;
-            tmp.file()
-                .and_then(|f| f.write_all(&header.encode()))
-                .map_err(StorageError::io)?;
-            Ok(tmp)
-        })
-        .await?;
+        // Nothing touches the disk yet: the frames are kept until the shard
+        // is complete (or SPILL_BYTES of them are), then written, hashed,
+        // fsynced and renamed in one trip to the blocking pool.
         Ok(ShardWriter {
             store: self.clone(),
             key,
             header,
             received: 0,
             state: Some(WriterState {
-                tmp,
+                tmp: None,
                 hasher: blake3::Hasher::new(),
+                pending: Vec::new(),
+                pending_len: 0,
             }),
             _reservation: reservation,
         })
@@ -813,12 +801,101 @@ enum Existing {
 }
 
 struct WriterState {
-    tmp: TempFile,
+    /// The temp file, created at the first spill (or at finish).
+    tmp: Option<TempFile>,
     hasher: blake3::Hasher,
+    /// Frames received and not yet written.
+    pending: Vec<Bytes>,
+    pending_len: usize,
 }
 
-/// A shard being received: frames are appended to a temp file and hashed
-/// as they arrive; [`ShardWriter::finish`] makes it visible only if the
+/// Frames a writer keeps in memory before it writes them out: a shard of
+/// up to this size costs one blocking call (create, write, hash, fsync,
+/// rename) instead of one per frame plus two.
+const SPILL_BYTES: usize = 2 << 20;
+
+impl WriterState {
+    /// Writes the pending frames to the temp file (creating it, with the
+    /// header, first) and hashes them. Blocking.
+    fn spill(&mut self, store: &ShardStore, key: ShardKey, header: &ShardHeader) -> Result<()> {
+        #[cfg(test)]
+        let faults = &store.faults;
+        let fresh = self.tmp.is_none();
+        if fresh {
+            let target = store.home_path(&key);
+            let dir = target
+                .parent()
+                .ok_or_else(|| StorageError::Task("shard path has no parent".into()))?;
+            self.tmp = Some(
+                TempFile::create(dir, &format!("{}.{}", key.stripe, key.index))
+                    .map_err(StorageError::io)?,
+            );
+            #[cfg(test)]
+            faults.before_write(HEADER_LEN).map_err(StorageError::io)?;
+        }
+        let file = self
+            .tmp
+            .as_mut()
+            .ok_or_else(|| StorageError::Task("no temp file".into()))?
+            .file()
+            .map_err(StorageError::io)?;
+        // The header goes first, in the same write as the first frames.
+        let head = fresh.then(|| header.encode());
+        let mut bufs: Vec<&[u8]> = Vec::with_capacity(self.pending.len() + 1);
+        if let Some(h) = &head {
+            bufs.push(h);
+        }
+        for frame in &self.pending {
+            #[cfg(test)]
+            faults.before_write(frame.len()).map_err(StorageError::io)?;
+            self.hasher.update(frame);
+            bufs.push(frame);
+        }
+        write_all_vectored(file, &bufs).map_err(StorageError::io)?;
+        self.pending.clear();
+        self.pending_len = 0;
+        Ok(())
+    }
+}
+
+/// Writes every buffer, in order, with as few `writev` calls as it takes.
+fn write_all_vectored(file: &mut File, bufs: &[&[u8]]) -> io::Result<()> {
+    let mut i = 0;
+    let mut off = 0;
+    while i < bufs.len() {
+        if off == bufs[i].len() {
+            i += 1;
+            off = 0;
+            continue;
+        }
+        let slices: Vec<io::IoSlice<'_>> = std::iter::once(io::IoSlice::new(&bufs[i][off..]))
+            .chain(bufs[i + 1..].iter().map(|b| io::IoSlice::new(b)))
+            .take(1024)
+            .collect();
+        let mut n = match file.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while n > 0 && i < bufs.len() {
+            let left = bufs[i].len() - off;
+            if n >= left {
+                n -= left;
+                i += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A shard being received: frames are kept in memory and written to a
+/// temp file (and hashed) in batches of [`SPILL_BYTES`], the last batch by
+/// [`ShardWriter::finish`], which makes it visible only if the
 /// length and the hash match the header. Dropping it removes the temp file.
 pub struct ShardWriter {
     store: Arc<ShardStore>,
@@ -855,26 +932,27 @@ impl ShardWriter {
         if data.is_empty() {
             return Ok(());
         }
+        let state = self
+            .state
+            .as_mut()
+            .ok_or_else(|| StorageError::Task("shard writer used after a failure".into()))?;
+        state.pending_len += data.len();
+        state.pending.push(data);
+        self.received = total;
+        if state.pending_len < SPILL_BYTES {
+            return Ok(());
+        }
         let mut state = self
             .state
             .take()
             .ok_or_else(|| StorageError::Task("shard writer used after a failure".into()))?;
-        #[cfg(test)]
-        let faults = self.store.faults.clone();
+        let (store, key, header) = (self.store.clone(), self.key, self.header);
         let state = blocking(move || {
-            #[cfg(test)]
-            faults.before_write(data.len()).map_err(StorageError::io)?;
-            state.hasher.update(&data);
-            state
-                .tmp
-                .file()
-                .and_then(|f| f.write_all(&data))
-                .map_err(StorageError::io)?;
+            state.spill(&store, key, &header)?;
             Ok(state)
         })
         .await?;
         self.state = Some(state);
-        self.received = total;
         Ok(())
     }
 
@@ -897,13 +975,18 @@ impl ShardWriter {
         let header = self.header;
         let store = self.store.clone();
         blocking(move || {
+            let mut state = state;
+            state.spill(&store, key, &header)?;
             if state.hasher.finalize().as_bytes() != &header.blake3 {
                 return Err(StorageError::Mismatch {
                     shard: key,
                     reason: "BLAKE3 of the received bytes does not match the header".into(),
                 });
             }
-            store.commit(key, header, state.tmp)
+            let tmp = state
+                .tmp
+                .ok_or_else(|| StorageError::Task("shard writer has no temp file".into()))?;
+            store.commit(key, header, tmp)
         })
         .await
     }

@@ -863,12 +863,17 @@ async fn abandoned_put_leaves_no_temp_file() {
     wait_until_serving(&pool, &node.addr).await;
     let mut client = node.raw_client().await;
     let stripe = StripeId::random();
-    let data = random_bytes(2 << 20);
+    // Frames are written out once 2 MiB are pending: send two of a 3 MiB
+    // shard so that a temp file exists.
+    let data = random_bytes(3 << 20);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(header_msg(&stripe.0, 0, data.len() as u64, &hash(&data)))
         .await
         .unwrap();
     tx.send(data_msg(data.slice(0..1 << 20))).await.unwrap();
+    tx.send(data_msg(data.slice(1 << 20..2 << 20)))
+        .await
+        .unwrap();
     let call = tokio::spawn(async move {
         client
             .put_shard(tokio_stream::wrappers::ReceiverStream::new(rx))
