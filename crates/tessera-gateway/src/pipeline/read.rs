@@ -18,7 +18,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tessera_erasure::{data_shards_for_range, decode_stripe, verify_shard};
@@ -128,22 +128,28 @@ pub fn read_range(
                     let permit = dp.buffer().await?;
                     let stripe = stripe_of(&manifest, &piece)
                         .ok_or_else(|| ApiError::Internal("piece outside the manifest".into()))?;
-                    let bytes = read_stripe(&dp, stripe, piece.offset, piece.len).await?;
-                    Ok::<_, ApiError>((bytes, permit))
+                    let chunks = read_stripe(&dp, stripe, piece.offset, piece.len).await?;
+                    Ok::<_, ApiError>((chunks, permit))
                 }
             })
             .buffered(read_ahead);
         while let Some(r) = stream.next().await {
-            let (item, stop) = match r {
-                Ok((bytes, _permit)) => (Ok(bytes), false),
+            match r {
+                Ok((chunks, _permit)) => {
+                    // The shards' bytes go out as they are: no copy into
+                    // one stripe buffer.
+                    for chunk in chunks {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::error!(bucket = %manifest.bucket, key = %manifest.key, error = %e,
                         "object read failed; the response body is cut short");
-                    (Err(e), true)
+                    let _ = tx.send(Err(e)).await;
+                    return;
                 }
-            };
-            if tx.send(item).await.is_err() || stop {
-                return;
             }
         }
     });
@@ -155,18 +161,19 @@ pub fn pieces(manifest: &ObjectManifest, range: Range<u64>) -> Vec<Piece> {
     Pieces::new(manifest, range).collect()
 }
 
-/// Reads `len` bytes at `offset` of one stripe, verified.
+/// Reads `len` bytes at `offset` of one stripe, verified, as consecutive
+/// chunks (slices of the shards read, no copy; one chunk when decoded).
 pub async fn read_stripe(
     dp: &DataPlane,
     stripe: &Stripe,
     offset: u64,
     len: u64,
-) -> Result<Bytes, ApiError> {
+) -> Result<Vec<Bytes>, ApiError> {
     let class = stripe.class;
     let (k, n) = (class.k as usize, class.total_shards());
     let want = data_shards_for_range(stripe.len, offset, len, &class)?;
     if want.len == 0 {
-        return Ok(Bytes::new());
+        return Ok(Vec::new());
     }
     if want.shard_len != stripe.shard_len {
         return Err(ApiError::Internal(format!(
@@ -213,19 +220,19 @@ pub async fn read_stripe(
     loop {
         if want.shards.clone().all(|i| got[i].is_some()) {
             // Fast path: the wanted data shards, verified; no decoding.
-            let mut out = BytesMut::with_capacity(len as usize);
+            let mut out = Vec::with_capacity(want.shards.len());
             let mut skip = want.skip as usize;
             let mut left = len as usize;
             for shard in want.shards.clone().filter_map(|i| got[i].as_ref()) {
-                let take = (shard.len() - skip.min(shard.len())).min(left);
-                if want.shards.len() == 1 {
-                    return Ok(shard.slice(skip..skip + take));
+                let from = skip.min(shard.len());
+                let take = (shard.len() - from).min(left);
+                if take > 0 {
+                    out.push(shard.slice(from..from + take));
                 }
-                out.extend_from_slice(&shard[skip..skip + take]);
                 left -= take;
                 skip = 0;
             }
-            return Ok(out.freeze());
+            return Ok(out);
         }
         if degraded && good >= k {
             tracing::warn!(stripe = %stripe.id, "degraded read: rebuilding from parity");
@@ -239,7 +246,7 @@ pub async fn read_stripe(
             if to > full.len() {
                 return Err(ApiError::Internal("decoded stripe too short".into()));
             }
-            return Ok(full.slice(from..to));
+            return Ok(vec![full.slice(from..to)]);
         }
         if degraded {
             // Keep enough fresh fetches going to reach k verified shards:
@@ -326,6 +333,10 @@ impl ShardFailure {
     }
 }
 
+/// Shards up to this size are verified on the executor (BLAKE3 of 256 KiB
+/// takes well under 100 us): a trip to the blocking pool costs more.
+const INLINE_VERIFY_BYTES: usize = 256 << 10;
+
 /// Fetches and verifies shard `i` of `stripe`; `None` when the shard has
 /// no readable location (not recorded, node unknown or down).
 fn fetch_shard(
@@ -357,8 +368,19 @@ fn fetch_shard(
                     Some(ProblemKind::Corrupt),
                     format!("{} bytes, expected {shard_len}", bytes.len()),
                 )),
+                Ok(Ok(bytes)) if bytes.len() <= INLINE_VERIFY_BYTES => {
+                    if verify_shard(&bytes, &hash) {
+                        Ok(bytes)
+                    } else {
+                        Err(ShardFailure::new(
+                            &node,
+                            Some(ProblemKind::Corrupt),
+                            "checksum mismatch",
+                        ))
+                    }
+                }
                 Ok(Ok(bytes)) => {
-                    // Hashing a shard is CPU work: off the executor.
+                    // Hashing a large shard is CPU work: off the executor.
                     let check = bytes.clone();
                     match tokio::task::spawn_blocking(move || verify_shard(&check, &hash)).await {
                         Ok(true) => Ok(bytes),
