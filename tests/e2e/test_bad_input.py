@@ -387,7 +387,9 @@ def test_04_authorization_missing_part(env, part):
     parts = [p for p in h["authorization"][len("AWS4-HMAC-SHA256 "):].split(", ") if not p.startswith(part + "=")]
     h["authorization"] = "AWS4-HMAC-SHA256 " + ", ".join(parts)
     r = raw.send("PUT", path, headers=h, body=b"x")
-    expect(r, 400, ("AuthorizationHeaderMalformed", "InvalidRequest", "InvalidArgument"))
+    # s3s answers InvalidRequest ("invalid header: authorization"); S3 says
+    # AuthorizationHeaderMalformed. Both 400, nothing stored.
+    expect(r, 400, "InvalidRequest")
     absent(s3, "malformed-auth")
 
 
@@ -397,7 +399,7 @@ def test_04_empty_authorization(env):
     h = raw.sign("PUT", path, payload_hash=hashlib.sha256(b"x").hexdigest())
     h["authorization"] = ""
     r = raw.send("PUT", path, headers=h, body=b"x")
-    expect(r, (400, 403), ("AccessDenied", "AuthorizationHeaderMalformed", "InvalidRequest", "InvalidArgument"))
+    expect(r, 400, "InvalidRequest")
     absent(s3, "empty-auth")
 
 
@@ -407,8 +409,7 @@ def test_05_wrong_algorithm(env, alg):
     path = key_path("wrong-alg")
     r = raw.req("PUT", path, body=b"x", algorithm=alg)
     # An Authorization header that is not SigV4 (nor SigV2) at all.
-    expect(r, (400, 403), ("AuthorizationHeaderMalformed", "InvalidRequest", "InvalidArgument", "AccessDenied",
-                           "SignatureDoesNotMatch"))
+    expect(r, 403, "SignatureDoesNotMatch")
     absent(s3, "wrong-alg")
 
 
@@ -426,7 +427,9 @@ def test_06_credential_scope_mismatch(env, what):
         # 400. Still refused, nothing stored.
         expect(r, 501, "NotImplemented")
     else:
-        expect(r, (400, 403), ("AuthorizationHeaderMalformed", "SignatureDoesNotMatch", "InvalidRequest"))
+        want = {"scope-date": (403, "SignatureDoesNotMatch"), "region": (400, "AuthorizationHeaderMalformed"),
+                "terminator": (400, "InvalidRequest")}[what]
+        expect(r, *want)
     absent(s3, "bad-scope")
 
 
@@ -453,8 +456,7 @@ def test_08_malformed_amz_date(env, bad):
     _, s3, raw = env
     path = key_path("bad-date")
     r = raw.req("PUT", path, body=b"x", date=bad, scope_date=amz_now()[:8])
-    expect(r, (400, 403), ("AuthorizationHeaderMalformed", "InvalidRequest", "AccessDenied",
-                           "SignatureDoesNotMatch", "InvalidArgument"))
+    expect(r, 400, "InvalidRequest")
     absent(s3, "bad-date")
 
 
@@ -465,8 +467,7 @@ def test_09_signed_headers_without_host(env):
     r = raw.req("PUT", path, body=body, signed=["x-amz-content-sha256", "x-amz-date"])
     # AWS requires host among the signed headers; s3s verifies whatever is
     # listed, so a signature without host must be refused by us.
-    expect(r, (400, 403), ("AuthorizationHeaderMalformed", "SignatureDoesNotMatch", "AccessDenied",
-                           "InvalidRequest"))
+    expect(r, 400, "AuthorizationHeaderMalformed")
     absent(s3, "no-host")
 
 
@@ -477,7 +478,8 @@ def test_10_unsigned_header_added_after_signing(env, header):
     h = raw.sign("PUT", path, payload_hash=hashlib.sha256(b"x").hexdigest())
     h[header] = "public-read" if header == "x-amz-acl" else "injected"
     r = raw.send("PUT", path, headers=h, body=b"x")
-    expect(r, (400, 403), ("AccessDenied", "SignatureDoesNotMatch", "InvalidRequest"))
+    expect(r, 403, "AccessDenied")
+    assert "not signed" in r.text
     absent(s3, "unsigned-hdr")
 
 
@@ -550,7 +552,7 @@ def test_14_chunk_size_larger_than_data(env):
     h = raw.sign("PUT", path, (), {"content-encoding": "aws-chunked", "x-amz-decoded-content-length": "1000",
                                    "content-length": str(len(body))}, STREAMING, date=date)
     r = raw.send("PUT", path, headers=h, body=body)
-    expect(r, (400, 403), ("IncompleteBody", "SignatureDoesNotMatch"))
+    expect(r, 400, "IncompleteBody")
     absent(s3, "chunk-too-big")
 
 
@@ -604,7 +606,7 @@ def test_16_trailer_name_not_declared(env):
     # Declares crc32, sends sha256.
     line = b"x-amz-checksum-sha256:" + base64.b64encode(hashlib.sha256(data).digest())
     r = raw.trailer_put(key_path("trailer-name"), data, [line])
-    expect(r, 400, ("InvalidRequest", "InvalidArgument", "MalformedTrailerError", "BadDigest"))
+    expect(r, 400, "MalformedTrailerError")
     absent(s3, "trailer-name")
 
 
@@ -612,12 +614,12 @@ def test_16_trailer_missing(env):
     _, s3, raw = env
     data = b"d" * 1000
     r = raw.trailer_put(key_path("trailer-missing"), data, [])
-    expect(r, 400, ("InvalidRequest", "InvalidArgument", "MalformedTrailerError", "IncompleteBody", "BadDigest"))
+    expect(r, 400, "MalformedTrailerError")
     absent(s3, "trailer-missing")
     # No x-amz-trailer header at all on a trailer upload.
     line = f"x-amz-checksum-crc32:{crc32_b64(data)}".encode()
     r = raw.trailer_put(key_path("trailer-missing"), data, [line], declared=None)
-    expect(r, 400, ("InvalidRequest", "InvalidArgument", "MalformedTrailerError"))
+    expect(r, 400, "InvalidRequest")
     absent(s3, "trailer-missing")
 
 
@@ -698,11 +700,11 @@ def test_22_query_credentials_on_trailer_path(env):
     # Refused either for the signature (403) or because presigned URLs
     # cannot carry streaming payloads at all (s3s: 501 NotImplemented,
     # checked before the signature): never accepted.
-    expect(r, (403, 501), ("SignatureDoesNotMatch", "AccessDenied", "NotImplemented"))
+    expect(r, 501, "NotImplemented")
     absent(s3, "presigned-trailer")
     good = raw.presign("PUT", path)
     r = raw.trailer_put(path, data, [line], presigned_query=good)
-    expect(r, (403, 501), ("SignatureDoesNotMatch", "AccessDenied", "NotImplemented"))
+    expect(r, 501, "NotImplemented")
     absent(s3, "presigned-trailer")
 
 
@@ -722,8 +724,7 @@ def test_23_sigv2(env):
     _, s3, raw = env
     path = key_path("sigv2")
     forged = sigv2_headers(raw, "PUT", path, "wrong-secret")
-    expect(raw.send("PUT", path, headers=forged, body=b"x"), (400, 403),
-           ("SignatureDoesNotMatch", "InvalidRequest"))
+    expect(raw.send("PUT", path, headers=forged, body=b"x"), 403, "SignatureDoesNotMatch")
     valid = sigv2_headers(raw, "PUT", path, raw.sk)
     r = raw.send("PUT", path, headers=valid, body=b"x")
     expect(r, 400, "InvalidRequest")
@@ -784,7 +785,7 @@ def test_25_invalid_utf8_key(env):
     before = keys(s3)
     for path in (f"/{BUCKET}/%FF%FE", f"/{BUCKET}/a%C3", f"/{BUCKET}/%ED%A0%80"):
         r = raw.req("PUT", path, body=b"x")
-        expect(r, 400, ("InvalidURI", "InvalidArgument", "InvalidRequest"))
+        expect(r, 400, "InvalidURI")
     assert keys(s3) == before
 
 
@@ -854,13 +855,17 @@ def test_28_invalid_bucket_names(env, name):
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == [BUCKET]
 
 
-@pytest.mark.parametrize("source", ["", "/", BUCKET, f"/{BUCKET}", f"/{BUCKET}/", f"/{BUCKET}/../{BUCKET}/existing",
-                                    "/no-such-bucket/existing", f"/{BUCKET}/no-such-key", f"/{BUCKET}/%FF"])
-def test_29_bad_copy_source(env, source):
+@pytest.mark.parametrize("source,status,code", [
+    ("", 400, "InvalidRequest"), ("/", 400, "InvalidArgument"), (BUCKET, 400, "InvalidArgument"),
+    (f"/{BUCKET}", 400, "InvalidArgument"), (f"/{BUCKET}/", 400, "InvalidArgument"),
+    # `..` is part of the key: the key `../badin/existing` does not exist.
+    (f"/{BUCKET}/../{BUCKET}/existing", 404, "NoSuchKey"),
+    ("/no-such-bucket/existing", 404, "NoSuchBucket"), (f"/{BUCKET}/no-such-key", 404, "NoSuchKey"),
+    (f"/{BUCKET}/%FF", 400, "InvalidArgument")])
+def test_29_bad_copy_source(env, source, status, code):
     _, s3, raw = env
     r = raw.req("PUT", key_path("copy-target"), headers={"x-amz-copy-source": source})
-    expect(r, (400, 403, 404), ("InvalidArgument", "InvalidRequest", "NoSuchBucket", "NoSuchKey", "AccessDenied",
-                                "InvalidBucketName", "InvalidURI"))
+    expect(r, status, code)
     absent(s3, "copy-target")
 
 
@@ -978,7 +983,7 @@ def test_33_content_length_larger_than_body(env):
     h = raw.sign("PUT", path, payload_hash="UNSIGNED-PAYLOAD")
     h["content-length"] = "100000"
     r = raw.send_cut("PUT", path, (), h, b"x" * 5000)
-    expect(r, (400, 0), ("IncompleteBody", "RequestTimeout", None))
+    expect(r, 400, "IncompleteBody")
     absent(s3, "short-body")
 
 
@@ -1173,7 +1178,7 @@ def test_38_complete_multipart_bad_xml(env, upload):
     cases = [
         ("doctype", XXE, 400, "MalformedXML"),
         ("deep", deep, 400, "MalformedXML"),
-        ("over-cap", over_cap, 400, ("MalformedXML", "EntityTooLarge", "MaxMessageLengthExceeded")),
+        ("over-cap", over_cap, 400, "MalformedXML"),
         ("not-xml", b"\x00\xff garbage", 400, "MalformedXML"),
         ("out-of-order", complete_xml(parts[::-1]), 400, "InvalidPartOrder"),
         ("duplicate", complete_xml([parts[0], parts[0], parts[1]]), 400, "InvalidPartOrder"),
@@ -1236,7 +1241,7 @@ def test_40_bad_part_numbers(env, part):
     up = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
     try:
         r = raw.req("PUT", key_path(key), query=[("partNumber", part), ("uploadId", up)], body=b"x")
-        expect(r, 400, ("InvalidArgument", "InvalidRequest"))
+        expect(r, 400, "InvalidArgument")
         assert s3.list_parts(Bucket=BUCKET, Key=key, UploadId=up).get("Parts", []) == []
         # Part 10,000 is the last valid one.
         if part == "10001":
@@ -1301,6 +1306,7 @@ def test_42_post_object_form(env):
     body += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n').encode()
     body += b"posted data\r\n" + f"--{boundary}--\r\n".encode()
     r = raw.send("POST", f"/{BUCKET}", headers={"content-type": f"multipart/form-data; boundary={boundary}"}, body=body)
-    expect(r, (400, 403, 501), ("AccessDenied", "SignatureDoesNotMatch", "InvalidPolicyDocument", "NotImplemented",
-                                "InvalidRequest", "MalformedPOSTRequest", "InvalidArgument"))
+    # s3s checks the policy (expired, bucket condition) before the
+    # signature: 400 InvalidPolicyDocument.
+    expect(r, 400, "InvalidPolicyDocument")
     absent(s3, "posted")
