@@ -19,8 +19,8 @@ fi
 
 # --- real S3 clients (issue 3): rclone, s3cmd and the aws cli v2 from Debian
 # (/usr/bin/aws; the venv's $VENV/bin/aws is the aws cli v1 from PyPI).
-step "Debian packages: rclone, s3cmd, awscli (aws cli v2)"
-CLIENT_PKGS=(rclone s3cmd awscli)
+step "Debian packages: rclone, s3cmd, awscli (aws cli v2), chromium (console test)"
+CLIENT_PKGS=(rclone s3cmd awscli chromium)
 missing=()
 for p in "${CLIENT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -53,7 +53,15 @@ fi
 
 step "end-to-end: tessera dev + aws cli + boto3"
 export TESSERA_BIN="$CARGO_TARGET_DIR/debug/tessera"
+# The console test saves a screenshot here (tests/e2e/test_console.py).
+export TESSERA_ARTIFACTS="${TESSERA_ARTIFACTS:-$ROOT/tests/e2e/artifacts}"
 "$VENV/bin/python" -m pytest -v -s tests/e2e
+echo "console screenshot: $TESSERA_ARTIFACTS/console.png"
+
+step "compose: 3 meta, 6 storage in 3 zones, 2 gateways in Docker; kill 2 storage, partition the meta leader (deploy/compose/test.sh)"
+# The image is made from the debug binary built above (no registry); the
+# test removes its containers, volumes, network and image, also on failure.
+AWS="$VENV/bin/aws" bash deploy/compose/test.sh
 
 step "chaos: short profile (fixed seeds; kill/stop/partition/corrupt/full-disk against tessera dev; chaos/README.md)"
 "$VENV/bin/python" -m pytest -q chaos/test_checker.py
