@@ -138,8 +138,9 @@ LABEL org.opencontainers.image.title="tessera" \\
 WORKDIR /data
 USER $uid:$uid
 EXPOSE 9000 7001 7100 9100
+ENV TESSERA_ADMIN_LISTEN=0.0.0.0:9100
 HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 \\
-    CMD ["tessera", "admin", "status"]
+    CMD ["tessera", "health"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["tessera"]
 CMD ["--help"]

@@ -61,9 +61,10 @@ pub enum Command {
 /// `tessera health`.
 #[derive(Debug, Clone, Args)]
 pub struct HealthArgs {
-    /// The node's admin HTTP address (its `admin-listen`).
+    /// The node's admin HTTP address. [default: this container's
+    /// TESSERA_ADMIN_LISTEN, a wildcard host asked on loopback]
     #[arg(long, env = "TESSERA_HEALTH_ADDR", value_name = "HOST:PORT")]
-    pub addr: String,
+    pub addr: Option<String>,
     /// The path to ask for: `/health/ready` (serving) or `/health/live`
     /// (the process answers).
     #[arg(long, default_value = "/health/ready")]

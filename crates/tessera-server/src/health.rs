@@ -18,30 +18,47 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// Runs the probe; prints the node's answer on success, the reason on
 /// failure (stderr), and sets the exit code.
 pub async fn run(args: HealthArgs) -> Result<ExitCode> {
+    let listen = std::env::var("TESSERA_ADMIN_LISTEN").ok();
+    let Some(addr) = probe_addr(args.addr.as_deref(), listen.as_deref()) else {
+        bail!("give --addr HOST:PORT (or set TESSERA_ADMIN_LISTEN)");
+    };
+    let path = &args.path;
     let timeout = Duration::from_millis(args.timeout_ms);
-    match tokio::time::timeout(timeout, probe(&args.addr, &args.path)).await {
+    match tokio::time::timeout(timeout, probe(&addr, path)).await {
         Ok(Ok((200, body))) => {
             print!("{body}");
             Ok(ExitCode::SUCCESS)
         }
         Ok(Ok((status, body))) => {
-            eprintln!(
-                "{} {}: HTTP {status}: {}",
-                args.addr,
-                args.path,
-                body.trim()
-            );
+            eprintln!("{addr} {path}: HTTP {status}: {}", body.trim());
             Ok(ExitCode::FAILURE)
         }
         Ok(Err(e)) => {
-            eprintln!("{} {}: {e:#}", args.addr, args.path);
+            eprintln!("{addr} {path}: {e:#}");
             Ok(ExitCode::FAILURE)
         }
         Err(_) => {
-            eprintln!("{} {}: no answer within {timeout:?}", args.addr, args.path);
+            eprintln!("{addr} {path}: no answer within {timeout:?}");
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The address to probe: `--addr`, else the node's own admin listen
+/// address with a wildcard host replaced by loopback (so an image's
+/// HEALTHCHECK needs no arguments).
+fn probe_addr(flag: Option<&str>, admin_listen: Option<&str>) -> Option<String> {
+    if let Some(a) = flag {
+        return Some(a.to_string());
+    }
+    let listen = admin_listen?.trim();
+    let (host, port) = listen.rsplit_once(':')?;
+    let host = match host {
+        "" | "0.0.0.0" => "127.0.0.1",
+        "[::]" => "[::1]",
+        h => h,
+    };
+    Some(format!("{host}:{port}"))
 }
 
 /// One HTTP/1.0 GET; returns the status code and the body as text.
@@ -96,6 +113,23 @@ mod tests {
         assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n").is_err());
         assert!(parse_answer(b"").is_err());
         assert!(parse_answer(b"HTTP/1.1 abc\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn the_default_address_is_the_own_admin_port_on_loopback() {
+        let pick = probe_addr;
+        assert_eq!(pick(Some("h:1"), Some("0.0.0.0:9")), Some("h:1".into()));
+        assert_eq!(
+            pick(None, Some("0.0.0.0:9100")),
+            Some("127.0.0.1:9100".into())
+        );
+        assert_eq!(pick(None, Some("[::]:9100")), Some("[::1]:9100".into()));
+        assert_eq!(
+            pick(None, Some("10.0.0.5:9100")),
+            Some("10.0.0.5:9100".into())
+        );
+        assert_eq!(pick(None, Some("nonsense")), None);
+        assert_eq!(pick(None, None), None);
     }
 
     #[tokio::test]
