@@ -51,6 +51,9 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
+step "fuzz: every cargo-fuzz target for 20 s from its seed corpus (fuzz/run.sh; own target dir)"
+bash fuzz/run.sh 20
+
 step "end-to-end: tessera dev + aws cli + boto3"
 export TESSERA_BIN="$CARGO_TARGET_DIR/debug/tessera"
 # The console test saves a screenshot here (tests/e2e/test_console.py).
