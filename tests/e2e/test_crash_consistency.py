@@ -175,7 +175,8 @@ def test_crash_at_failpoint_loses_nothing_and_leaves_nothing(failpoint):
             assert got == body, "a crashed write is visible but not whole"
         except ClientError as e:
             # Committed before the crash: it must be there.
-            assert failpoint != "gateway.put.after_commit", f"{failpoint}: a committed write vanished"
+            assert failpoint != "gateway.put.after_commit", \
+                f"{failpoint}: a committed write is not readable: {e.response['Error']}"
             assert e.response["Error"]["Code"] == "NoSuchKey", e
 
         # Nothing left that is never collected: the files on disk converge

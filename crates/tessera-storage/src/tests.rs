@@ -43,7 +43,11 @@ impl Node {
     }
 
     async fn start_with(dirs: &[PathBuf], meta: Vec<String>, heartbeat_ms: u64) -> Node {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0", dirs, meta, heartbeat_ms).await
+    }
+
+    async fn start_on(bind: &str, dirs: &[PathBuf], meta: Vec<String>, heartbeat_ms: u64) -> Node {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let config = StorageConfig {
             data_dirs: dirs.to_vec(),
@@ -133,6 +137,43 @@ async fn wait_until_serving(pool: &StoragePool, addr: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("node at {addr} did not come up");
+}
+
+/// A gateway's pooled connection outlives a (graceful) restart of the node:
+/// the first read and stat afterwards reconnect instead of failing. (A
+/// kill -9 cannot be staged in-process: the e2e crash tests cover it.)
+#[tokio::test]
+async fn reads_survive_a_node_restart_on_a_pooled_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = [dir.path().to_path_buf()];
+    let mut node = Node::start(&dirs).await;
+    let addr = node.addr.clone();
+    let pool = StoragePool::with_auth(test_auth());
+    wait_until_serving(&pool, &addr).await;
+    let stripe = StripeId::random();
+    let data = random_bytes(100_000);
+    let h = hash(&data);
+    pool.put_shard(&addr, stripe, 0, data.clone(), h)
+        .await
+        .unwrap();
+    assert_eq!(
+        pool.get_shard(&addr, stripe, 0, Some(h)).await.unwrap(),
+        data
+    );
+    for round in 0..3 {
+        node.stop().await;
+        node = Node::start_on(&addr, &dirs, vec![], 1000).await;
+        let got = pool.get_shard(&addr, stripe, 0, Some(h)).await;
+        assert_eq!(got.unwrap(), data, "first read after restart {round}");
+        node.stop().await;
+        node = Node::start_on(&addr, &dirs, vec![], 1000).await;
+        let st = pool.stat_shard(&addr, stripe, 0).await;
+        assert!(st.unwrap().exists, "first stat after restart {round}");
+    }
+    // A node that stays down is still an error, not a hang.
+    node.stop().await;
+    let err = pool.get_shard(&addr, stripe, 0, Some(h)).await.unwrap_err();
+    assert!(matches!(err, RpcError::Unreachable { .. }), "{err:?}");
 }
 
 #[tokio::test]
