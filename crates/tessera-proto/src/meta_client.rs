@@ -178,7 +178,13 @@ impl MetaClient {
                         continue;
                     }
                 }
-                e if e.is_retryable() => self.set_leader(None),
+                e if e.is_retryable() => {
+                    self.set_leader(None);
+                    // Go on with the address after the one that failed: a
+                    // leader cut off by a partition costs one attempt
+                    // timeout, not one per rotation back to it.
+                    next = after(addrs, &target, next);
+                }
                 _ => return Err(err),
             }
             if start.elapsed() + backoff >= self.inner.deadline {
@@ -191,5 +197,32 @@ impl MetaClient {
 
     fn set_leader(&self, leader: Option<String>) {
         *self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()) = leader;
+    }
+}
+
+/// The rotation position just past `failed` in `addrs` (`next` unchanged
+/// when `failed` is not one of them, e.g. a leader hint's address).
+fn after(addrs: &[String], failed: &str, next: usize) -> usize {
+    addrs
+        .iter()
+        .position(|a| a == failed)
+        .map_or(next, |i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after;
+
+    #[test]
+    fn rotation_continues_past_the_failed_address() {
+        let addrs: Vec<String> = ["m1:1", "m2:1", "m3:1"].map(String::from).to_vec();
+        // The cached leader m1 timed out: the next attempt is m2, not m1.
+        let next = after(&addrs, "m1:1", 0);
+        assert_eq!(addrs[next % addrs.len()], "m2:1");
+        // m3 failed in rotation: wrap around to m1.
+        let next = after(&addrs, "m3:1", 7);
+        assert_eq!(addrs[next % addrs.len()], "m1:1");
+        // A hinted address outside the list leaves the rotation alone.
+        assert_eq!(after(&addrs, "elsewhere:1", 5), 5);
     }
 }
