@@ -147,47 +147,6 @@ fn s3_error(code: S3ErrorCode, msg: impl Into<String>) -> S3Error {
     S3Error::with_message(code, msg.into())
 }
 
-/// The query parameter names of a request (not decoded: the names that
-/// matter here are plain ASCII).
-fn query_names(uri: &Uri) -> impl Iterator<Item = &str> {
-    uri.query()
-        .unwrap_or("")
-        .split('&')
-        .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
-}
-
-/// The value of query parameter `name`, percent-decoded.
-fn query_value(uri: &Uri, name: &str) -> Option<String> {
-    uri.query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The `SignedHeaders=` list of a SigV4 Authorization header.
 fn header_signed_headers(auth: &str) -> Option<&str> {
     auth.split([',', ' '])
@@ -217,8 +176,8 @@ pub fn check_request(headers: &HeaderMap, uri: &Uri) -> S3Result<()> {
     let auth_header = headers
         .get(http::header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    let names: Vec<&str> = query_names(uri).collect();
-    let has = |n: &str| names.contains(&n);
+    let query = uri.query();
+    let has = |n: &str| crate::query::has(query, n);
     let query_v4 = has("X-Amz-Signature") || has("X-Amz-Credential");
     let query_v2 = has("Signature") || has("AWSAccessKeyId");
     if auth_header.is_some() && (query_v4 || query_v2) {
@@ -241,7 +200,7 @@ pub fn check_request(headers: &HeaderMap, uri: &Uri) -> S3Result<()> {
         }
         Some(_) => return Ok(()),
         None if query_v4 => (
-            query_value(uri, "X-Amz-SignedHeaders").unwrap_or_default(),
+            crate::query::decoded(query, "X-Amz-SignedHeaders").unwrap_or_default(),
             true,
         ),
         None => return Ok(()),
@@ -422,12 +381,5 @@ mod tests {
             let e = check_key_chars(Some(bad)).unwrap_err();
             assert_eq!(e.code().as_str(), "InvalidArgument", "{bad:?}");
         }
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("host%3Bx-amz-date"), "host;x-amz-date");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(percent_decode("%E2%82%AC"), "€");
     }
 }

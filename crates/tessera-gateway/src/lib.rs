@@ -29,6 +29,7 @@ pub mod error;
 pub mod metrics;
 pub mod names;
 pub mod pipeline;
+pub mod query;
 pub mod repair;
 pub mod s3;
 mod server;

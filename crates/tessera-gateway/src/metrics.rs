@@ -170,12 +170,7 @@ fn op_from_shape(method: &http::Method, path: &str, query: Option<&str>) -> &'st
     let mut segs = path.trim_start_matches('/').splitn(2, '/');
     let bucket = segs.next().is_some_and(|s| !s.is_empty());
     let key = segs.next().is_some_and(|s| !s.is_empty());
-    let has = |k: &str| {
-        query.is_some_and(|q| {
-            q.split('&')
-                .any(|p| p == k || p.starts_with(&format!("{k}=")))
-        })
-    };
+    let has = |k: &str| crate::query::has(query, k);
     use http::Method as M;
     match (method, bucket, key) {
         (&M::GET, false, _) => "ListBuckets",

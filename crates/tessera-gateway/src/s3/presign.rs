@@ -14,11 +14,9 @@ pub const MAX_EXPIRES_SECS: i64 = 7 * 24 * 3600;
 /// `Err(message)` if the request is a SigV4 presigned URL whose
 /// `X-Amz-Expires` breaks the rules.
 pub fn check_query(query: Option<&str>) -> Result<(), &'static str> {
-    let Some(query) = query else { return Ok(()) };
     let mut presigned = false;
     let mut expires: Option<&str> = None;
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (k, v) in crate::query::pairs(query) {
         match k {
             "X-Amz-Signature" | "X-Amz-Credential" | "X-Amz-Algorithm" => presigned = true,
             "X-Amz-Expires" => {
