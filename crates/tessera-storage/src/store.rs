@@ -356,7 +356,7 @@ impl ShardStore {
         let header = ShardHeader { length, blake3 };
         // Nothing touches the disk yet: the frames are kept until the shard
         // is complete (or SPILL_BYTES of them are), then written, hashed,
-        // fsynced and renamed in one trip to the blocking pool.
+        // fsynced and linked in one trip to the blocking pool.
         Ok(ShardWriter {
             store: self.clone(),
             key,
@@ -752,7 +752,7 @@ impl ShardStore {
             }
         }
         tessera_observe::failpoint::hit("storage.put.before_fsync");
-        tmp.commit_at(&target, Some("storage.put.before_rename"))
+        tmp.commit_new(&target, Some("storage.put.before_rename"))
             .map_err(StorageError::io)?;
         self.shard_count.fetch_add(1, Ordering::Relaxed);
         self.shard_bytes
@@ -811,7 +811,7 @@ struct WriterState {
 
 /// Frames a writer keeps in memory before it writes them out: a shard of
 /// up to this size costs one blocking call (create, write, hash, fsync,
-/// rename) instead of one per frame plus two.
+/// link) instead of one per frame plus two.
 const SPILL_BYTES: usize = 2 << 20;
 
 impl WriterState {
@@ -827,7 +827,7 @@ impl WriterState {
                 .parent()
                 .ok_or_else(|| StorageError::Task("shard path has no parent".into()))?;
             self.tmp = Some(
-                TempFile::create(dir, &format!("{}.{}", key.stripe, key.index))
+                TempFile::create_anonymous(dir, &format!("{}.{}", key.stripe, key.index))
                     .map_err(StorageError::io)?,
             );
             #[cfg(test)]

@@ -896,6 +896,25 @@ fn shard_names_parse_back() {
     assert!(parse_shard_name("zz.1").is_none());
 }
 
+/// Files this process holds open under `dir`, named or not: an anonymous
+/// (`O_TMPFILE`) file reads as `<dir>/#<inode> (deleted)`.
+fn open_files_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(&dir))
+        .collect()
+}
+
+/// Shard files being written under `dir`: named temp files, or open
+/// anonymous ones.
+fn files_in_progress(dir: &Path) -> Vec<PathBuf> {
+    let mut out = shard_files(dir);
+    out.extend(open_files_under(&dir.join("shards")));
+    out
+}
+
 #[tokio::test]
 async fn abandoned_put_leaves_no_temp_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -905,7 +924,7 @@ async fn abandoned_put_leaves_no_temp_file() {
     let mut client = node.raw_client().await;
     let stripe = StripeId::random();
     // Frames are written out once 2 MiB are pending: send two of a 3 MiB
-    // shard so that a temp file exists.
+    // shard so that a temp file exists (named, or anonymous and open).
     let data = random_bytes(3 << 20);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(header_msg(&stripe.0, 0, data.len() as u64, &hash(&data)))
@@ -922,24 +941,27 @@ async fn abandoned_put_leaves_no_temp_file() {
     });
     // Wait until the node has started writing, then vanish mid-stream.
     for _ in 0..500 {
-        if !shard_files(dir.path()).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(!shard_files(dir.path()).is_empty(), "the put never started");
-    call.abort();
-    drop(tx);
-    for _ in 0..500 {
-        if shard_files(dir.path()).is_empty() {
+        if !files_in_progress(dir.path()).is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
-        shard_files(dir.path()).is_empty(),
+        !files_in_progress(dir.path()).is_empty(),
+        "the put never started"
+    );
+    call.abort();
+    drop(tx);
+    for _ in 0..500 {
+        if files_in_progress(dir.path()).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        files_in_progress(dir.path()).is_empty(),
         "{:?}",
-        shard_files(dir.path())
+        files_in_progress(dir.path())
     );
     assert!(!pool.stat_shard(&node.addr, stripe, 0).await.unwrap().exists);
     node.stop().await;
