@@ -60,6 +60,9 @@ const UNREPORTED: &str = ".unreported";
 const NAME_LOCKS: usize = 64;
 /// Read budget is counted in KiB so that large budgets fit the semaphore.
 const BUDGET_UNIT: u64 = 1024;
+/// A shard is read (and hashed) in pieces of this size, each hashed while
+/// it is still in the CPU cache.
+const READ_CHUNK: usize = 64 << 10;
 
 type Result<T> = std::result::Result<T, StorageError>;
 
@@ -287,6 +290,9 @@ impl ShardStore {
     /// rendezvous hashing over directory positions, so adding a directory
     /// at the end moves only about 1/N of new placements.
     fn home_dir(&self, stripe: &StripeId) -> usize {
+        if self.dirs.len() == 1 {
+            return 0;
+        }
         let mut best = (0usize, 0u64);
         for i in 0..self.dirs.len() {
             let mut h = blake3::Hasher::new();
@@ -374,32 +380,42 @@ impl ShardStore {
 
     /// Reads a shard, verified against the hash in its file header and,
     /// when given, against `expected`. A shard that fails is quarantined.
+    ///
+    /// One trip to the blocking pool when the read budget has room (open,
+    /// take the budget, read and verify); only a read that has to wait for
+    /// budget comes back to wait for it and reads in a second trip.
     pub async fn get(
         self: &Arc<Self>,
         key: ShardKey,
         expected: Option<[u8; 32]>,
     ) -> Result<ShardData> {
         let store = self.clone();
-        let (file, path, len) = blocking(move || {
-            let path = store
-                .locate(&key)
-                .ok_or(StorageError::NotFound { shard: key })?;
-            let file = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(StorageError::NotFound { shard: key })
+        let opened = blocking(move || {
+            let (file, path, len) = store.open_shard(key)?;
+            match store
+                .read_budget
+                .clone()
+                .try_acquire_many_owned(store.budget_units(len))
+            {
+                Ok(budget) => {
+                    let bytes = store.read_verified(key, file, &path, len, expected)?;
+                    Ok(Opened::Read(ShardData {
+                        bytes,
+                        _budget: budget,
+                    }))
                 }
-                Err(e) => return Err(StorageError::io(e)),
-            };
-            let len = file.metadata().map_err(StorageError::io)?.len();
-            Ok((file, path, len))
+                Err(_) => Ok(Opened::NoBudget(file, path, len)),
+            }
         })
         .await?;
-        let units = len.div_ceil(BUDGET_UNIT).clamp(1, self.read_budget_units) as u32;
+        let (file, path, len) = match opened {
+            Opened::Read(data) => return Ok(data),
+            Opened::NoBudget(file, path, len) => (file, path, len),
+        };
         let budget = self
             .read_budget
             .clone()
-            .acquire_many_owned(units)
+            .acquire_many_owned(self.budget_units(len))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?;
         let store = self.clone();
@@ -410,6 +426,34 @@ impl ShardStore {
         })
     }
 
+    /// Read budget units a file of `len` bytes takes.
+    fn budget_units(&self, len: u64) -> u32 {
+        len.div_ceil(BUDGET_UNIT).clamp(1, self.read_budget_units) as u32
+    }
+
+    /// Opens a shard file, trying its home directory first and then the
+    /// others (the directory list may have changed since it was written).
+    /// Blocking.
+    fn open_shard(&self, key: ShardKey) -> Result<(File, PathBuf, u64)> {
+        let home = self.home_dir(&key.stripe);
+        let order = std::iter::once(home).chain((0..self.dirs.len()).filter(|&i| i != home));
+        for i in order {
+            let path = self.path_in(i, &key);
+            match File::open(&path) {
+                Ok(file) => {
+                    let len = file.metadata().map_err(StorageError::io)?.len();
+                    return Ok((file, path, len));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io(e)),
+            }
+        }
+        Err(StorageError::NotFound { shard: key })
+    }
+
+    /// Reads and verifies a shard file. The shard bytes are hashed chunk
+    /// by chunk as they are read, while they are still in the CPU cache,
+    /// instead of in a second pass over the whole buffer.
     fn read_verified(
         &self,
         key: ShardKey,
@@ -425,11 +469,28 @@ impl ShardStore {
             .max_shard_bytes
             .max(tessera_proto::MAX_MESSAGE_BYTES as u64)
             + HEADER_LEN as u64;
-        let mut buf = Vec::with_capacity(len.min(limit) as usize);
-        (&mut file)
-            .take(limit + 1)
-            .read_to_end(&mut buf)
-            .map_err(StorageError::io)?;
+        // The size is known: read into a buffer of that size with one
+        // read per chunk (read_to_end would start at 8 KiB reads).
+        let want = len.min(limit + 1) as usize;
+        let mut buf = vec![0u8; want];
+        let mut filled = 0;
+        let mut hasher = blake3::Hasher::new();
+        while filled < want {
+            let end = (filled + READ_CHUNK).min(want);
+            let n = match file.read(&mut buf[filled..end]) {
+                // Shorter than its size said: the header check reports it.
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StorageError::io(e)),
+            };
+            let from = filled.max(HEADER_LEN);
+            filled += n;
+            if filled > from {
+                hasher.update(&buf[from..filled]);
+            }
+        }
+        buf.truncate(filled);
         let verdict = ShardHeader::decode(&buf).and_then(|h| {
             let data = &buf[HEADER_LEN..];
             if data.len() as u64 != h.length {
@@ -439,7 +500,7 @@ impl ShardStore {
                     data.len()
                 ));
             }
-            let actual = blake3::hash(data);
+            let actual = hasher.finalize();
             if actual.as_bytes() != &h.blake3 {
                 return Err("BLAKE3 does not match the file header".into());
             }
@@ -792,6 +853,13 @@ impl ShardStore {
             }
         }
     }
+}
+
+/// What the first trip of a read brings back.
+enum Opened {
+    Read(ShardData),
+    /// The read budget is taken: wait for it, then read.
+    NoBudget(File, PathBuf, u64),
 }
 
 enum Existing {
