@@ -61,6 +61,16 @@ use orphans::OrphanScan;
 use scrub::Scrubber;
 use throttle::Rate;
 
+/// HTTP/2 flow-control window of one stream (one shard transfer), the
+/// same as the clients' (`tessera_proto::channel`).
+const STREAM_WINDOW: u32 = 4 << 20;
+/// HTTP/2 flow-control window of one connection (all of a peer's
+/// concurrent transfers).
+const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Largest HTTP/2 frame peers may send (the default is 16 KiB: 16 frames,
+/// each handled on its own, per 256 KiB shard).
+const MAX_FRAME: u32 = 1 << 20;
+
 /// Deadline of one meta call of the scrubber or the orphan scan, retries
 /// included (they retry on their own schedule).
 const BACKGROUND_META_DEADLINE: Duration = Duration::from_secs(10);
@@ -193,6 +203,13 @@ pub async fn serve(
     let stop = tasks.clone();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
+            // Shards arrive as ~1 MiB frames on many concurrent streams of
+            // one connection per gateway: hyper's 1 MiB stream and
+            // connection windows (and 16 KiB frames) would stall a put
+            // every few frames for a window update, a wake-up each.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .layer(RequireAuthLayer::new(auth))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
