@@ -24,9 +24,45 @@
 //! - `sm_snapshot`: the current snapshot (meta and data)
 //!
 //! Each log entry is applied in one sled transaction over all state trees
-//! (its effects and `last_applied` together), and every applied batch is
-//! flushed before it is reported, so a restart resumes from a consistent,
-//! durable state. Application is deterministic: times come from commands.
+//! (its effects and `last_applied` together). Application is
+//! deterministic: times come from commands.
+//!
+//! ## Why applying does not flush
+//!
+//! `apply` writes to sled without `flush`; the Raft log's flush makes the
+//! writes durable (one fsync per appended batch of entries on each node,
+//! not two). After a crash the state machine may be behind what it had
+//! applied, and acknowledged, but it is restored exactly:
+//!
+//! 1. Log and state machine share one sled database, which has one
+//!    write-ahead log for all its trees. sled recovers a prefix of that
+//!    log (recovery stops at the first torn or missing segment, so a later
+//!    write is never recovered without an earlier one: sled
+//!    `pagecache/segment.rs`), and a batch or transaction wholly or not at
+//!    all (`pagecache/mod.rs`, `seal_batch`). So the recovered state trees
+//!    are exactly the state after some entry `k`, their `last_applied`;
+//!    never half an entry.
+//! 2. Every entry applied here was flushed in this node's log before it
+//!    was applied: `LogStore::append` returns only after its flush, and
+//!    openraft applies an entry only after it is stored and committed.
+//!    Committed entries are never truncated. So every entry after `k`
+//!    whose application was lost is still in the log ...
+//! 3. ... unless purged: openraft purges only entries covered by a
+//!    snapshot, and building (`save_snapshot`) or installing a snapshot
+//!    flushes after the state it covers was written, so the recovered `k`
+//!    is at or after the snapshot, hence after every purged index.
+//! 4. On restart openraft reads `last_applied` ([`SmTrees::applied_state`])
+//!    and re-applies the committed entries after it (at start up to the
+//!    saved committed id, the rest once a leader sends its commit index,
+//!    as for any follower); application is
+//!    deterministic, so the result is the state that was acknowledged
+//!    (the replies go to nobody). Until then this node is behind, as a
+//!    lagging follower is; reads wait for the leader's applied index
+//!    (`ensure_linearizable`).
+//!
+//! sled's own background flush (every 500 ms by default) bounds how much
+//! is re-applied. `tests/crash.rs` kills meta processes right after
+//! acknowledged writes and checks that every one of them is there.
 
 use std::collections::HashSet;
 use std::io::Cursor;
@@ -1051,17 +1087,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // No flush: the log's flush covers this (see the module docs).
         let mut replies = Vec::new();
         for entry in entries {
             let reply = self
                 .apply_entry(&entry)
                 .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
             replies.push(reply);
-        }
-        if !replies.is_empty() {
-            flush(&self.trees.db)
-                .await
-                .map_err(|e| StorageIOError::write_state_machine(&e))?;
         }
         Ok(replies)
     }
