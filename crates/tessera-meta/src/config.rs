@@ -43,6 +43,14 @@ pub struct MetaConfig {
     /// Address of the admin HTTP port (`/metrics`, `/health/live`,
     /// `/health/ready`); unset = none.
     pub admin_listen: Option<String>,
+    /// Group commit: most concurrent writes coalesced into one Raft log
+    /// entry (1: every write is its own entry).
+    pub write_batch_commands: usize,
+    /// Group commit: most request bytes in one Raft log entry.
+    pub write_batch_bytes: usize,
+    /// Raft writes the leader keeps in flight at once; writes arriving
+    /// meanwhile wait and are coalesced into the next one.
+    pub writes_in_flight: usize,
     /// The cluster secret that signs and checks every internode call.
     /// Required; never serialized.
     #[serde(skip_serializing)]
@@ -65,6 +73,9 @@ impl Default for MetaConfig {
             detector_interval_ms: 500,
             raft_logs_to_keep: 1_000,
             admin_listen: None,
+            write_batch_commands: 64,
+            write_batch_bytes: 1 << 20,
+            writes_in_flight: 2,
             cluster_secret: None,
         }
     }
@@ -92,6 +103,9 @@ impl MetaConfig {
         }
         if self.raft_heartbeat_ms == 0 || self.election_timeout_ms <= 2 * self.raft_heartbeat_ms {
             return bad("need election-timeout-ms > 2 * raft-heartbeat-ms > 0");
+        }
+        if self.write_batch_commands == 0 || self.writes_in_flight == 0 {
+            return bad("write-batch-commands and writes-in-flight must be >= 1");
         }
         if self.detector_interval_ms == 0 {
             return bad("detector-interval-ms must be >= 1");

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::detector::{self, DetectorConfig, Liveness};
 use crate::network::{MetaRaft, NetworkFactory, RaftTransport};
-use crate::service::MetaService;
+use crate::service::{BatchLimits, MetaService};
 use crate::{store, MetaConfig, MetaNodeError};
 
 /// How long each shutdown step may take.
@@ -91,7 +91,18 @@ pub async fn serve(
     }
 
     let liveness = Arc::new(Liveness::default());
-    let meta = MetaService::new(config.id, raft.clone(), trees.clone(), liveness.clone());
+    let meta = MetaService::new(
+        config.id,
+        raft.clone(),
+        trees.clone(),
+        liveness.clone(),
+        BatchLimits {
+            max_commands: config.write_batch_commands,
+            max_bytes: config.write_batch_bytes,
+            in_flight: config.writes_in_flight,
+        },
+        shutdown.child_token(),
+    );
     let server_stop = shutdown.child_token();
     let stop = server_stop.clone();
     // A stream of our own listener bypasses tonic's tcp_nodelay setting;

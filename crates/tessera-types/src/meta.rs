@@ -186,6 +186,13 @@ pub enum MetaCommand {
         /// The canonical, URL-encoded tag set (`k1=v1&k2=v2`).
         tagging: Option<String>,
     },
+    /// Group commit: several commands in one log entry, applied in order,
+    /// each seeing the effects of the ones before it and answered on its
+    /// own (one refused command does not affect the others). Replies
+    /// [`MetaReply::Batch`], one reply per command in order. A nested
+    /// batch is refused (`Err(Invalid)`). Always the last variant: the
+    /// encoding of the older ones is unchanged.
+    Batch(Vec<MetaCommand>),
 }
 
 /// What a non-owner access key may do in a bucket.
@@ -226,6 +233,7 @@ impl MetaCommand {
             MetaCommand::SetGrant { .. } => "set_grant",
             MetaCommand::ReleaseLeases { .. } => "release_leases",
             MetaCommand::SetObjectTagging { .. } => "set_object_tagging",
+            MetaCommand::Batch(_) => "batch",
         }
     }
 }
@@ -274,6 +282,8 @@ pub enum MetaReply {
     Gc(Vec<GcLease>),
     /// QueueRebalance: where the next batch starts (`None`: done).
     Cursor(Option<StripeId>),
+    /// [`MetaCommand::Batch`]: one reply per command, in order.
+    Batch(Vec<MetaReply>),
 }
 
 /// A read of the current state.

@@ -24,8 +24,9 @@
 //! - `sm_snapshot`: the current snapshot (meta and data)
 //!
 //! Each log entry is applied in one sled transaction over all state trees
-//! (its effects and `last_applied` together). Application is
-//! deterministic: times come from commands.
+//! (its effects and `last_applied` together); a [`MetaCommand::Batch`]
+//! entry in one transaction per command (see [`StateMachineStore`]).
+//! Application is deterministic: times come from commands.
 //!
 //! ## Why applying does not flush
 //!
@@ -90,6 +91,9 @@ pub(crate) const META_LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"last_membership";
 pub(crate) const META_EPOCH: &[u8] = b"epoch";
 pub(crate) const META_CLOCK: &[u8] = b"clock";
+/// `(log index, commands applied)` of a batch entry being applied (absent
+/// between entries; see [`StateMachineStore::apply_batch`]).
+pub(crate) const META_BATCH_PROGRESS: &[u8] = b"batch_progress";
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
 
@@ -190,10 +194,13 @@ pub struct SmTrees {
 /// Number of trees in the replicated state.
 const STATE_TREES: usize = 13;
 
-/// Pending writes of one entry, committed atomically. Within a batch the
-/// last write to a key wins.
+/// Pending writes of one entry (or of one command of a batch entry),
+/// committed atomically. Within a batch the last write to a key wins.
 #[derive(Default)]
 pub(crate) struct Writes {
+    /// Position of the command in a [`MetaCommand::Batch`] entry: part of
+    /// the GC keys it queues, which are otherwise unique per log index.
+    pub(crate) batch_pos: Option<u32>,
     pub(crate) buckets: sled::Batch,
     pub(crate) objects: sled::Batch,
     pub(crate) access_keys: sled::Batch,
@@ -762,6 +769,11 @@ impl SmTrees {
                 repairs,
                 gc,
             } => self.release_leases(w, &mut fx, worker, *repairs, *gc)?,
+            // Batches are applied by `StateMachineStore::apply_batch`; one
+            // inside a batch is refused.
+            MetaCommand::Batch(_) => {
+                MetaReply::Err(MetaError::Invalid("nested command batch".into()))
+            }
             MetaCommand::CheckNode { id, at } => {
                 if self.node(id)?.is_none() {
                     MetaReply::Err(MetaError::NoSuchNode)
@@ -937,7 +949,8 @@ fn push_gc(
 
 /// Queues `stripes` (of an object version, or of an upload's parts, then
 /// `version` is the upload id). `seq` tells apart the items one entry
-/// queues; the key of item 0 is the 16-byte key of earlier versions.
+/// (one command of a batch entry, `w.batch_pos`) queues; the key of item 0
+/// of a single-command entry is the 16-byte key of earlier versions.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn push_gc_stripes(
     w: &mut Writes,
@@ -960,11 +973,18 @@ pub(crate) fn push_gc_stripes(
         stripes: stripes.to_vec(),
         lease: None,
     };
-    let mut gc_key = Vec::with_capacity(17);
+    let mut gc_key = Vec::with_capacity(21);
     gc_key.extend_from_slice(&time_key(at));
     gc_key.extend_from_slice(&index.to_be_bytes());
-    if seq > 0 {
-        gc_key.push(seq);
+    match w.batch_pos {
+        // A command of a batch entry: 21 bytes, never equal to the 16- or
+        // 17-byte keys of single-command entries.
+        Some(pos) => {
+            gc_key.push(seq);
+            gc_key.extend_from_slice(&pos.to_be_bytes());
+        }
+        None if seq > 0 => gc_key.push(seq),
+        None => {}
     }
     w.gc.insert(gc_key, enc(&item));
 }
@@ -989,6 +1009,9 @@ impl StateMachineStore {
     /// Applies one entry atomically and returns its reply.
     fn apply_entry(&self, entry: &Entry<TypeConfig>) -> Result<MetaReply, MetaNodeError> {
         let log_id = entry.log_id;
+        if let EntryPayload::Normal(MetaCommand::Batch(cmds)) = &entry.payload {
+            return self.apply_batch(log_id, cmds);
+        }
         let mut w = Writes::default();
         let reply = match &entry.payload {
             EntryPayload::Blank => MetaReply::Ok,
@@ -1002,6 +1025,59 @@ impl StateMachineStore {
         w.meta.insert(META_LAST_APPLIED, enc(&Some(log_id)));
         self.trees.commit(&mut w)?;
         Ok(reply)
+    }
+
+    /// Applies the commands of a batch entry in order, each in its own
+    /// transaction, so that each sees the effects of the ones before it
+    /// (commands read the trees, not the pending writes) and a refused one
+    /// leaves the others alone. Each transaction also records how many
+    /// commands of the entry are applied; the last one records
+    /// `last_applied` instead. sled recovers transactions atomically and
+    /// in order, so after a crash in the middle of the entry its re-apply
+    /// skips the commands already applied: none is applied twice (a
+    /// PutObject applied twice would queue its own stripes for GC).
+    pub(crate) fn apply_batch(
+        &self,
+        log_id: LogId<RaftNodeId>,
+        cmds: &[MetaCommand],
+    ) -> Result<MetaReply, MetaNodeError> {
+        let done = match SmTrees::get::<(u64, u32)>(&self.trees.meta, META_BATCH_PROGRESS)? {
+            Some((index, n)) if index == log_id.index => n as usize,
+            _ => 0,
+        };
+        let mut replies = Vec::with_capacity(cmds.len());
+        let mut recorded = false;
+        for (pos, cmd) in cmds.iter().enumerate() {
+            if pos < done {
+                // Applied before a restart; nobody waits for this reply.
+                replies.push(MetaReply::Ok);
+                continue;
+            }
+            let mut w = Writes {
+                batch_pos: Some(pos as u32),
+                ..Writes::default()
+            };
+            let reply = self.trees.apply_command(cmd, log_id.index, &mut w)?;
+            if pos + 1 == cmds.len() {
+                w.meta.remove(META_BATCH_PROGRESS);
+                w.meta.insert(META_LAST_APPLIED, enc(&Some(log_id)));
+                recorded = true;
+            } else {
+                w.meta
+                    .insert(META_BATCH_PROGRESS, enc(&(log_id.index, pos as u32 + 1)));
+            }
+            self.trees.commit(&mut w)?;
+            replies.push(reply);
+        }
+        if !recorded {
+            // An empty batch (the proposer never sends one, a forged
+            // request might).
+            let mut w = Writes::default();
+            w.meta.remove(META_BATCH_PROGRESS);
+            w.meta.insert(META_LAST_APPLIED, enc(&Some(log_id)));
+            self.trees.commit(&mut w)?;
+        }
+        Ok(MetaReply::Batch(replies))
     }
 
     /// Copies the whole state into snapshot bytes (a consistent view: the
