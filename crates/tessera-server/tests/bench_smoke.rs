@@ -91,6 +91,18 @@ fn check_phase(p: &PhaseReport, ops: u64) {
     assert!(p.p50_ms <= p.p99_ms && p.p99_ms <= p.max_ms, "{p:?}");
     let cpu_op = p.server_cpu_ms_per_op.expect("server_cpu_ms_per_op");
     assert!(cpu_op > 0.0, "{p:?}");
+    // The split by role covers every process of the dev cluster.
+    let roles: Vec<&str> = p
+        .server_cpu_ms_per_op_by_role
+        .keys()
+        .map(|r| r.as_str())
+        .collect();
+    assert_eq!(roles, ["gateway", "meta", "storage"], "{p:?}");
+    let sum: f64 = p.server_cpu_ms_per_op_by_role.values().sum();
+    assert!(
+        (sum - cpu_op).abs() <= 0.01 + cpu_op * 0.01,
+        "{sum} vs {cpu_op}: {p:?}"
+    );
     assert_eq!(p.by_op.values().map(|o| o.ops).sum::<u64>(), ops);
 }
 

@@ -27,6 +27,10 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+fn ticks_to_ms(ticks: u64) -> f64 {
+    ticks as f64 * 1000.0 / ticks_per_sec() as f64
+}
+
 fn ticks_of(proc_name: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{proc_name}/stat")).ok()?;
     parse_stat_ticks(&stat)
@@ -50,24 +54,49 @@ impl CpuSample {
         }
     }
 
+    /// CPU ticks each pid readable both times used since `earlier`.
+    fn deltas<'a>(&'a self, earlier: &'a CpuSample) -> impl Iterator<Item = (u32, u64)> + 'a {
+        self.per_pid.iter().filter_map(|(pid, now)| {
+            let then = earlier.per_pid.get(pid)?;
+            Some((*pid, now.saturating_sub(*then)))
+        })
+    }
+
     /// Milliseconds of CPU the servers used since `earlier`, summed over the
     /// pids readable both times; `None` when there is none.
     pub fn servers_ms_since(&self, earlier: &CpuSample) -> Option<f64> {
         let mut ticks = 0;
         let mut any = false;
-        for (pid, now) in &self.per_pid {
-            if let Some(then) = earlier.per_pid.get(pid) {
-                ticks += now.saturating_sub(*then);
-                any = true;
+        for (_, d) in self.deltas(earlier) {
+            ticks += d;
+            any = true;
+        }
+        any.then(|| ticks_to_ms(ticks))
+    }
+
+    /// Milliseconds of CPU since `earlier` summed per group (a dev
+    /// cluster's roles: meta, storage, gateway); pids in no group are left
+    /// out.
+    pub fn ms_by_group_since(
+        &self,
+        earlier: &CpuSample,
+        group_of: &BTreeMap<u32, String>,
+    ) -> BTreeMap<String, f64> {
+        let mut ticks: BTreeMap<String, u64> = BTreeMap::new();
+        for (pid, d) in self.deltas(earlier) {
+            if let Some(g) = group_of.get(&pid) {
+                *ticks.entry(g.clone()).or_default() += d;
             }
         }
-        any.then(|| ticks as f64 * 1000.0 / ticks_per_sec() as f64)
+        ticks
+            .into_iter()
+            .map(|(g, t)| (g, ticks_to_ms(t)))
+            .collect()
     }
 
     /// Milliseconds of CPU this process used since `earlier`.
     pub fn own_ms_since(&self, earlier: &CpuSample) -> Option<f64> {
-        let ticks = self.own?.checked_sub(earlier.own?)?;
-        Some(ticks as f64 * 1000.0 / ticks_per_sec() as f64)
+        Some(ticks_to_ms(self.own?.checked_sub(earlier.own?)?))
     }
 
     /// Pids given but not readable (gone, or another user's).
@@ -108,5 +137,12 @@ mod tests {
         assert!(after.own_ms_since(&before).unwrap() > 0.0);
         assert_eq!(after.missing(&[pid, u32::MAX]), vec![u32::MAX]);
         assert_eq!(CpuSample::default().servers_ms_since(&before), None);
+        let groups = BTreeMap::from([(pid, "gateway".to_string())]);
+        let by = after.ms_by_group_since(&before, &groups);
+        assert_eq!(by.keys().collect::<Vec<_>>(), vec!["gateway"]);
+        assert_eq!(Some(by["gateway"]), after.servers_ms_since(&before));
+        assert!(after
+            .ms_by_group_since(&before, &BTreeMap::new())
+            .is_empty());
     }
 }

@@ -23,6 +23,7 @@ pub mod sigv4;
 pub mod spec;
 pub mod workload;
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -163,6 +164,8 @@ struct Resolved {
     secret_key: String,
     region: String,
     pids: Vec<u32>,
+    /// pid -> role (meta, storage, gateway) of a dev cluster's processes.
+    roles: BTreeMap<u32, String>,
 }
 
 fn resolve(args: &BenchArgs) -> Result<Resolved> {
@@ -171,12 +174,16 @@ fn resolve(args: &BenchArgs) -> Result<Resolved> {
     let need = |v: Option<String>, flag: &str| {
         v.with_context(|| format!("{flag} is required (or --cluster FILE)"))
     };
+    let roles: BTreeMap<u32, String> = info
+        .iter()
+        .flat_map(|i| &i.nodes)
+        .filter(|n| n.pid > 0)
+        .map(|n| (n.pid, n.role.clone()))
+        .collect();
     let pids = if !args.server_pids.is_empty() {
         args.server_pids.clone()
     } else {
-        info.as_ref()
-            .map(|i| i.nodes.iter().map(|n| n.pid).filter(|&p| p > 0).collect())
-            .unwrap_or_default()
+        roles.keys().copied().collect()
     };
     Ok(Resolved {
         endpoint: need(
@@ -203,6 +210,7 @@ fn resolve(args: &BenchArgs) -> Result<Resolved> {
             .or_else(|| from_info(|i| &i.region))
             .unwrap_or_else(|| "us-east-1".to_string()),
         pids,
+        roles,
     })
 }
 
@@ -294,7 +302,7 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<ExitCod
             &Workload::Put,
             &mut live,
             Stop::Count(n),
-            &r.pids,
+            &r,
             &shutdown,
         )
         .await;
@@ -323,7 +331,7 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<ExitCod
             &workload,
             &mut live,
             stop,
-            &r.pids,
+            &r,
             &shutdown,
         )
         .await;
@@ -370,17 +378,18 @@ async fn measured(
     workload: &Workload,
     live: &mut Vec<String>,
     stop: Stop,
-    pids: &[u32],
+    servers: &Resolved,
     shutdown: &CancellationToken,
 ) -> PhaseReport {
-    let before = CpuSample::take(pids);
+    let before = CpuSample::take(&servers.pids);
     let out = run_phase(target, name, workload, live, stop, shutdown).await;
-    let after = CpuSample::take(pids);
+    let after = CpuSample::take(&servers.pids);
     PhaseReport::new(
         name,
         &out,
         after.servers_ms_since(&before),
         after.own_ms_since(&before),
+        after.ms_by_group_since(&before, &servers.roles),
     )
 }
 

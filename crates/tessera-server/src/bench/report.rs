@@ -57,6 +57,13 @@ pub struct PhaseReport {
     pub server_cpu_ms_per_mib: Option<f64>,
     /// CPU time of the bench itself per operation.
     pub client_cpu_ms_per_op: Option<f64>,
+    /// Server CPU per operation by role (meta, storage, gateway), when the
+    /// pids come from a dev cluster's cluster.json.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub server_cpu_ms_per_op_by_role: BTreeMap<String, f64>,
+    /// The same per MiB moved.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub server_cpu_ms_per_mib_by_role: BTreeMap<String, f64>,
     /// The same figures per operation type (mixed runs have several).
     pub by_op: BTreeMap<String, OpReport>,
     /// The first few error messages.
@@ -113,6 +120,7 @@ impl PhaseReport {
         out: &PhaseOutcome,
         server_cpu_ms: Option<f64>,
         client_cpu_ms: Option<f64>,
+        server_cpu_ms_by_role: BTreeMap<String, f64>,
     ) -> Self {
         let secs = out.elapsed.as_secs_f64().max(1e-9);
         let total = out.total();
@@ -135,6 +143,15 @@ impl PhaseReport {
             server_cpu_ms_per_op: r3(per_op(server_cpu_ms)),
             server_cpu_ms_per_mib: r3(server_cpu_ms.filter(|_| mib > 0.0).map(|c| c / mib)),
             client_cpu_ms_per_op: r3(per_op(client_cpu_ms)),
+            server_cpu_ms_per_op_by_role: server_cpu_ms_by_role
+                .iter()
+                .filter_map(|(r, &ms)| Some((r.clone(), r3(per_op(Some(ms)))?)))
+                .collect(),
+            server_cpu_ms_per_mib_by_role: server_cpu_ms_by_role
+                .iter()
+                .filter(|_| mib > 0.0)
+                .map(|(r, &ms)| (r.clone(), round(ms / mib, 3)))
+                .collect(),
             by_op: out
                 .by_kind
                 .iter()
@@ -202,6 +219,19 @@ impl BenchReport {
                 cell(p.server_cpu_ms_per_mib),
                 cell(p.client_cpu_ms_per_op),
             );
+            if !p.server_cpu_ms_per_op_by_role.is_empty() {
+                let roles: Vec<String> = p
+                    .server_cpu_ms_per_op_by_role
+                    .iter()
+                    .map(|(r, ms)| match p.server_cpu_ms_per_mib_by_role.get(r) {
+                        Some(m) => {
+                            format!("{r} {} ms/op {} ms/MiB", cell(Some(*ms)), cell(Some(*m)))
+                        }
+                        None => format!("{r} {} ms/op", cell(Some(*ms))),
+                    })
+                    .collect();
+                let _ = writeln!(s, "  server CPU by role: {}", roles.join(", "));
+            }
             if p.by_op.len() > 1 {
                 for (op, o) in &p.by_op {
                     let _ = writeln!(
