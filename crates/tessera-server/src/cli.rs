@@ -20,6 +20,18 @@ use tessera_proto::ClusterSecret;
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
+    /// Threads of the async runtime (default: one per core). Lower it when
+    /// several Tessera processes share a machine's cores: idle workers
+    /// woken for every task cost more than they bring. `tessera dev` gives
+    /// each of its nodes a share of the cores (at least 1) unless set.
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_WORKER_THREADS",
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub worker_threads: Option<u16>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -76,6 +76,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
                 ready_timeout: Duration::from_secs(args.ready_timeout),
                 binary: None,
                 log_level: cli.log.log_level,
+                worker_threads: cli.worker_threads.map(usize::from),
                 suspect_after_ms: args.suspect_after_ms,
                 down_after_ms: args.down_after_ms,
                 tls: args.tls,
