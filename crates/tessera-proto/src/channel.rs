@@ -13,6 +13,12 @@ use crate::RpcError;
 /// Connect timeout for every internode connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Largest HTTP/2 frame a node accepts (the protocol's default is 16 KiB):
+/// shard bytes arrive in a few large DATA frames instead of 64 per MiB,
+/// each a wake-up and a pass through h2's flow control. Node servers accept
+/// the same (`max_frame_size` on their tonic server builder).
+pub const MAX_FRAME_SIZE: u32 = 256 << 10;
+
 /// A lazily connecting channel to `addr` (`host:port` or a URL).
 pub fn lazy_channel(addr: &str) -> Result<Channel, RpcError> {
     let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
@@ -30,6 +36,7 @@ pub fn lazy_channel(addr: &str) -> Result<Channel, RpcError> {
         .keep_alive_while_idle(true)
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
+        .max_frame_size(Some(MAX_FRAME_SIZE))
         .connect_lazy())
 }
 
