@@ -327,10 +327,14 @@ impl Meta for MetaService {
         let q: MetaQuery = decode(&request.into_inner().payload)?;
         self.linearizable().await?;
         let trees = self.trees.clone();
-        let reply = tokio::task::spawn_blocking(move || query::query(&trees, &q))
-            .await
-            .map_err(|e| Status::internal(format!("query task: {e}")))?
-            .map_err(|e| Status::internal(format!("state machine: {e}")))?;
+        let reply = if q.is_point() {
+            query::query(&trees, &q)
+        } else {
+            tokio::task::spawn_blocking(move || query::query(&trees, &q))
+                .await
+                .map_err(|e| Status::internal(format!("query task: {e}")))?
+        }
+        .map_err(|e| Status::internal(format!("state machine: {e}")))?;
         Ok(envelope(&reply))
     }
 

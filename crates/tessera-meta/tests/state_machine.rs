@@ -716,3 +716,36 @@ async fn object_tagging_is_replaced_in_place() {
     assert_eq!(h.cmd(set("k", None)).await, MetaReply::Ok);
     assert_eq!(get(&h), before);
 }
+
+#[tokio::test]
+async fn many_answers_each_query_in_order_and_refuses_nesting_and_excess() {
+    use tessera_types::meta::MAX_MANY_QUERIES;
+    let mut h = Harness::new();
+    h.bucket("b").await;
+    h.put("b", "k").await;
+    let access = MetaQuery::BucketAccess {
+        bucket: "b".into(),
+        access_key: "alice".into(),
+    };
+    let get = |key: &str| MetaQuery::GetObject {
+        bucket: "b".into(),
+        key: key.into(),
+    };
+    let alone: Vec<QueryReply> = [access.clone(), get("k"), get("nope")]
+        .into_iter()
+        .map(|q| h.q(q))
+        .collect();
+    let many = MetaQuery::Many(vec![access.clone(), get("k"), get("nope")]);
+    assert!(many.is_point());
+    assert_eq!(h.q(many), QueryReply::Many(alone));
+    assert!(matches!(
+        h.q(MetaQuery::Many(vec![get("k"), MetaQuery::Many(vec![])])),
+        QueryReply::Err(MetaError::Invalid(_))
+    ));
+    assert!(matches!(
+        h.q(MetaQuery::Many(vec![get("k"); MAX_MANY_QUERIES + 1])),
+        QueryReply::Err(MetaError::Invalid(_))
+    ));
+    assert_eq!(h.q(MetaQuery::Many(vec![])), QueryReply::Many(vec![]));
+    assert!(!MetaQuery::Many(vec![get("k"), MetaQuery::ListBuckets]).is_point());
+}

@@ -353,6 +353,32 @@ pub enum MetaQuery {
         after: Option<ShardLiveness>,
         max: u32,
     },
+    /// Several queries answered after one read-index check, in order (at
+    /// most [`MAX_MANY_QUERIES`], none of them `Many`): a GET asks for the
+    /// bucket access and the object in one trip.
+    Many(Vec<MetaQuery>),
+}
+
+/// Most queries in one [`MetaQuery::Many`].
+pub const MAX_MANY_QUERIES: usize = 16;
+
+impl MetaQuery {
+    /// A point lookup (a few sled gets): answered on the async executor,
+    /// where a blocking-pool trip would cost more than the lookup. Scans
+    /// (listings, statistics, queues) go to the blocking pool.
+    pub fn is_point(&self) -> bool {
+        match self {
+            MetaQuery::GetBucket { .. }
+            | MetaQuery::GetObject { .. }
+            | MetaQuery::GetAccessKey { .. }
+            | MetaQuery::GetUpload { .. }
+            | MetaQuery::BucketAccess { .. }
+            | MetaQuery::ClusterMap
+            | MetaQuery::RepairConfig => true,
+            MetaQuery::Many(qs) => qs.iter().all(MetaQuery::is_point),
+            _ => false,
+        }
+    }
 }
 
 /// A multipart upload in progress: what CreateMultipartUpload fixed for
@@ -474,4 +500,6 @@ pub enum QueryReply {
     BucketAccess(Option<(Bucket, Grant)>),
     Grants(Vec<(String, Grant)>),
     NodeShards(Vec<ShardLiveness>),
+    /// Many: one answer per query, in order.
+    Many(Vec<QueryReply>),
 }

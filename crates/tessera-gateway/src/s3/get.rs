@@ -85,14 +85,26 @@ pub(super) async fn load(
     key: &str,
 ) -> Result<ObjectManifest, ApiError> {
     check_key(key)?;
-    s.authorize(caller, bucket, Access::Read).await?;
-    let q = MetaQuery::GetObject {
-        bucket: bucket.to_string(),
-        key: key.to_string(),
+    // The access check and the manifest in one linearizable meta read.
+    let q = MetaQuery::Many(vec![
+        super::access_query(caller, bucket),
+        MetaQuery::GetObject {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        },
+    ]);
+    let QueryReply::Many(replies) = s.query(&q).await? else {
+        return Err(ApiError::UnexpectedReply("Many"));
     };
-    match s.query(&q).await? {
+    let mut replies = replies.into_iter();
+    let (Some(access), Some(object)) = (replies.next(), replies.next()) else {
+        return Err(ApiError::UnexpectedReply("Many"));
+    };
+    super::check_access(access, caller, Access::Read)?;
+    match object {
         QueryReply::Object(Some(m)) => Ok(*m),
         QueryReply::Object(None) => Err(MetaError::NoSuchKey.into()),
+        QueryReply::Err(e) => Err(e.into()),
         _ => Err(ApiError::UnexpectedReply("GetObject")),
     }
 }

@@ -88,33 +88,8 @@ impl Tessera {
         bucket: &str,
         need: Access,
     ) -> Result<tessera_types::Bucket, ApiError> {
-        match self
-            .query(&MetaQuery::BucketAccess {
-                bucket: bucket.to_string(),
-                access_key: caller.to_string(),
-            })
-            .await?
-        {
-            QueryReply::BucketAccess(Some((b, grant))) => {
-                let ok = match need {
-                    Access::Read => grant.read,
-                    Access::Write => grant.write,
-                    Access::Owner => b.owner == caller,
-                };
-                if ok {
-                    Ok(b)
-                } else {
-                    Err(ApiError::AccessDenied(match need {
-                        Access::Owner => "only the bucket's owner may do this",
-                        _ => "the bucket belongs to another access key",
-                    }))
-                }
-            }
-            QueryReply::BucketAccess(None) => {
-                Err(tessera_types::meta::MetaError::NoSuchBucket.into())
-            }
-            _ => Err(ApiError::UnexpectedReply("BucketAccess")),
-        }
+        let reply = self.query(&access_query(caller, bucket)).await?;
+        check_access(reply, caller, need)
     }
 
     /// A linearizable meta query; refusals become `ApiError::Meta`.
@@ -452,6 +427,42 @@ impl S3 for Tessera {
             "PostObject",
             ApiError::NotImplemented("POST-object form uploads"),
         ))
+    }
+}
+
+/// The meta query behind [`check_access`].
+fn access_query(caller: &str, bucket: &str) -> MetaQuery {
+    MetaQuery::BucketAccess {
+        bucket: bucket.to_string(),
+        access_key: caller.to_string(),
+    }
+}
+
+/// Whether a BucketAccess reply lets `caller` do `need`: the bucket if so.
+fn check_access(
+    reply: QueryReply,
+    caller: &str,
+    need: Access,
+) -> Result<tessera_types::Bucket, ApiError> {
+    match reply {
+        QueryReply::BucketAccess(Some((b, grant))) => {
+            let ok = match need {
+                Access::Read => grant.read,
+                Access::Write => grant.write,
+                Access::Owner => b.owner == caller,
+            };
+            if ok {
+                Ok(b)
+            } else {
+                Err(ApiError::AccessDenied(match need {
+                    Access::Owner => "only the bucket's owner may do this",
+                    _ => "the bucket belongs to another access key",
+                }))
+            }
+        }
+        QueryReply::BucketAccess(None) => Err(tessera_types::meta::MetaError::NoSuchBucket.into()),
+        QueryReply::Err(e) => Err(e.into()),
+        _ => Err(ApiError::UnexpectedReply("BucketAccess")),
     }
 }
 

@@ -529,6 +529,12 @@ impl FakeMeta {
     }
 
     pub fn query(&self, q: MetaQuery) -> QueryReply {
+        let q = match q {
+            MetaQuery::Many(qs) => {
+                return QueryReply::Many(qs.into_iter().map(|q| self.query(q)).collect())
+            }
+            q => q,
+        };
         let buckets = self.buckets.lock().unwrap();
         let objects = self.objects.lock().unwrap();
         match q {

@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use tessera_types::meta::{
     BucketStats, ListObjectsPage, ListObjectsQuery, ListUploadsQuery, MetaError, MetaQuery,
-    ObjectSummary, PartRecord, PartsPage, QueryReply, Upload, UploadsPage,
+    ObjectSummary, PartRecord, PartsPage, QueryReply, Upload, UploadsPage, MAX_MANY_QUERIES,
 };
 use tessera_types::{AccessKey, Bucket, ClusterMap, ObjectManifest};
 
@@ -21,6 +21,20 @@ pub const MAX_LIST_KEYS: u32 = 1000;
 /// Answers one query.
 pub fn query(t: &SmTrees, q: &MetaQuery) -> Result<QueryReply, MetaNodeError> {
     Ok(match q {
+        MetaQuery::Many(qs) => {
+            if qs.len() > MAX_MANY_QUERIES {
+                return Ok(QueryReply::Err(MetaError::Invalid(format!(
+                    "{} queries in one, at most {MAX_MANY_QUERIES}",
+                    qs.len()
+                ))));
+            }
+            if qs.iter().any(|q| matches!(q, MetaQuery::Many(_))) {
+                return Ok(QueryReply::Err(MetaError::Invalid(
+                    "nested multi-query".into(),
+                )));
+            }
+            QueryReply::Many(qs.iter().map(|q| query(t, q)).collect::<Result<_, _>>()?)
+        }
         MetaQuery::GetBucket { name } => QueryReply::Bucket(t.bucket(name)?),
         MetaQuery::ListBuckets => {
             // sled iterates in byte order of names.
