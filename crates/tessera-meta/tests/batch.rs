@@ -303,20 +303,8 @@ async fn a_batch_reapplied_after_a_crash_skips_what_was_applied() {
     // Entry 2 is [a, b]; a was committed with the progress record, then the
     // node died: the state after "a" alone, last_applied still 1.
     h.cmd(a.clone()).await;
-    db.open_tree("sm_meta")
-        .unwrap()
-        .insert(
-            "last_applied",
-            tessera_types::codec::encode(&Some(log_id(1))),
-        )
-        .unwrap();
-    db.open_tree("sm_meta")
-        .unwrap()
-        .insert(
-            "batch_progress",
-            tessera_types::codec::encode(&(2u64, 1u32)),
-        )
-        .unwrap();
+    set_meta(&db, "last_applied", &Some(log_id(1)));
+    set_meta(&db, "batch_progress", &(2u64, 1u32));
     h.index = 1;
     let r = batch_replies(h.cmd(MetaCommand::Batch(vec![a, b])).await);
     assert_eq!(r.len(), 2);
@@ -336,17 +324,20 @@ async fn a_batch_reapplied_after_a_crash_skips_what_was_applied() {
     assert_eq!(last.map(|l| l.index), Some(2));
 
     // A stale record (of another index) is ignored.
-    db.open_tree("sm_meta")
-        .unwrap()
-        .insert(
-            "batch_progress",
-            tessera_types::codec::encode(&(2u64, 1u32)),
-        )
-        .unwrap();
+    set_meta(&db, "batch_progress", &(2u64, 1u32));
     let c = put("b", "c", "e3", 3, WriteCondition::None);
     let r = batch_replies(h.cmd(MetaCommand::Batch(vec![c])).await);
     assert_eq!(r, vec![MetaReply::Replaced(None)]);
     assert!(object(&h, "b", "c").is_some());
+}
+
+/// Writes a state-machine meta record behind the store's back (a crash
+/// left it so).
+fn set_meta<T: serde::Serialize>(db: &sled::Db, key: &str, value: &T) {
+    db.open_tree("sm_meta")
+        .unwrap()
+        .insert(key, tessera_types::codec::encode(value))
+        .unwrap();
 }
 
 fn log_id(index: u64) -> openraft::LogId<u64> {
