@@ -295,7 +295,7 @@ async fn a_batch_reapplied_after_a_crash_skips_what_was_applied() {
     // in the middle of a batch entry leaves behind.
     let dir = tempfile::tempdir().unwrap();
     let db = sled::Config::new().path(dir.path()).open().unwrap();
-    let sm = open_db(db.clone()).unwrap().1;
+    let sm = open_db(db.clone(), dir.path()).unwrap().1;
     let mut h = Harness { dir, sm, index: 0 };
     h.cmd(MetaCommand::CreateBucket(bucket("b"))).await;
     let a = put("b", "a", "e1", 1, WriteCondition::None);

@@ -24,7 +24,7 @@ impl Harness {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let sm = open_db(db).unwrap().1;
+        let sm = open_db(db, dir.path()).unwrap().1;
         let mut h = Harness {
             _dir: dir,
             sm,
@@ -424,12 +424,16 @@ async fn uploads_and_parts_are_in_snapshots() {
     let mut h = Harness::new().await;
     h.create("k", "u1").await;
     h.put_part("k", "u1", part(1, "a", 1)).await;
-    let snap =
+    // A built snapshot is only its meta; the data comes from the current
+    // snapshot, as openraft gets it to send one.
+    let built =
         h.sm.get_snapshot_builder()
             .await
             .build_snapshot()
             .await
             .unwrap();
+    let snap = h.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(snap.meta, built.meta);
     let mut other = Harness::new().await;
     other.create("stale", "s1").await;
     other

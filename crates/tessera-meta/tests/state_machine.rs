@@ -568,12 +568,16 @@ async fn restart_and_snapshot_roundtrip() {
     assert_eq!(applied.map(|l| l.index), Some(3));
 
     // Snapshot, then install into a fresh state machine.
-    let snap =
+    // A built snapshot is only its meta; the data comes from the current
+    // snapshot, as openraft gets it to send one.
+    let built =
         h.sm.get_snapshot_builder()
             .await
             .build_snapshot()
             .await
             .unwrap();
+    let snap = h.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(snap.meta, built.meta);
     assert_eq!(snap.meta.last_log_id, applied);
     let mut other = Harness::new();
     other.bucket("stale").await;
@@ -614,6 +618,101 @@ async fn restart_and_snapshot_roundtrip() {
     .unwrap();
     assert!(matches!(r, QueryReply::Object(Some(_))));
     assert!(sm.get_current_snapshot().await.unwrap().is_some());
+}
+
+/// Building a snapshot copies nothing; the copy made when one is sent
+/// covers what was applied since, and is recorded as the newer snapshot
+/// (also across a restart).
+#[tokio::test]
+async fn current_snapshot_covers_entries_applied_after_the_build() {
+    let mut h = Harness::new();
+    assert!(h.sm.get_current_snapshot().await.unwrap().is_none());
+    h.bucket("b").await;
+    h.put("b", "k1").await;
+    let built =
+        h.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    assert!(
+        built.snapshot.get_ref().is_empty(),
+        "a build copies nothing"
+    );
+    h.put("b", "k2").await;
+    h.put("b", "k3").await;
+    let applied = h.sm.applied_state().await.unwrap().0;
+    assert!(applied > built.meta.last_log_id);
+
+    let cur = h.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta.last_log_id, applied);
+    assert_ne!(cur.meta.snapshot_id, built.meta.snapshot_id);
+    // Asked again with nothing applied in between: the same snapshot.
+    let again = h.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(again.meta, cur.meta);
+    assert_eq!(again.snapshot.get_ref(), cur.snapshot.get_ref());
+
+    let mut other = Harness::new();
+    other
+        .sm
+        .install_snapshot(&cur.meta, cur.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(other.sm.applied_state().await.unwrap().0, applied);
+    assert_eq!(
+        other.list("b", "", "", "", 0).objects.len(),
+        3,
+        "the entries applied after the build came with the snapshot"
+    );
+    assert_eq!(cluster(&h), cluster(&other));
+    assert_eq!(
+        other.sm.get_current_snapshot().await.unwrap().unwrap().meta,
+        cur.meta
+    );
+
+    // The newer snapshot was recorded: a reopened store has it.
+    let Harness { dir, sm, .. } = h;
+    drop(sm);
+    let mut sm = open(dir.path());
+    assert_eq!(
+        sm.get_current_snapshot().await.unwrap().unwrap().meta,
+        cur.meta
+    );
+}
+
+/// An empty or garbled snapshot is refused and leaves the state as it was.
+#[tokio::test]
+async fn installing_a_garbled_snapshot_changes_nothing() {
+    let mut h = Harness::new();
+    h.bucket("b").await;
+    h.put("b", "k1").await;
+    h.sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut cur = h.sm.get_current_snapshot().await.unwrap().unwrap();
+    let before = h.sm.applied_state().await.unwrap();
+    for data in [Vec::new(), vec![0xff; 64]] {
+        *cur.snapshot = std::io::Cursor::new(data);
+        let mut target = Harness::new();
+        target.bucket("keep").await;
+        let target_before = target.sm.applied_state().await.unwrap();
+        assert!(target
+            .sm
+            .install_snapshot(&cur.meta, cur.snapshot.clone())
+            .await
+            .is_err());
+        assert_eq!(target.sm.applied_state().await.unwrap(), target_before);
+        assert_eq!(target.list("keep", "", "", "", 0).objects.len(), 0);
+        assert!(matches!(
+            target.q(MetaQuery::GetBucket {
+                name: "keep".into()
+            }),
+            QueryReply::Bucket(Some(_))
+        ));
+    }
+    assert_eq!(h.sm.applied_state().await.unwrap(), before);
 }
 
 #[tokio::test]

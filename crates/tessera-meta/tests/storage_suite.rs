@@ -17,7 +17,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
             .path(dir.path())
             .open()
             .expect("open sled");
-        let (log, sm) = open_db(db).expect("open stores");
+        let (log, sm) = open_db(db, dir.path()).expect("open stores");
         Ok((dir, log, sm))
     }
 }

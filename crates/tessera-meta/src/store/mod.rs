@@ -75,13 +75,14 @@ pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), MetaNodeE
             Err(e) => return Err(e),
         }
     };
-    open_db(db)
+    open_db(db, &dir)
 }
 
-/// Builds both halves over an already opened database.
-pub fn open_db(db: sled::Db) -> Result<(LogStore, StateMachineStore), MetaNodeError> {
+/// Builds both halves over an already opened database; `dir` is the
+/// directory sled was opened in.
+pub fn open_db(db: sled::Db, dir: &Path) -> Result<(LogStore, StateMachineStore), MetaNodeError> {
     let log = LogStore::new(db.clone())?;
-    let sm = StateMachineStore::new(db)?;
+    let sm = StateMachineStore::new(db, dir)?;
     Ok((log, sm))
 }
 

@@ -49,9 +49,10 @@
 //!    Committed entries are never truncated. So every entry after `k`
 //!    whose application was lost is still in the log ...
 //! 3. ... unless purged: openraft purges only entries covered by a
-//!    snapshot, and building (`save_snapshot`) or installing a snapshot
-//!    flushes after the state it covers was written, so the recovered `k`
-//!    is at or after the snapshot, hence after every purged index.
+//!    snapshot, and recording a snapshot (`save_snapshot_meta`, when one
+//!    is built, installed or returned) flushes the state it covers first,
+//!    so the recovered `k` is at or after the snapshot, hence after every
+//!    purged index.
 //! 4. On restart openraft reads `last_applied` ([`SmTrees::applied_state`])
 //!    and re-applies the committed entries after it (at start up to the
 //!    saved committed id, the rest once a leader sends its commit index,
@@ -64,6 +65,21 @@
 //! sled's own background flush (every 500 ms by default) bounds how much
 //! is re-applied. `tests/crash.rs` kills meta processes right after
 //! acknowledged writes and checks that every one of them is there.
+//!
+//! ## Snapshots
+//!
+//! The state trees are durable in sled, so they are their own snapshot: a
+//! snapshot is a record (`sm_snapshot`, meta only) that the trees cover
+//! the log up to its `last_log_id`, made after a flush. Building one is a
+//! flush, whatever the size of the state, and runs beside the applier.
+//! Only when a follower needs a snapshot (or at start-up, once) does
+//! [`RaftStateMachine::get_current_snapshot`] copy the trees into bytes, on
+//! the state machine task, so the copy is consistent; if entries were
+//! applied since the recorded snapshot, the copy is recorded as a newer
+//! one. (Earlier versions copied the whole state every `snapshot-every`
+//! entries on the applier and kept the copy in sled: the applier stalled
+//! for the copy, and the cost per write grew with the state.) The bytes on
+//! the wire are unchanged.
 
 use std::collections::HashSet;
 use std::io::Cursor;
@@ -175,6 +191,8 @@ pub(crate) fn time_key(t: UnixMillis) -> [u8; 8] {
 #[derive(Clone)]
 pub struct SmTrees {
     pub(crate) db: sled::Db,
+    /// sled's data file (`<dir>/db`), fsynced when a snapshot is recorded.
+    sled_file: std::sync::Arc<std::path::PathBuf>,
     pub(crate) buckets: sled::Tree,
     pub(crate) objects: sled::Tree,
     pub(crate) access_keys: sled::Tree,
@@ -238,8 +256,9 @@ impl Writes {
 }
 
 impl SmTrees {
-    fn open(db: sled::Db) -> Result<Self, sled::Error> {
+    fn open(db: sled::Db, dir: &std::path::Path) -> Result<Self, sled::Error> {
         Ok(SmTrees {
+            sled_file: std::sync::Arc::new(dir.join("db")),
             buckets: db.open_tree("sm_buckets")?,
             objects: db.open_tree("sm_objects")?,
             access_keys: db.open_tree("sm_access_keys")?,
@@ -995,9 +1014,9 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: sled::Db) -> Result<Self, MetaNodeError> {
+    pub(crate) fn new(db: sled::Db, dir: &std::path::Path) -> Result<Self, MetaNodeError> {
         Ok(StateMachineStore {
-            trees: SmTrees::open(db)?,
+            trees: SmTrees::open(db, dir)?,
         })
     }
 
@@ -1095,56 +1114,85 @@ impl StateMachineStore {
         Ok(enc(&SnapshotBody { trees }))
     }
 
-    async fn save_snapshot(
+    /// Makes everything written to sled so far durable. sled's `flush`
+    /// writes its log with `sync_file_range`, which neither flushes the
+    /// device's write cache nor the file's metadata (sled fsyncs only in
+    /// its background flusher), so the data file is fsynced here too
+    /// (fsync acts on the file, whichever descriptor names it).
+    async fn make_durable(trees: &SmTrees) -> Result<(), std::io::Error> {
+        flush(&trees.db).await.map_err(std::io::Error::other)?;
+        let file = trees.sled_file.clone();
+        tokio::task::spawn_blocking(move || std::fs::File::open(&*file)?.sync_all())
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Records `meta` as the current snapshot once the state it covers is
+    /// durable: makes the state durable first (the log before
+    /// `meta.last_log_id` may be purged once this returns), then writes the
+    /// meta and makes it durable too. Drops the data blob older versions
+    /// kept next to it.
+    async fn save_snapshot_meta(
         trees: &SmTrees,
         meta: &SnapshotMeta<RaftNodeId, openraft::BasicNode>,
-        data: &[u8],
     ) -> Result<(), StoreError> {
+        let sig = Some(meta.signature());
+        Self::make_durable(trees)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
         let mut batch = sled::Batch::default();
         batch.insert(SNAP_META, enc(meta));
-        batch.insert(SNAP_DATA, data);
-        let sig = Some(meta.signature());
+        batch.remove(SNAP_DATA);
         trees
             .snapshot
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-        flush(&trees.db)
+        Self::make_durable(trees)
             .await
             .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
         Ok(())
     }
+
+    /// A fresh snapshot id for a snapshot ending at `last`.
+    fn snapshot_id(
+        trees: &SmTrees,
+        last: &Option<LogId<RaftNodeId>>,
+    ) -> Result<String, sled::Error> {
+        let unique = trees.db.generate_id()?;
+        Ok(match last {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, unique),
+            None => format!("0-0-{unique}"),
+        })
+    }
 }
 
-/// Builds a snapshot from a state copied when the builder was made.
+/// "Builds" a snapshot: the state is already durable in sled, so a
+/// snapshot is only a promise that the state trees cover the log up to
+/// `last_applied` (see "Snapshots" in the module docs).
 pub struct SnapshotBuilder {
     trees: SmTrees,
-    last_applied: Option<LogId<RaftNodeId>>,
-    membership: StoredMembership<RaftNodeId, openraft::BasicNode>,
-    data: Result<Vec<u8>, MetaNodeError>,
+    applied: Result<AppliedState, MetaNodeError>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// Flushes and records the snapshot meta. Returns no data: openraft
+    /// 0.9 keeps only the meta of a built snapshot (`core/sm/worker.rs`,
+    /// `storage/helper.rs`) and asks [`RaftStateMachine::get_current_snapshot`]
+    /// when it has to send one.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StoreError> {
-        let data = std::mem::replace(&mut self.data, Ok(Vec::new()))
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
-        let unique = self
-            .trees
-            .db
-            .generate_id()
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let snapshot_id = match &self.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, unique),
-            None => format!("0-0-{unique}"),
-        };
+        let (last_applied, membership) =
+            std::mem::replace(&mut self.applied, Ok((None, StoredMembership::default())))
+                .map_err(|e| StorageIOError::read_state_machine(&e))?;
         let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
-            snapshot_id,
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id: StateMachineStore::snapshot_id(&self.trees, &last_applied)
+                .map_err(|e| StorageIOError::write_snapshot(None, &e))?,
         };
-        StateMachineStore::save_snapshot(&self.trees, &meta, &data).await?;
+        StateMachineStore::save_snapshot_meta(&self.trees, &meta).await?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -1175,22 +1223,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let (last_applied, membership) = match self.trees.applied_state() {
-            Ok(s) => s,
-            Err(e) => {
-                return SnapshotBuilder {
-                    trees: self.trees.clone(),
-                    last_applied: None,
-                    membership: StoredMembership::default(),
-                    data: Err(e),
-                }
-            }
-        };
         SnapshotBuilder {
             trees: self.trees.clone(),
-            last_applied,
-            membership,
-            data: self.dump(),
+            applied: self.trees.applied_state(),
         }
     }
 
@@ -1228,22 +1263,41 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.trees
             .commit(&mut w)
             .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-        Self::save_snapshot(&self.trees, meta, &data).await?;
+        Self::save_snapshot_meta(&self.trees, meta).await?;
         Ok(())
     }
 
+    /// The current snapshot, its data copied now from the state trees
+    /// (the applier is not running while this is called, so the copy is
+    /// consistent). If entries were applied since the recorded snapshot,
+    /// the copy is newer than it: it is recorded, with a fresh id, as the
+    /// current snapshot before it is returned.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
         let t = &self.trees.snapshot;
-        let meta: Option<SnapshotMeta<RaftNodeId, openraft::BasicNode>> =
+        let saved: Option<SnapshotMeta<RaftNodeId, openraft::BasicNode>> =
             SmTrees::get(t, SNAP_META).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let Some(meta) = meta else {
+        let Some(saved) = saved else {
             return Ok(None);
         };
-        let data = t
-            .get(SNAP_DATA)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?
-            .map(|v| v.to_vec())
-            .unwrap_or_default();
+        let (last_applied, membership) = self
+            .trees
+            .applied_state()
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let meta = if last_applied == saved.last_log_id {
+            saved
+        } else {
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id: Self::snapshot_id(&self.trees, &last_applied)
+                    .map_err(|e| StorageIOError::write_snapshot(None, &e))?,
+            };
+            Self::save_snapshot_meta(&self.trees, &meta).await?;
+            meta
+        };
+        let data = self
+            .dump()
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

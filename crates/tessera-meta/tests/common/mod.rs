@@ -16,7 +16,7 @@ pub struct Harness {
 
 pub fn open(dir: &std::path::Path) -> StateMachineStore {
     let db = sled::Config::new().path(dir).open().unwrap();
-    open_db(db).unwrap().1
+    open_db(db, dir).unwrap().1
 }
 
 impl Harness {
