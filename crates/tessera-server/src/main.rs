@@ -8,6 +8,13 @@ use clap::Parser;
 use tessera_server::cli::Cli;
 use tessera_server::{default_log_filter, logging, shutdown};
 
+/// mimalloc instead of glibc malloc: glibc's `_int_malloc`/`unlink_chunk`
+/// took ~20% of a meta node's CPU in a 4 KiB PUT run. Measured A/B (same
+/// build otherwise, 2 cores): server CPU per 4 KiB PUT 1.65-1.82 -> 1.57 ms,
+/// per 1 MiB PUT 16.0-16.8 -> 13.7-16.0 ms, per 1 MiB GET 3.43-3.58 -> 3.18-3.20 ms.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = logging::init(&cli.log, default_log_filter(&cli.command)) {
