@@ -225,6 +225,11 @@ pub struct StorageArgs {
     /// bytes. [default: the file system's capacity]
     #[arg(long, env = "TESSERA_CAPACITY_BYTES", value_name = "BYTES")]
     pub capacity_bytes: Option<u64>,
+    /// Write shard files with O_DIRECT, bypassing the page cache; a file
+    /// system that refuses it gets buffered writes anyway. Turn off where
+    /// O_DIRECT is accepted but broken or slow. [default: true]
+    #[arg(long, env = "TESSERA_DIRECT_IO", value_name = "BOOL")]
+    pub direct_io: Option<bool>,
 }
 
 /// `tessera gateway`.

@@ -302,6 +302,9 @@ impl StorageSettings {
         if args.capacity_bytes.is_some() {
             c.capacity_bytes = args.capacity_bytes;
         }
+        if let Some(v) = args.direct_io {
+            c.direct_io = v;
+        }
         c.cluster_secret = resolve_secret(&args.secret, c.cluster_secret.take())?;
         if let Some(v) = &args.admin_listen {
             c.admin_listen = Some(v.clone());

@@ -102,6 +102,7 @@ pub async fn serve(
         },
     )
     .await?;
+    store.set_direct_io(config.direct_io);
     let local = listener.local_addr()?;
     let advertise = config
         .advertise

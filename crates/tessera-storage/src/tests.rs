@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
-use crate::store::{ShardHeader, HEADER_LEN};
-use crate::{serve, StorageConfig, StorageError};
+use crate::store::{ShardHeader, HEADER_LEN, SPILL_BYTES};
+use crate::{serve, ShardKey, ShardStore, StorageConfig, StorageError, StoreOptions};
 
 fn test_secret() -> ClusterSecret {
     ClusterSecret::new("storage-test-secret-0123").unwrap()
@@ -1100,5 +1100,313 @@ async fn random_bytes_as_messages_are_errors_not_panics() {
     assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0);
     // Still serving.
     pool.node_info(&node.addr).await.unwrap();
+    node.stop().await;
+}
+
+// ---- O_DIRECT shard writes -------------------------------------------
+
+/// Shard lengths around the 4096-byte blocks of direct writes (the header
+/// is 48 bytes: 4048 fills one block) and the spills.
+const DIRECT_LENGTHS: [usize; 10] = [
+    0,
+    1,
+    4047,
+    4048,
+    4049,
+    4096,
+    256 << 10,
+    SPILL_BYTES - 1,
+    SPILL_BYTES + 12345,
+    (5 << 20) + 7,
+];
+
+async fn open_store(dir: &Path, direct: bool) -> Arc<ShardStore> {
+    let store = ShardStore::open(
+        vec![dir.to_path_buf()],
+        StoreOptions {
+            max_shard_bytes: 64 << 20,
+            read_buffer_bytes: 256 << 20,
+            capacity_bytes: None,
+        },
+    )
+    .await
+    .unwrap();
+    store.set_direct_io(direct);
+    store
+}
+
+/// Sends `data` in frames of `frame` bytes.
+async fn put_frames(
+    store: &Arc<ShardStore>,
+    key: ShardKey,
+    data: &Bytes,
+    frame: usize,
+    blake3: [u8; 32],
+) -> Result<(), StorageError> {
+    let mut w = store.begin_put(key, data.len() as u64, blake3).await?;
+    let mut off = 0;
+    while off < data.len() {
+        let end = (off + frame).min(data.len());
+        w.write(data.slice(off..end)).await?;
+        off = end;
+    }
+    w.finish().await
+}
+
+/// Puts and reads back a shard of every length in `lengths`, in 1 MiB
+/// frames and in odd ones (a spill then overflows the aligned buffer),
+/// and checks the file: exactly header + shard bytes.
+async fn check_round_trips(store: &Arc<ShardStore>, dir: &Path, lengths: &[usize]) {
+    for &len in lengths {
+        for frame in [1 << 20, 333_333] {
+            let key = ShardKey {
+                stripe: StripeId::random(),
+                index: 3,
+            };
+            let data = random_bytes(len);
+            put_frames(store, key, &data, frame, hash(&data))
+                .await
+                .unwrap_or_else(|e| panic!("put of {len} bytes in {frame}-byte frames: {e}"));
+            let path = shard_file(dir, key.stripe, 3);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                (HEADER_LEN + len) as u64,
+                "file length of a {len}-byte shard"
+            );
+            let file = std::fs::read(&path).unwrap();
+            let header = ShardHeader::decode(&file).unwrap();
+            assert_eq!(header.length, len as u64);
+            assert_eq!(header.blake3, hash(&data));
+            assert_eq!(store.stat(key).await.unwrap(), Some(header));
+            let got = store.get(key, Some(hash(&data))).await.unwrap();
+            assert!(got.bytes == data, "{len}-byte shard read back differs");
+        }
+    }
+}
+
+#[tokio::test]
+async fn shard_round_trip_direct_and_buffered() {
+    for direct in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), direct).await;
+        check_round_trips(&store, dir.path(), &DIRECT_LENGTHS).await;
+        // ext4, xfs, btrfs and tmpfs (since Linux 6.6) take O_DIRECT: a
+        // fallback here would mean the direct path went untested.
+        assert_eq!(
+            store.direct_io(0),
+            direct,
+            "direct {direct}: the test directory refused O_DIRECT"
+        );
+        assert_eq!(store.shard_count(), 2 * DIRECT_LENGTHS.len() as u64);
+        let total: usize = DIRECT_LENGTHS.iter().map(|l| 2 * (l + HEADER_LEN)).sum();
+        assert_eq!(store.shard_bytes(), total as u64);
+        // A retried identical put succeeds without writing; different
+        // bytes under the same name are refused.
+        let key = ShardKey {
+            stripe: StripeId::random(),
+            index: 0,
+        };
+        let data = random_bytes(SPILL_BYTES + 12345);
+        put_frames(&store, key, &data, 1 << 20, hash(&data))
+            .await
+            .unwrap();
+        put_frames(&store, key, &data, 1 << 20, hash(&data))
+            .await
+            .unwrap();
+        let other = random_bytes(data.len());
+        let err = put_frames(&store, key, &other, 1 << 20, hash(&other))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Conflict { .. }), "{err:?}");
+        assert_eq!(store.get(key, None).await.unwrap().bytes, data);
+        assert!(files_in_progress(dir.path()).len() == store.shard_count() as usize);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_direct_puts_keep_a_bounded_buffer_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), true).await;
+    let mut tasks = Vec::new();
+    for i in 0..16u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = ShardKey {
+                stripe: StripeId::random(),
+                index: i,
+            };
+            let data = random_bytes((3 << 20) + i as usize);
+            put_frames(&store, key, &data, 1 << 20, hash(&data))
+                .await
+                .unwrap();
+            (key, data)
+        }));
+    }
+    for t in tasks {
+        let (key, data) = t.await.unwrap();
+        assert_eq!(store.get(key, None).await.unwrap().bytes, data);
+    }
+    assert!(
+        store.write_buffers_kept() <= 8,
+        "{}",
+        store.write_buffers_kept()
+    );
+}
+
+#[tokio::test]
+async fn failed_puts_leave_nothing_direct_and_buffered() {
+    for direct in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), direct).await;
+        let data = random_bytes((5 << 20) + 7);
+        let key = ShardKey {
+            stripe: StripeId::random(),
+            index: 1,
+        };
+        let nothing_left = |what: &str| {
+            let left = files_in_progress(dir.path());
+            assert!(left.is_empty(), "direct {direct}, {what}: {left:?}");
+        };
+
+        // Every byte arrives, the hash does not match.
+        let mut bad = hash(&data);
+        bad[7] ^= 1;
+        let err = put_frames(&store, key, &data, 1 << 20, bad)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Mismatch { .. }), "{err:?}");
+        nothing_left("wrong hash");
+
+        // The stream ends early, after two spills.
+        let mut w = store
+            .begin_put(key, data.len() as u64, hash(&data))
+            .await
+            .unwrap();
+        for off in (0..4 << 20).step_by(1 << 20) {
+            w.write(data.slice(off..off + (1 << 20))).await.unwrap();
+        }
+        let err = w.finish().await.unwrap_err();
+        assert!(matches!(err, StorageError::Mismatch { .. }), "{err:?}");
+        nothing_left("short stream");
+
+        // More bytes than announced.
+        let mut w = store.begin_put(key, 10, hash(&data)).await.unwrap();
+        let err = w.write(data.slice(0..11)).await.unwrap_err();
+        assert!(matches!(err, StorageError::Mismatch { .. }), "{err:?}");
+        drop(w);
+        nothing_left("long stream");
+
+        // The writer is dropped after a spill (the client went away).
+        let mut w = store
+            .begin_put(key, data.len() as u64, hash(&data))
+            .await
+            .unwrap();
+        for off in (0..3 << 20).step_by(1 << 20) {
+            w.write(data.slice(off..off + (1 << 20))).await.unwrap();
+        }
+        drop(w);
+        nothing_left("abandoned");
+
+        assert_eq!((store.shard_count(), store.shard_bytes()), (0, 0));
+        assert!(store.get(key, None).await.is_err());
+        // Still writable.
+        put_frames(&store, key, &data, 1 << 20, hash(&data))
+            .await
+            .unwrap();
+        assert_eq!(store.get(key, None).await.unwrap().bytes, data);
+    }
+}
+
+#[tokio::test]
+async fn refused_direct_io_falls_back_to_buffered_for_the_directory() {
+    for at_write in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), true).await;
+        if at_write {
+            store.faults.refuse_direct_at_write();
+        } else {
+            store.faults.refuse_direct_at_open();
+        }
+        // The first put meets the refusal (at its first write, in the
+        // middle of a shard of several spills) and still succeeds.
+        let lengths = [SPILL_BYTES + 12345, 0, 4049, (5 << 20) + 7];
+        check_round_trips(&store, dir.path(), &lengths[..1]).await;
+        assert!(!store.direct_io(0), "at write {at_write}: still direct");
+        // From then on the directory is written buffered, refusal or not.
+        store.faults.clear();
+        check_round_trips(&store, dir.path(), &lengths).await;
+        assert!(!store.direct_io(0));
+        assert!(temp_files_in_shards(dir.path()).is_empty());
+    }
+}
+
+fn temp_files_in_shards(dir: &Path) -> Vec<PathBuf> {
+    shard_files(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".tmp."))
+        })
+        .collect()
+}
+
+/// A data directory on tmpfs: tmpfs takes O_DIRECT since Linux 6.6 and
+/// refused it before (the store then falls back); shards work either way.
+/// Without /dev/shm the fallback is forced through the configuration.
+#[tokio::test]
+async fn tmpfs_data_dir_works() {
+    let shm = Path::new("/dev/shm");
+    let (dir, direct) = if shm.is_dir() {
+        (tempfile::tempdir_in(shm).unwrap(), true)
+    } else {
+        (tempfile::tempdir().unwrap(), false)
+    };
+    let store = open_store(dir.path(), direct).await;
+    check_round_trips(
+        &store,
+        dir.path(),
+        &[0, 1, 4049, 256 << 10, SPILL_BYTES + 12345],
+    )
+    .await;
+    assert!(temp_files_in_shards(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn direct_io_is_on_by_default_and_can_be_turned_off() {
+    assert!(StorageConfig::default().direct_io);
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let config = StorageConfig {
+        data_dirs: vec![dir.path().to_path_buf()],
+        zone: "z1".into(),
+        shutdown_grace_ms: 3000,
+        cluster_secret: Some(test_secret()),
+        scrub_period_ms: 0,
+        orphan_scan_interval_ms: 0,
+        direct_io: false,
+        ..StorageConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let node = Node {
+        addr: addr.clone(),
+        shutdown: shutdown.clone(),
+        task: tokio::spawn(serve(config, listener, shutdown)),
+    };
+    let pool = StoragePool::with_auth(test_auth());
+    wait_until_serving(&pool, &addr).await;
+    let stripe = StripeId::random();
+    let data = random_bytes((1 << 20) + 3);
+    pool.put_shard(&addr, stripe, 2, data.clone(), hash(&data))
+        .await
+        .unwrap();
+    assert_eq!(pool.get_shard(&addr, stripe, 2, None).await.unwrap(), data);
+    assert_eq!(
+        std::fs::metadata(shard_file(dir.path(), stripe, 2))
+            .unwrap()
+            .len(),
+        (HEADER_LEN + data.len()) as u64
+    );
     node.stop().await;
 }
