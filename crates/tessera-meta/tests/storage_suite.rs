@@ -1,14 +1,14 @@
-//! Openraft's storage conformance suite against the sled log store and
-//! state machine; every case gets a fresh database in a temp dir.
+//! Openraft's storage conformance suite against the file log store and
+//! the sled state machine; every case gets a fresh data directory.
 
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 use tessera_meta::store::{open_db, LogStore, StateMachineStore};
 use tessera_meta::{RaftNodeId, TypeConfig};
 
-struct SledBuilder;
+struct DirBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for DirBuilder {
     async fn build(
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<RaftNodeId>> {
@@ -24,7 +24,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 
 #[test]
 fn openraft_storage_suite() {
-    if let Err(e) = Suite::test_all(SledBuilder) {
+    if let Err(e) = Suite::test_all(DirBuilder) {
         panic!("storage suite failed: {e}");
     }
 }

@@ -1,71 +1,405 @@
-//! The Raft log, vote and committed id in sled.
+//! The Raft log, vote and committed id, in files of their own under
+//! `<data dir>/raft-log/`:
 //!
-//! Trees: `raft_log` (big-endian index -> encoded entry) and `raft_meta`
-//! (`vote`, `committed`, `last_purged`). The vote and appended entries are
-//! flushed to disk before openraft is told they are saved.
+//! - `*.log`: the entries, in append-only segments ([`SegmentedLog`]);
+//!   every append is one write and one `fdatasync` before openraft is told
+//!   the entries are saved.
+//! - `meta`: vote and last purged log id, replaced atomically and durably
+//!   (temp file, `fdatasync`, rename, directory fsync) before `save_vote`
+//!   or `purge` returns.
+//! - `committed`: the committed log id, a hint that saves re-applying
+//!   entries on restart. Written in place without a sync, along with the
+//!   next append (or vote, or purge), after that append's sync; a torn
+//!   copy reads as none. Since it only names synced entries, a damaged
+//!   last batch at or below it is refused at open rather than cut as torn.
+//!
+//! Earlier versions kept the log in the sled trees `raft_log`/`raft_meta`,
+//! whose `flush` is not power-loss durable (sled 0.34 syncs its log with
+//! `sync_file_range`, which flushes neither the device cache nor file
+//! metadata). [`LogStore::open`] imports such a log once.
 
 use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use serde::{Deserialize, Serialize};
 
-use super::{dec, enc, flush, index_key, key_index, RaftNodeId, StoreError, TypeConfig};
+pub use super::logfile::LogOptions;
+use super::logfile::{sync_dir, Batch, Planned, SegmentedLog};
+use super::{dec, enc, key_index, RaftNodeId, StoreError, TypeConfig};
 use crate::MetaNodeError;
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_LAST_PURGED: &[u8] = b"last_purged";
+/// Directory of the log, under the meta data directory.
+pub const LOG_DIR: &str = "raft-log";
+const META_FILE: &str = "meta";
+const COMMITTED_FILE: &str = "committed";
+const TMP_SUFFIX: &str = ".tmp";
+const META_MAGIC: [u8; 4] = *b"TRLM";
+const META_VERSION: u8 = 1;
+const META_HEADER: usize = 16;
+/// Sled trees of the log before it moved to files.
+const SLED_LOG_TREE: &str = "raft_log";
+const SLED_META_TREE: &str = "raft_meta";
+/// Entries imported from sled per append.
+const IMPORT_BATCH_BYTES: usize = 4 << 20;
 
-/// The Raft log store (also its own log reader: sled trees are shared
-/// handles, so clones see the same data).
-#[derive(Clone)]
+/// What `meta` holds.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct LogMeta {
+    vote: Option<Vote<RaftNodeId>>,
+    last_purged: Option<LogId<RaftNodeId>>,
+}
+
+/// Frames a small value: magic, version, 3 zero bytes, length u32, crc32
+/// u32 of the payload, then the codec-encoded payload.
+fn frame<T: Serialize>(v: &T) -> Vec<u8> {
+    let payload = enc(v);
+    let mut out = Vec::with_capacity(META_HEADER + payload.len());
+    out.extend_from_slice(&META_MAGIC);
+    out.extend_from_slice(&[META_VERSION, 0, 0, 0]);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Reads a value written by [`frame`]; `None` if torn or damaged.
+fn unframe<T: serde::de::DeserializeOwned>(buf: &[u8]) -> Option<T> {
+    let hdr = buf.get(..META_HEADER)?;
+    if hdr[0..4] != META_MAGIC || hdr[4] != META_VERSION {
+        return None;
+    }
+    let len = u32::from_le_bytes(hdr[8..12].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(hdr[12..16].try_into().ok()?);
+    let payload = buf.get(META_HEADER..META_HEADER + len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    dec(payload).ok()
+}
+
+/// Replaces `dir/name` with `bytes` atomically and durably.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        sync_dir(dir)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn read_meta(dir: &Path) -> Result<LogMeta, MetaNodeError> {
+    match std::fs::read(dir.join(META_FILE)) {
+        Ok(buf) => unframe(&buf).ok_or_else(|| MetaNodeError::Corrupt {
+            what: "raft log meta (vote, last purged)",
+            message: format!("{} fails its checksum", dir.join(META_FILE).display()),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(LogMeta::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Shared by the store and its readers.
+struct Shared {
+    log: SegmentedLog,
+    /// Lowest readable index: last purged + 1 (entries below it may still
+    /// sit in a kept segment; they are not returned).
+    read_from: AtomicU64,
+}
+
+/// The Raft log store.
 pub struct LogStore {
-    db: sled::Db,
-    log: sled::Tree,
-    meta: sled::Tree,
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    meta: LogMeta,
+    committed: Option<LogId<RaftNodeId>>,
+    /// What the `committed` file holds (as far as this process wrote it).
+    committed_written: Option<LogId<RaftNodeId>>,
+    committed_file: Arc<File>,
+}
+
+/// Reads the log (cheap to clone; one per replication stream).
+#[derive(Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: sled::Db) -> Result<Self, MetaNodeError> {
+    /// Opens the log in `dir` (the meta data directory; the log lives in
+    /// `dir/raft-log`). If that does not exist yet and `db` holds a log in
+    /// its old sled trees, the log is imported first; the old trees are
+    /// removed once the import is durable.
+    pub fn open(db: &sled::Db, dir: &Path) -> Result<LogStore, MetaNodeError> {
+        Self::open_with(db, dir, LogOptions::default())
+    }
+
+    /// [`LogStore::open`] with segment and cache sizes of its own.
+    pub fn open_with(
+        db: &sled::Db,
+        dir: &Path,
+        opts: LogOptions,
+    ) -> Result<LogStore, MetaNodeError> {
+        let log_dir = dir.join(LOG_DIR);
+        if !log_dir.exists() {
+            create_from_sled(db, dir, &log_dir)?;
+        }
+        drop_sled_trees(db)?;
+        let _ = std::fs::remove_file(log_dir.join(format!("{META_FILE}{TMP_SUFFIX}")));
+        let meta = read_meta(&log_dir)?;
+        let committed_file = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(log_dir.join(COMMITTED_FILE))?,
+        );
+        let committed = {
+            let mut buf = Vec::new();
+            let mut f: &File = &committed_file;
+            io::Read::read_to_end(&mut f, &mut buf)?;
+            unframe::<Option<LogId<RaftNodeId>>>(&buf).flatten()
+        };
+        // The committed hint is written only after the entries it names
+        // were synced, so a damaged batch at or below it is not torn.
+        let log = SegmentedLog::open(
+            &log_dir,
+            meta.last_purged.map(|l| l.index),
+            committed.map(|l| l.index),
+            opts,
+        )?;
+        let read_from = meta.last_purged.map_or(0, |l| l.index + 1);
         Ok(LogStore {
-            log: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
-            db,
+            shared: Arc::new(Shared {
+                log,
+                read_from: AtomicU64::new(read_from),
+            }),
+            dir: log_dir,
+            meta,
+            committed,
+            committed_written: committed,
+            committed_file,
         })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, MetaNodeError> {
-        match self.meta.get(key)? {
-            None => Ok(None),
-            Some(v) => Ok(Some(dec(&v)?)),
+    fn reader(&self) -> LogReader {
+        LogReader {
+            shared: self.shared.clone(),
         }
     }
 
-    async fn flush(&self) -> Result<(), sled::Error> {
-        flush(&self.db).await
+    /// A blocking job for the write side: the `committed` hint (if it
+    /// changed) goes along with it.
+    fn committed_job(&mut self) -> Option<(Arc<File>, Vec<u8>)> {
+        if self.committed == self.committed_written {
+            return None;
+        }
+        self.committed_written = self.committed;
+        Some((self.committed_file.clone(), frame(&self.committed)))
+    }
+
+    /// Writes the meta file durably on the blocking pool.
+    async fn write_meta(&mut self, meta: LogMeta) -> io::Result<()> {
+        let dir = self.dir.clone();
+        let bytes = frame(&meta);
+        let committed = self.committed_job();
+        blocking(move || {
+            write_atomic(&dir, META_FILE, &bytes)?;
+            write_committed(committed);
+            Ok(())
+        })
+        .await?;
+        self.meta = meta;
+        Ok(())
     }
 }
 
-/// Converts an index range into sled key bounds.
-fn key_bounds<RB: RangeBounds<u64>>(range: &RB) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
+/// Writes the committed hint in place, unsynced; a failure only costs
+/// re-applying entries after a restart.
+fn write_committed(job: Option<(Arc<File>, Vec<u8>)>) {
+    if let Some((file, bytes)) = job {
+        let res = file
+            .write_all_at(&bytes, 0)
+            .and_then(|()| file.set_len(bytes.len() as u64));
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "raft log: writing the committed hint failed");
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Builds `log_dir` in a temp directory beside it and renames it in:
+/// empty, or with the log found in sled's old trees.
+fn create_from_sled(db: &sled::Db, dir: &Path, log_dir: &Path) -> Result<(), MetaNodeError> {
+    let tmp = dir.join(format!("{LOG_DIR}{TMP_SUFFIX}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let names = db.tree_names();
+    let has = |n: &str| names.iter().any(|t| t.as_ref() == n.as_bytes());
+    if has(SLED_META_TREE) || has(SLED_LOG_TREE) {
+        import_sled(db, &tmp)?;
+    }
+    sync_dir(&tmp)?;
+    std::fs::rename(&tmp, log_dir)?;
+    sync_dir(dir)?;
+    Ok(())
+}
+
+/// Copies vote, committed, last purged and entries from sled into `tmp`,
+/// durably.
+fn import_sled(db: &sled::Db, tmp: &Path) -> Result<(), MetaNodeError> {
+    let meta_tree = db.open_tree(SLED_META_TREE)?;
+    let log_tree = db.open_tree(SLED_LOG_TREE)?;
+    let get = |key: &[u8]| -> Result<Option<sled::IVec>, MetaNodeError> { Ok(meta_tree.get(key)?) };
+    let vote: Option<Vote<RaftNodeId>> = get(b"vote")?.map(|v| dec(&v)).transpose()?;
+    let last_purged: Option<LogId<RaftNodeId>> =
+        get(b"last_purged")?.map(|v| dec(&v)).transpose()?;
+    let committed: Option<LogId<RaftNodeId>> = get(b"committed")?
+        .map(|v| dec::<Option<LogId<RaftNodeId>>>(&v))
+        .transpose()?
+        .flatten();
+    let log = SegmentedLog::open(tmp, None, None, LogOptions::default())?;
+    let mut pending: Vec<(LogId<RaftNodeId>, sled::IVec)> = Vec::new();
+    let mut pending_bytes = 0usize;
+    let mut prev: Option<u64> = None;
+    let mut count = 0u64;
+    let flush = |pending: &mut Vec<(LogId<RaftNodeId>, sled::IVec)>| {
+        let batch = Batch::encode(pending.iter().map(|(id, v)| (*id, v.as_ref())))?;
+        log.append(&batch)?;
+        pending.clear();
+        Ok::<(), MetaNodeError>(())
+    };
+    for item in log_tree.iter() {
+        let (k, v) = item?;
+        let entry: Entry<TypeConfig> = dec(&v)?;
+        let index = entry.log_id.index;
+        if key_index(&k) != Some(index) || prev.is_some_and(|p| p + 1 != index) {
+            return Err(MetaNodeError::Corrupt {
+                what: "sled raft log",
+                message: format!("key {k:?} holds entry {index} after entry {prev:?}"),
+            });
+        }
+        prev = Some(index);
+        pending_bytes += v.len();
+        pending.push((entry.log_id, v));
+        count += 1;
+        if pending_bytes >= IMPORT_BATCH_BYTES {
+            flush(&mut pending)?;
+            pending_bytes = 0;
+        }
+    }
+    flush(&mut pending)?;
+    drop(log);
+    write_atomic(tmp, META_FILE, &frame(&LogMeta { vote, last_purged }))?;
+    std::fs::write(tmp.join(COMMITTED_FILE), frame(&committed))?;
+    File::open(tmp.join(COMMITTED_FILE))?.sync_data()?;
+    tracing::info!(
+        entries = count,
+        ?last_purged,
+        ?vote,
+        "raft log: imported from sled trees"
+    );
+    Ok(())
+}
+
+/// Removes the old sled trees (after an import, or left by a crash right
+/// after one) and makes that durable.
+fn drop_sled_trees(db: &sled::Db) -> Result<(), MetaNodeError> {
+    let names = db.tree_names();
+    let mut dropped = false;
+    for t in [SLED_LOG_TREE, SLED_META_TREE] {
+        if names.iter().any(|n| n.as_ref() == t.as_bytes()) {
+            dropped |= db.drop_tree(t)?;
+        }
+    }
+    if dropped {
+        db.flush()?;
+    }
+    Ok(())
+}
+
+/// Converts an index range into `start..end` (end exclusive).
+fn index_range<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
     let start = match range.start_bound() {
-        Bound::Included(i) => Bound::Included(index_key(*i)),
-        Bound::Excluded(i) => match i.checked_add(1) {
-            Some(j) => Bound::Included(index_key(j)),
-            None => Bound::Excluded(index_key(u64::MAX)),
-        },
-        Bound::Unbounded => Bound::Unbounded,
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
     };
     let end = match range.end_bound() {
-        Bound::Included(i) => Bound::Included(index_key(*i)),
-        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-        Bound::Unbounded => Bound::Unbounded,
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
     };
     (start, end)
+}
+
+impl LogReader {
+    async fn read(&self, start: u64, end: u64) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        let start = start.max(self.shared.read_from.load(Ordering::Acquire));
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let plan = self.shared.log.plan(start, end);
+        let payloads = if plan.iter().any(|p| p.on_disk()) {
+            // Older entries: `pread`s, off the executor.
+            drop(plan);
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || shared.log.read(start, end))
+                .await
+                .map_err(|e| StorageIOError::read_logs(&e))?
+                .map_err(|e| StorageIOError::read_log_at_index(e.index, &e))?
+        } else {
+            plan.into_iter()
+                .filter_map(|p| match p {
+                    Planned::Cached(b) => Some(b),
+                    Planned::Disk { .. } => None,
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(payloads.len());
+        for (i, p) in payloads.iter().enumerate() {
+            let entry: Entry<TypeConfig> =
+                dec(p).map_err(|e| StorageIOError::read_log_at_index(start + i as u64, &e))?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        let (start, end) = index_range(&range);
+        self.read(start, end).await
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -73,39 +407,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
-        let (start, end) = key_bounds(&range);
-        if let (Bound::Included(s), Bound::Excluded(e)) = (&start, &end) {
-            if s >= e {
-                return Ok(Vec::new());
-            }
-        }
-        let mut out = Vec::new();
-        for item in self.log.range((start, end)) {
-            let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let entry: Entry<TypeConfig> = dec(&v).map_err(|e| match key_index(&k) {
-                Some(i) => StorageIOError::read_log_at_index(i, &e),
-                None => StorageIOError::read_logs(&e),
-            })?;
-            out.push(entry);
-        }
-        Ok(out)
+        let (start, end) = index_range(&range);
+        self.reader().read(start, end).await
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+    type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StoreError> {
-        let last_purged: Option<LogId<RaftNodeId>> = self
-            .get_meta(KEY_LAST_PURGED)
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
-            None => None,
-            Some((_, v)) => {
-                let e: Entry<TypeConfig> = dec(&v).map_err(|e| StorageIOError::read_logs(&e))?;
-                Some(e.log_id)
-            }
-        };
+        let last_purged = self.meta.last_purged;
+        let last = self
+            .shared
+            .log
+            .last_log_id()
+            .filter(|l| last_purged.is_none_or(|p| l.index > p.index));
         Ok(LogState {
             last_log_id: last.or(last_purged),
             last_purged_log_id: last_purged,
@@ -113,48 +429,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
+        self.reader()
     }
 
     async fn save_vote(&mut self, vote: &Vote<RaftNodeId>) -> Result<(), StoreError> {
-        self.meta
-            .insert(KEY_VOTE, enc(vote))
-            .map_err(|e| StorageIOError::write_vote(&e))?;
-        self.flush()
+        let meta = LogMeta {
+            vote: Some(*vote),
+            ..self.meta.clone()
+        };
+        self.write_meta(meta)
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<RaftNodeId>>, StoreError> {
-        match self
-            .meta
-            .get(KEY_VOTE)
-            .map_err(|e| StorageIOError::read_vote(&e))?
-        {
-            None => Ok(None),
-            Some(v) => dec(&v)
-                .map(Some)
-                .map_err(|e| StorageIOError::read_vote(&e).into()),
-        }
+        Ok(self.meta.vote)
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<RaftNodeId>>,
     ) -> Result<(), StoreError> {
-        // Not flushed: it is only a hint that saves re-applying on restart.
-        self.meta
-            .insert(KEY_COMMITTED, enc(&committed))
-            .map_err(|e| StorageIOError::write(&e))?;
+        // Only a hint: written with the next append, vote or purge.
+        self.committed = committed;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<RaftNodeId>>, StoreError> {
-        Ok(self
-            .get_meta::<Option<LogId<RaftNodeId>>>(KEY_COMMITTED)
-            .map_err(|e| StorageIOError::read(&e))?
-            .flatten())
+        Ok(self.committed)
     }
 
     async fn append<I>(
@@ -166,15 +469,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), enc(&entry));
-        }
-        self.log
-            .apply_batch(batch)
+        let encoded: Vec<(LogId<RaftNodeId>, Vec<u8>)> =
+            entries.into_iter().map(|e| (e.log_id, enc(&e))).collect();
+        let batch = Batch::encode(encoded.iter().map(|(id, v)| (*id, v.as_slice())))
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        // Durable before openraft may acknowledge the entries.
-        let res = self.flush().await.map_err(std::io::Error::other);
+        drop(encoded);
+        if batch.is_empty() {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let committed = self.committed_job();
+        // Durable (one write, one fdatasync) before the callback, so
+        // before openraft may acknowledge the entries; readable when this
+        // returns.
+        let res = blocking(move || {
+            shared.log.append(&batch)?;
+            write_committed(committed);
+            Ok(())
+        })
+        .await;
         let failed = res.as_ref().err().map(StorageIOError::write_logs);
         callback.log_io_completed(res);
         match failed {
@@ -184,33 +498,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<RaftNodeId>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(log_id.index)..) {
-            let (k, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush()
+        let shared = self.shared.clone();
+        blocking(move || shared.log.truncate(log_id.index))
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<RaftNodeId>) -> Result<(), StoreError> {
-        // Record the purge point first: a crash in between leaves entries
-        // that are merely ignored, never a gap that is not accounted for.
-        self.meta
-            .insert(KEY_LAST_PURGED, enc(&log_id))
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=index_key(log_id.index)) {
-            let (k, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(k);
+        // Record the purge point durably first: a crash in between leaves
+        // entries that are merely ignored (and their segments are removed
+        // at the next open), never a gap that is not accounted for.
+        if self
+            .meta
+            .last_purged
+            .is_some_and(|p| p.index >= log_id.index)
+        {
+            return Ok(());
         }
-        self.log
-            .apply_batch(batch)
+        let meta = LogMeta {
+            last_purged: Some(log_id),
+            ..self.meta.clone()
+        };
+        self.write_meta(meta)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.shared
+            .read_from
+            .fetch_max(log_id.index + 1, Ordering::AcqRel);
+        let shared = self.shared.clone();
+        blocking(move || shared.log.purge(log_id.index))
+            .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }

@@ -1,12 +1,20 @@
-//! Raft storage in one sled database: the log store ([`LogStore`]) and the
-//! state machine ([`StateMachineStore`]) live in separate trees of the same
-//! database, so one `flush` makes both durable.
+//! Raft storage of a meta node, in its data directory: the state machine
+//! ([`StateMachineStore`]) in a sled database, the Raft log, vote and
+//! committed id ([`LogStore`]) in append-only files of their own under
+//! `raft-log/` (see [`log`]), synced with `fdatasync` before openraft is
+//! told they are saved.
+//!
+//! The state machine does not flush when it applies: every entry it
+//! applies was durable in the log first, sled recovers a prefix of the
+//! state machine's own writes, and the log is purged only below a
+//! snapshot whose state was made durable (see `state_machine.rs`).
 //!
 //! Every value is written with [`tessera_types::codec`] (version byte +
 //! bincode), openraft's own types included.
 
 pub mod durability;
 pub mod log;
+mod logfile;
 pub mod query;
 pub mod state_machine;
 
@@ -18,7 +26,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tessera_types::codec;
 use tessera_types::meta::{MetaCommand, MetaReply};
 
-pub use log::LogStore;
+pub use log::{LogOptions, LogReader, LogStore};
 pub use state_machine::{SmTrees, StateMachineStore};
 
 use crate::MetaNodeError;
@@ -75,13 +83,16 @@ pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), MetaNodeE
             Err(e) => return Err(e),
         }
     };
-    open_db(db, &dir)
+    tokio::task::spawn_blocking(move || open_db(db, &dir))
+        .await
+        .map_err(|e| MetaNodeError::Io(std::io::Error::other(e)))?
 }
 
 /// Builds both halves over an already opened database; `dir` is the
-/// directory sled was opened in.
+/// directory sled was opened in, the log goes in `dir/raft-log` (imported
+/// from the database if an older version kept it there). Blocking.
 pub fn open_db(db: sled::Db, dir: &Path) -> Result<(LogStore, StateMachineStore), MetaNodeError> {
-    let log = LogStore::new(db.clone())?;
+    let log = LogStore::open(&db, dir)?;
     let sm = StateMachineStore::new(db, dir)?;
     Ok((log, sm))
 }
@@ -102,11 +113,6 @@ pub(crate) fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
 /// Decodes a value from sled.
 pub(crate) fn dec<T: DeserializeOwned>(buf: &[u8]) -> Result<T, codec::CodecError> {
     codec::decode(buf)
-}
-
-/// Big-endian index key, so sled's byte order is log order.
-pub(crate) fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
 }
 
 pub(crate) fn key_index(key: &[u8]) -> Option<u64> {
