@@ -478,3 +478,61 @@ async fn a_fresh_node_has_an_empty_log() {
     assert!(node.log_dir().is_dir());
     assert!(!node.dir.path().join("raft-log.tmp").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_see_consistent_entries_while_the_log_is_appended_truncated_and_purged() {
+    let node = Node::new(small());
+    let mut s = node.open().unwrap();
+    append(&mut s, 1..=50, 1, 3).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut r = s.get_log_reader().await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = r.try_get_log_entries(..).await.unwrap();
+                // Whatever the moment: increasing indexes, each payload
+                // the one written with its log id.
+                for w in got.windows(2) {
+                    assert!(w[0].log_id.index < w[1].log_id.index);
+                }
+                for e in &got {
+                    match &e.payload {
+                        EntryPayload::Normal(MetaCommand::DeleteBucket { name }) => {
+                            let want = format!("{}-{}-", e.log_id.index, e.log_id.leader_id.term);
+                            assert!(name.starts_with(&want), "{name} for {:?}", e.log_id);
+                        }
+                        other => panic!("unexpected payload {other:?}"),
+                    }
+                }
+                reads += 1;
+                tokio::task::yield_now().await;
+            }
+            reads
+        }));
+    }
+    let mut last = 50;
+    for round in 0..30u64 {
+        let term = round + 2;
+        append(&mut s, last + 1..=last + 20, term, 4).await;
+        last += 20;
+        // Cut into the middle of what was just written, re-append.
+        s.truncate(log_id(term, last - 7)).await.unwrap();
+        append(&mut s, last - 7..=last, term + 100, 3).await;
+        if round % 5 == 4 {
+            s.purge(log_id(term + 100, last - 30)).await.unwrap();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    drop(s);
+    let mut s = node.open().unwrap();
+    let got = all(&mut s).await;
+    // The last round purged up to last - 30.
+    let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(idx, (last - 29..=last).collect::<Vec<_>>());
+}
