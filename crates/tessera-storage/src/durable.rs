@@ -20,8 +20,9 @@
 //! out of the cache. Every direct write must start at a file offset, from
 //! a buffer address, and have a length that are multiples of
 //! [`DIRECT_ALIGN`] ([`AlignedBuf`], [`TempFile::write_blocks`]); the
-//! caller pads the last block and cuts the file back to its exact length
-//! with [`TempFile::set_len`] before committing it. A file system that
+//! bytes after the last whole block go through the page cache
+//! ([`TempFile::write_tail`]), so the file has its exact length without a
+//! truncate, and the commit's `fdatasync` covers them. A file system that
 //! refuses `O_DIRECT` (`EINVAL` at open, or at a write) gets a buffered
 //! file instead: [`TempFile::is_direct`] tells the caller, which stops
 //! asking for that directory.
@@ -230,10 +231,14 @@ impl TempFile {
         Ok(())
     }
 
-    /// Sets the file's length (cuts off the padding of the last aligned
-    /// block). Before a commit, so that its sync covers the size.
-    pub(crate) fn set_len(&mut self, len: u64) -> io::Result<()> {
-        self.file()?.set_len(len)
+    /// Writes the last bytes of the file, less than a whole block, through
+    /// the page cache (dropping `O_DIRECT` first): the file then ends where
+    /// they do, and the commit's sync writes them out with the size.
+    pub(crate) fn write_tail(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.direct {
+            self.set_buffered()?;
+        }
+        self.file()?.write_all(buf)
     }
 
     pub(crate) fn file(&mut self) -> io::Result<&mut File> {
@@ -569,7 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn direct_file_takes_aligned_blocks_and_is_cut_to_length() {
+    fn direct_file_takes_aligned_blocks_then_a_buffered_tail() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("s");
         let mut tmp = TempFile::create_anonymous(dir.path(), "s", Direct::On).unwrap();
@@ -581,13 +586,27 @@ mod tests {
             *b = (i % 251) as u8;
         }
         assert!(!tmp.write_blocks(&buf).unwrap(), "fell back to buffered");
+        tmp.write_tail(&buf[..808]).unwrap();
+        assert!(!tmp.is_direct());
+        assert!(!fd_has_o_direct(&mut tmp));
+        tmp.commit_new(&target, None).unwrap();
+        let mut want = buf.to_vec();
+        want.extend_from_slice(&buf[..808]);
+        assert_eq!(fs::read(&target).unwrap(), want);
+        assert_eq!(fs::metadata(&target).unwrap().len(), 2 * 4096 + 808);
+    }
+
+    #[test]
+    fn unaligned_direct_write_goes_on_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("s");
+        let mut tmp = TempFile::create_anonymous(dir.path(), "s", Direct::On).unwrap();
+        assert!(tmp.is_direct(), "the test directory refused O_DIRECT");
         // ext4 refuses an unaligned direct write (EINVAL): the file
         // carries on buffered instead of failing (tmpfs takes it as is).
         tmp.write_blocks(b"xyz").unwrap();
-        tmp.set_len(5000).unwrap();
         tmp.commit_new(&target, None).unwrap();
-        assert_eq!(fs::read(&target).unwrap(), &buf[..5000]);
-        assert_eq!(fs::metadata(&target).unwrap().len(), 5000);
+        assert_eq!(fs::read(&target).unwrap(), b"xyz");
     }
 
     #[test]

@@ -37,19 +37,22 @@
 //!
 //! The temp file is opened with `O_DIRECT` (config `direct-io`, on by
 //! default): written once and read rarely, shard bytes gain nothing from
-//! the page cache, and copying them into fresh cache pages costs a
-//! storage node more CPU per byte than anything else on a put (and pushes
-//! hot data out of the cache). Direct writes must be aligned to
+//! the page cache, and copying them into fresh cache pages (allocated,
+//! and on a busy node reclaimed, for every write) costs a storage node
+//! more kernel CPU per byte than anything else on a put; the pages would
+//! also push hot data out of the cache. Direct writes must be aligned to
 //! [`durable::DIRECT_ALIGN`] (4096) in buffer address, file offset and
 //! length, so a spill copies the header and frames (hashing them as it
 //! goes) into an aligned buffer from a small pool kept by the store and
 //! writes whole blocks only; the bytes past the last whole block (under
-//! 4 KiB) are carried over to the next spill. The last spill pads its
-//! final block with zeros and then cuts the file back to exactly
-//! `HEADER_LEN + length` bytes, before the commit's `fdatasync`, so the
-//! sync covers the size and the file is laid out as ever. Reads stay
-//! buffered: the first read of a shard comes from the disk, later ones
-//! from the cache.
+//! 4 KiB) are carried over to the next spill. At the last spill they are
+//! written through the page cache (`O_DIRECT` is dropped from the
+//! descriptor for that one write), so the file never holds more than
+//! `HEADER_LEN + length` bytes and the commit's `fdatasync` covers it
+//! all, tail page and size included. (Padding the last block and cutting
+//! the file back with `ftruncate` was measured: on ext4 the truncate
+//! cost as much kernel CPU as direct I/O saved.) Reads stay buffered: the
+//! first read of a shard comes from the disk, later ones from the cache.
 //!
 //! A file system that refuses `O_DIRECT` (`EINVAL` when the file is
 //! opened, or at its first write) gets buffered writes instead: the put
@@ -1066,8 +1069,8 @@ impl WriterState {
 
     /// The direct way: the carried tail, the header (first time) and the
     /// pending frames are copied into `buf` (and the frames hashed), and
-    /// whole blocks are written; the rest is carried over, or, at the
-    /// `last` spill, padded to a block, written and cut off again.
+    /// whole blocks are written; the rest is carried over or, at the
+    /// `last` spill, written through the page cache.
     fn spill_aligned(
         &mut self,
         store: &ShardStore,
@@ -1105,21 +1108,17 @@ impl WriterState {
                 rest = more;
             }
         }
-        let end = if last {
-            let end = filled.next_multiple_of(DIRECT_ALIGN);
-            buf[filled..end].fill(0);
-            end
-        } else {
-            let end = filled - filled % DIRECT_ALIGN;
-            self.tail.extend_from_slice(&buf[end..filled]);
-            end
-        };
+        let end = filled - filled % DIRECT_ALIGN;
         if end > 0 {
             fell_back |= tmp.write_blocks(&buf[..end]).map_err(StorageError::io)?;
         }
         if last {
-            tmp.set_len(HEADER_LEN as u64 + header.length)
-                .map_err(StorageError::io)?;
+            if end < filled {
+                tmp.write_tail(&buf[end..filled])
+                    .map_err(StorageError::io)?;
+            }
+        } else {
+            self.tail.extend_from_slice(&buf[end..filled]);
         }
         if fell_back {
             store.direct_io_refused(self.dir, "write");

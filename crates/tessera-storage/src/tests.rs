@@ -1410,3 +1410,68 @@ async fn direct_io_is_on_by_default_and_can_be_turned_off() {
     );
     node.stop().await;
 }
+
+/// CPU time of this process (user, system), in milliseconds.
+fn process_cpu_ms() -> (f64, f64) {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `ru` points to writable memory of the right type.
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) },
+        0
+    );
+    // SAFETY: getrusage returned 0, so it filled `ru`.
+    let ru = unsafe { ru.assume_init() };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    (ms(ru.ru_utime), ms(ru.ru_stime))
+}
+
+/// Writes the same shards direct and buffered, in alternating rounds, and
+/// prints the CPU each way costs per MiB (`--no-capture`; run with
+/// `--release` for meaningful user time; `WRITE_BENCH_MIB` sets the MiB
+/// per round and mode, `WRITE_BENCH_DIR` the disk). 256 KiB shards, as a
+/// 1 MiB object makes with k = 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_cpu_direct_and_buffered() {
+    let dir =
+        tempfile::tempdir_in(std::env::var("WRITE_BENCH_DIR").unwrap_or("/tmp".into())).unwrap();
+    let mib: usize = std::env::var("WRITE_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let store = open_store(dir.path(), true).await;
+    let shard = random_bytes(256 << 10);
+    let blake3 = hash(&shard);
+    let mut totals = [(0.0, 0.0); 2];
+    for _round in 0..3 {
+        for (m, direct) in [true, false].into_iter().enumerate() {
+            store.set_direct_io(direct);
+            let (u0, s0) = process_cpu_ms();
+            let mut keys = Vec::new();
+            for _ in 0..mib * 4 {
+                let key = ShardKey {
+                    stripe: StripeId::random(),
+                    index: 0,
+                };
+                put_frames(&store, key, &shard, 1 << 20, blake3)
+                    .await
+                    .unwrap();
+                keys.push(key);
+            }
+            let (u1, s1) = process_cpu_ms();
+            totals[m].0 += u1 - u0;
+            totals[m].1 += s1 - s0;
+            assert_eq!(store.direct_io(0), direct, "O_DIRECT refused");
+            for key in keys {
+                assert!(store.delete(key).await.unwrap());
+            }
+        }
+    }
+    for (m, name) in ["direct", "buffered"].into_iter().enumerate() {
+        let per = (3 * mib) as f64;
+        eprintln!(
+            "{name}: {:.3} ms user + {:.3} ms system per MiB written",
+            totals[m].0 / per,
+            totals[m].1 / per
+        );
+    }
+}
