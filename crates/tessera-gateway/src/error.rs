@@ -220,6 +220,7 @@ impl From<ApiError> for S3Error {
                     C::NoSuchUpload,
                     "The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
                 ),
+                MetaError::AccessDenied => s3(C::AccessDenied, "Access Denied"),
                 MetaError::InvalidPart { .. } => s3(
                     C::InvalidPart,
                     "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag.",
@@ -392,6 +393,7 @@ mod tests {
             ),
             (ApiError::Internal("x".into()), "InternalError", 500),
             (ApiError::Meta(MetaError::NoSuchUpload), "NoSuchUpload", 404),
+            (ApiError::Meta(MetaError::AccessDenied), "AccessDenied", 403),
             (
                 ApiError::Meta(MetaError::InvalidPart { number: 1 }),
                 "InvalidPart",

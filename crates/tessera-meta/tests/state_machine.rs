@@ -715,6 +715,78 @@ async fn installing_a_garbled_snapshot_changes_nothing() {
     assert_eq!(h.sm.applied_state().await.unwrap(), before);
 }
 
+/// A checked put commits only if its key may write into the bucket when
+/// it is applied; a refused one changes nothing.
+#[tokio::test]
+async fn checked_put_is_refused_without_write_permission_at_commit() {
+    use tessera_types::meta::Grant;
+    let mut h = Harness::new();
+    h.bucket("b").await; // owned by alice
+    let bob = AccessKey::generate("bob", 1);
+    assert_eq!(
+        h.cmd(MetaCommand::PutAccessKey(bob.clone())).await,
+        MetaReply::Ok
+    );
+    let bob = bob.id.as_str();
+    let put = |key: &str, as_key: &str| MetaCommand::PutObjectChecked {
+        manifest: manifest("b", key, "e", 1),
+        condition: WriteCondition::None,
+        access_key: as_key.into(),
+    };
+    let grant = |write: bool| MetaCommand::SetGrant {
+        bucket: "b".into(),
+        access_key: bob.into(),
+        grant: Grant { read: true, write },
+    };
+    let count = |h: &Harness| h.list("b", "", "", "", 0).objects.len();
+    assert!(matches!(
+        h.cmd(put("k1", "alice")).await,
+        MetaReply::Replaced(None)
+    ));
+    assert_eq!(
+        h.cmd(put("k2", bob)).await,
+        MetaReply::Err(MetaError::AccessDenied)
+    );
+    assert_eq!(h.cmd(grant(false)).await, MetaReply::Ok);
+    assert_eq!(
+        h.cmd(put("k2", bob)).await,
+        MetaReply::Err(MetaError::AccessDenied),
+        "a read grant does not allow writes"
+    );
+    assert_eq!(count(&h), 1);
+    assert_eq!(h.cmd(grant(true)).await, MetaReply::Ok);
+    assert!(matches!(
+        h.cmd(put("k2", bob)).await,
+        MetaReply::Replaced(None)
+    ));
+    // Revoked while bob's body was streaming: refused at commit.
+    assert_eq!(h.cmd(grant(false)).await, MetaReply::Ok);
+    assert_eq!(
+        h.cmd(put("k3", bob)).await,
+        MetaReply::Err(MetaError::AccessDenied)
+    );
+    assert_eq!(
+        h.cmd(MetaCommand::PutObjectChecked {
+            manifest: manifest("nope", "k", "e", 1),
+            condition: WriteCondition::None,
+            access_key: "alice".into(),
+        })
+        .await,
+        MetaReply::Err(MetaError::NoSuchBucket)
+    );
+    assert_eq!(count(&h), 2);
+    // Conditions still apply to a permitted put.
+    assert_eq!(
+        h.cmd(MetaCommand::PutObjectChecked {
+            manifest: manifest("b", "k1", "e2", 2),
+            condition: WriteCondition::IfNoneMatch,
+            access_key: "alice".into(),
+        })
+        .await,
+        MetaReply::Err(MetaError::PreconditionFailed)
+    );
+}
+
 #[tokio::test]
 async fn grants_give_other_keys_access_and_go_with_the_bucket() {
     use tessera_types::meta::Grant;

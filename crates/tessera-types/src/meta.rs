@@ -190,9 +190,24 @@ pub enum MetaCommand {
     /// each seeing the effects of the ones before it and answered on its
     /// own (one refused command does not affect the others). Replies
     /// [`MetaReply::Batch`], one reply per command in order. A nested
-    /// batch is refused (`Err(Invalid)`). Always the last variant: the
-    /// encoding of the older ones is unchanged.
+    /// batch is refused (`Err(Invalid)`).
     Batch(Vec<MetaCommand>),
+    /// [`MetaCommand::PutObject`] on behalf of `access_key`, which must own
+    /// the bucket or hold a write grant on it when the command is applied
+    /// (`Err(AccessDenied)` otherwise, `Err(NoSuchBucket)` without the
+    /// bucket). The authoritative permission check of a PUT, atomic with
+    /// its commit: a gateway may check early against a cached answer, and
+    /// a grant revoked (or a bucket deleted and re-created by another key)
+    /// while the body streams is still refused.
+    ///
+    /// New variants go at the end: the encoding of the older ones is
+    /// unchanged (a meta node of an older version cannot decode newer
+    /// ones: upgrade meta nodes before gateways).
+    PutObjectChecked {
+        manifest: ObjectManifest,
+        condition: WriteCondition,
+        access_key: String,
+    },
 }
 
 /// What a non-owner access key may do in a bucket.
@@ -234,6 +249,7 @@ impl MetaCommand {
             MetaCommand::ReleaseLeases { .. } => "release_leases",
             MetaCommand::SetObjectTagging { .. } => "set_object_tagging",
             MetaCommand::Batch(_) => "batch",
+            MetaCommand::PutObjectChecked { .. } => "put_object_checked",
         }
     }
 }
@@ -263,6 +279,10 @@ pub enum MetaError {
     /// A part named in CompleteMultipartUpload is not the stored part.
     #[error("invalid part {number}")]
     InvalidPart { number: u32 },
+    /// The access key may not do this in the bucket (checked when a
+    /// command is applied, e.g. [`MetaCommand::PutObjectChecked`]).
+    #[error("access denied")]
+    AccessDenied,
 }
 
 /// The result of applying a command.

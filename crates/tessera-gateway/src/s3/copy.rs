@@ -212,7 +212,7 @@ pub(super) async fn copy_object(
         set_checksum!(result, Some((a, v)));
         result.checksum_type = Some(checksum_type(t));
     }
-    commit_manifest(s, manifest, WriteCondition::None, guard).await?;
+    commit_manifest(s, &caller, manifest, WriteCondition::None, guard).await?;
     Ok(CopyObjectOutput {
         copy_object_result: Some(result),
         ..Default::default()

@@ -15,6 +15,7 @@
 //! truth: a bucket that was never versioned (an empty
 //! `VersioningConfiguration`).
 
+mod access_cache;
 mod bucket;
 mod copy;
 mod delete;
@@ -43,6 +44,8 @@ pub struct Tessera {
     pub(crate) config: GatewayConfig,
     pub(crate) meta: MetaClient,
     pub(crate) dp: Arc<DataPlane>,
+    /// Recent write permissions, for the early check of a PUT.
+    access_cache: access_cache::AccessCache,
 }
 
 /// What a request needs to be allowed in a bucket.
@@ -58,7 +61,12 @@ pub(crate) enum Access {
 
 impl Tessera {
     pub fn new(config: GatewayConfig, meta: MetaClient, dp: Arc<DataPlane>) -> Self {
-        Tessera { config, meta, dp }
+        Tessera {
+            config,
+            meta,
+            dp,
+            access_cache: Default::default(),
+        }
     }
 
     /// The verified access key of the request. Requests without one never
@@ -90,6 +98,20 @@ impl Tessera {
     ) -> Result<tessera_types::Bucket, ApiError> {
         let reply = self.query(&access_query(caller, bucket)).await?;
         check_access(reply, caller, need)
+    }
+
+    /// The early write check of a PUT: [`Self::authorize`] for
+    /// [`Access::Write`], but a permission confirmed within the last few
+    /// seconds is reused (see [`access_cache`]). Only for writes whose
+    /// commit checks again ([`MetaCommand::PutObjectChecked`]).
+    async fn authorize_write_early(&self, caller: &str, bucket: &str) -> Result<(), ApiError> {
+        let now = std::time::Instant::now();
+        if self.access_cache.may_write(caller, bucket, now) {
+            return Ok(());
+        }
+        self.authorize(caller, bucket, Access::Write).await?;
+        self.access_cache.allow_write(caller, bucket, now);
+        Ok(())
     }
 
     /// A linearizable meta query; refusals become `ApiError::Meta`.

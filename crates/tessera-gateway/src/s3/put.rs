@@ -10,10 +10,10 @@ use futures::StreamExt;
 use s3s::dto::*;
 use s3s::S3Request;
 use tessera_types::manifest::MANIFEST_LAYOUT;
-use tessera_types::meta::{MetaCommand, MetaReply, WriteCondition};
+use tessera_types::meta::{MetaCommand, MetaError, MetaReply, WriteCondition};
 use tessera_types::{ObjectData, ObjectManifest, Part};
 
-use super::{Access, Tessera};
+use super::Tessera;
 use crate::checksum::{self, set_checksum, Algorithm, RequestChecksum};
 use crate::error::ApiError;
 use crate::names::check_key;
@@ -41,8 +41,9 @@ pub(super) async fn put_object(
     if let Some(t) = &input.tagging {
         super::tagging::parse(t)?;
     }
-    // Authorization before a single body byte is read.
-    s.authorize(&caller, &input.bucket, Access::Write).await?;
+    // Authorization before a single body byte is read (a recent answer
+    // will do: the commit checks again, atomically with the write).
+    s.authorize_write_early(&caller, &input.bucket).await?;
 
     let body: BodyStream = match input.body.take() {
         Some(b) => b.boxed(),
@@ -100,7 +101,7 @@ pub(super) async fn put_object(
     let primary = checksum::primary(&manifest.checksums)
         .map(|(a, v, t)| (a, v.to_string(), checksum_type(t)));
     tessera_observe::failpoint::hit("gateway.put.after_shards");
-    commit_manifest(s, manifest, condition, Some(guard)).await?;
+    commit_manifest(s, &caller, manifest, condition, Some(guard)).await?;
     tessera_observe::failpoint::hit("gateway.put.after_commit");
     let mut out = PutObjectOutput {
         e_tag: Some(ETag::Strong(etag)),
@@ -155,10 +156,12 @@ pub(super) fn declared_length(
     }
 }
 
-/// Commits `manifest` (whose stripes `guard` holds, if any) and schedules
-/// the deletion of the version it replaced.
+/// Commits `manifest` (whose stripes `guard` holds, if any) on behalf of
+/// `caller`, who must still be allowed to write into the bucket when it
+/// commits, and schedules the deletion of the version it replaced.
 pub(super) async fn commit_manifest(
     s: &Tessera,
+    caller: &str,
     manifest: ObjectManifest,
     condition: WriteCondition,
     guard: Option<WriteGuard>,
@@ -173,9 +176,10 @@ pub(super) async fn commit_manifest(
         manifest.key.clone(),
         manifest.version_id.clone(),
     );
-    let cmd = MetaCommand::PutObject {
+    let cmd = MetaCommand::PutObjectChecked {
         manifest,
         condition,
+        access_key: caller.to_string(),
     };
     match s.meta.write(&cmd).await {
         Ok(MetaReply::Err(e)) => {
@@ -184,6 +188,10 @@ pub(super) async fn commit_manifest(
             if committed(s, &bucket, &key, &version).await {
                 disarm(guard);
             } else {
+                if matches!(e, MetaError::NoSuchBucket | MetaError::AccessDenied) {
+                    // The early check's answer is stale.
+                    s.access_cache.forget(caller, &bucket);
+                }
                 // Nothing references the shards; the dropped guard
                 // deletes them.
                 return Err(e.into());

@@ -475,6 +475,20 @@ impl FakeMeta {
         }
         let mut buckets = self.buckets.lock().unwrap();
         let mut objects = self.objects.lock().unwrap();
+        if let MetaCommand::PutObjectChecked {
+            manifest,
+            access_key,
+            ..
+        } = &cmd
+        {
+            // Only owners may write (the fake keeps no grants).
+            if buckets
+                .get(&manifest.bucket)
+                .is_some_and(|b| &b.owner != access_key)
+            {
+                return MetaReply::Err(MetaError::AccessDenied);
+            }
+        }
         match cmd {
             MetaCommand::CreateBucket(b) => {
                 if let Some(old) = buckets.get(&b.name) {
@@ -498,6 +512,11 @@ impl FakeMeta {
             MetaCommand::PutObject {
                 manifest,
                 condition,
+            }
+            | MetaCommand::PutObjectChecked {
+                manifest,
+                condition,
+                ..
             } => {
                 if !buckets.contains_key(&manifest.bucket) {
                     return MetaReply::Err(MetaError::NoSuchBucket);

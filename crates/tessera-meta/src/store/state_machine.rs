@@ -429,6 +429,21 @@ impl SmTrees {
             })
     }
 
+    /// Why `access_key` may not write objects into `bucket`, if it may not
+    /// (the bucket is missing, or it is another key's without a write
+    /// grant).
+    fn write_refusal(
+        &self,
+        bucket: &str,
+        access_key: &str,
+    ) -> Result<Option<MetaError>, MetaNodeError> {
+        Ok(match self.bucket_access(bucket, access_key)? {
+            None => Some(MetaError::NoSuchBucket),
+            Some((_, grant)) if !grant.write => Some(MetaError::AccessDenied),
+            Some(_) => None,
+        })
+    }
+
     /// Computes the effects of one command into `w` and its reply. Reads
     /// see the state before this entry; the single applier makes that
     /// consistent.
@@ -488,8 +503,21 @@ impl SmTrees {
             MetaCommand::PutObject {
                 manifest,
                 condition,
+            }
+            | MetaCommand::PutObjectChecked {
+                manifest,
+                condition,
+                ..
             } => {
-                if self.bucket(&manifest.bucket)?.is_none() {
+                let refused = match cmd {
+                    MetaCommand::PutObjectChecked { access_key, .. } => {
+                        self.write_refusal(&manifest.bucket, access_key)?
+                    }
+                    _ => None,
+                };
+                if let Some(e) = refused {
+                    MetaReply::Err(e)
+                } else if self.bucket(&manifest.bucket)?.is_none() {
                     MetaReply::Err(MetaError::NoSuchBucket)
                 } else {
                     let old = self.object(&manifest.bucket, &manifest.key)?;
