@@ -36,6 +36,14 @@ impl Harness {
         assert!(matches!(r, MetaReply::Replaced(_)), "{r:?}");
     }
 
+    /// Registers a new access key for `name`; returns its id.
+    async fn access_key(&mut self, name: &str) -> String {
+        let k = AccessKey::generate(name, 1);
+        let r = self.cmd(MetaCommand::PutAccessKey(k.clone())).await;
+        assert_eq!(r, MetaReply::Ok);
+        k.id
+    }
+
     fn list(&self, b: &str, prefix: &str, delim: &str, after: &str, max: u32) -> ListObjectsPage {
         match self.q(MetaQuery::ListObjects(ListObjectsQuery {
             bucket: b.into(),
@@ -722,12 +730,8 @@ async fn checked_put_is_refused_without_write_permission_at_commit() {
     use tessera_types::meta::Grant;
     let mut h = Harness::new();
     h.bucket("b").await; // owned by alice
-    let bob = AccessKey::generate("bob", 1);
-    assert_eq!(
-        h.cmd(MetaCommand::PutAccessKey(bob.clone())).await,
-        MetaReply::Ok
-    );
-    let bob = bob.id.as_str();
+    let bob = h.access_key("bob").await;
+    let bob = bob.as_str();
     let put = |key: &str, as_key: &str| MetaCommand::PutObjectChecked {
         manifest: manifest("b", key, "e", 1),
         condition: WriteCondition::None,
@@ -792,11 +796,7 @@ async fn grants_give_other_keys_access_and_go_with_the_bucket() {
     use tessera_types::meta::Grant;
     let mut h = Harness::new();
     h.bucket("b").await; // owned by alice
-    let bob = AccessKey::generate("bob", 1);
-    assert_eq!(
-        h.cmd(MetaCommand::PutAccessKey(bob.clone())).await,
-        MetaReply::Ok
-    );
+    let bob = h.access_key("bob").await;
     let access = |h: &Harness, key: &str| match h.q(MetaQuery::BucketAccess {
         bucket: "b".into(),
         access_key: key.into(),
@@ -809,7 +809,7 @@ async fn grants_give_other_keys_access_and_go_with_the_bucket() {
         write: true,
     };
     assert_eq!(access(&h, "alice"), Some(all));
-    assert_eq!(access(&h, &bob.id), Some(Grant::default()));
+    assert_eq!(access(&h, &bob), Some(Grant::default()));
     let read = Grant {
         read: true,
         write: false,
@@ -819,24 +819,24 @@ async fn grants_give_other_keys_access_and_go_with_the_bucket() {
         access_key: key.into(),
         grant,
     };
-    assert_eq!(h.cmd(set(&bob.id, read)).await, MetaReply::Ok);
-    assert_eq!(access(&h, &bob.id), Some(read));
+    assert_eq!(h.cmd(set(&bob, read)).await, MetaReply::Ok);
+    assert_eq!(access(&h, &bob), Some(read));
     assert_eq!(
         h.q(MetaQuery::ListGrants { bucket: "b".into() }),
-        QueryReply::Grants(vec![(bob.id.clone(), read)])
+        QueryReply::Grants(vec![(bob.clone(), read)])
     );
     assert_eq!(
         h.cmd(set("nobody", read)).await,
         MetaReply::Err(MetaError::NoSuchAccessKey)
     );
     // Revoking, and a deleted bucket takes its grants along.
-    assert_eq!(h.cmd(set(&bob.id, Grant::default())).await, MetaReply::Ok);
-    assert_eq!(access(&h, &bob.id), Some(Grant::default()));
-    assert_eq!(h.cmd(set(&bob.id, all)).await, MetaReply::Ok);
+    assert_eq!(h.cmd(set(&bob, Grant::default())).await, MetaReply::Ok);
+    assert_eq!(access(&h, &bob), Some(Grant::default()));
+    assert_eq!(h.cmd(set(&bob, all)).await, MetaReply::Ok);
     let r = h.cmd(MetaCommand::DeleteBucket { name: "b".into() }).await;
     assert_eq!(r, MetaReply::Ok);
     h.bucket("b").await;
-    assert_eq!(access(&h, &bob.id), Some(Grant::default()));
+    assert_eq!(access(&h, &bob), Some(Grant::default()));
     assert!(access(&h, "nope").is_some());
     assert_eq!(
         h.q(MetaQuery::BucketAccess {

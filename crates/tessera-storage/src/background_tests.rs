@@ -121,14 +121,17 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Whether `p` names a temp file of a write in progress (or left behind).
+pub(crate) fn is_temp_file(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(".tmp."))
+}
+
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
     files_in(dir)
         .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(".tmp."))
-        })
+        .filter(|p| is_temp_file(p))
         .collect()
 }
 

@@ -1343,11 +1343,7 @@ async fn refused_direct_io_falls_back_to_buffered_for_the_directory() {
 fn temp_files_in_shards(dir: &Path) -> Vec<PathBuf> {
     shard_files(dir)
         .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(".tmp."))
-        })
+        .filter(|p| crate::background_tests::is_temp_file(p))
         .collect()
 }
 
