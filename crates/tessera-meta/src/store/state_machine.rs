@@ -30,27 +30,31 @@
 //!
 //! ## Why applying does not flush
 //!
-//! `apply` writes to sled without `flush`; the Raft log's flush makes the
-//! writes durable (one fsync per appended batch of entries on each node,
-//! not two). After a crash the state machine may be behind what it had
-//! applied, and acknowledged, but it is restored exactly:
+//! `apply` writes to sled without a flush or sync: sled's background flush
+//! and the fsync when a snapshot is recorded make the writes durable, and
+//! none is needed for correctness, because every applied entry is durable
+//! in the Raft log first (one `fdatasync` per appended batch of entries on
+//! each node, not two). After a crash the state machine may be behind what
+//! it had applied, and acknowledged, but it is restored exactly:
 //!
-//! 1. Log and state machine share one sled database, which has one
-//!    write-ahead log for all its trees. sled recovers a prefix of that
-//!    log (recovery stops at the first torn or missing segment, so a later
-//!    write is never recovered without an earlier one: sled
-//!    `pagecache/segment.rs`), and a batch or transaction wholly or not at
-//!    all (`pagecache/mod.rs`, `seal_batch`). So the recovered state trees
-//!    are exactly the state after some entry `k`, their `last_applied`;
-//!    never half an entry.
-//! 2. Every entry applied here was flushed in this node's log before it
-//!    was applied: `LogStore::append` returns only after its flush, and
+//! 1. The state machine is the only user of its sled database, and sled
+//!    recovers a prefix of its write-ahead log (recovery stops at the
+//!    first torn or missing segment, so a later write is never recovered
+//!    without an earlier one: sled `pagecache/segment.rs`), and a batch or
+//!    transaction wholly or not at all (`pagecache/mod.rs`, `seal_batch`).
+//!    So the recovered state trees are exactly the state after some entry
+//!    `k`, their `last_applied`; never half an entry.
+//! 2. Every entry applied here was durable in this node's log (its own
+//!    segment files, `store/logfile.rs`) before it was applied:
+//!    `LogStore::append` calls back, and returns, only after its
+//!    `fdatasync`, and
 //!    openraft applies an entry only after it is stored and committed.
 //!    Committed entries are never truncated. So every entry after `k`
 //!    whose application was lost is still in the log ...
 //! 3. ... unless purged: openraft purges only entries covered by a
 //!    snapshot, and recording a snapshot (`save_snapshot_meta`, when one
-//!    is built, installed or returned) flushes the state it covers first,
+//!    is built, installed or returned) flushes and fsyncs the state it
+//!    covers first,
 //!    so the recovered `k` is at or after the snapshot, hence after every
 //!    purged index.
 //! 4. On restart openraft reads `last_applied` ([`SmTrees::applied_state`])
@@ -1239,7 +1243,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // No flush: the log's flush covers this (see the module docs).
+        // No flush: every entry is durable in the log already (see "Why
+        // applying does not flush" in the module docs).
         let mut replies = Vec::new();
         for entry in entries {
             let reply = self
