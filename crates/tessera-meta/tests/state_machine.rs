@@ -732,11 +732,13 @@ async fn checked_put_is_refused_without_write_permission_at_commit() {
     h.bucket("b").await; // owned by alice
     let bob = h.access_key("bob").await;
     let bob = bob.as_str();
-    let put = |key: &str, as_key: &str| MetaCommand::PutObjectChecked {
-        manifest: manifest("b", key, "e", 1),
-        condition: WriteCondition::None,
+    let checked = |m: ObjectManifest, condition, as_key: &str| MetaCommand::PutObjectChecked {
+        manifest: m,
+        condition,
         access_key: as_key.into(),
     };
+    let put =
+        |key: &str, as_key: &str| checked(manifest("b", key, "e", 1), WriteCondition::None, as_key);
     let grant = |write: bool| MetaCommand::SetGrant {
         bucket: "b".into(),
         access_key: bob.into(),
@@ -770,22 +772,22 @@ async fn checked_put_is_refused_without_write_permission_at_commit() {
         MetaReply::Err(MetaError::AccessDenied)
     );
     assert_eq!(
-        h.cmd(MetaCommand::PutObjectChecked {
-            manifest: manifest("nope", "k", "e", 1),
-            condition: WriteCondition::None,
-            access_key: "alice".into(),
-        })
+        h.cmd(checked(
+            manifest("nope", "k", "e", 1),
+            WriteCondition::None,
+            "alice"
+        ))
         .await,
         MetaReply::Err(MetaError::NoSuchBucket)
     );
     assert_eq!(count(&h), 2);
     // Conditions still apply to a permitted put.
     assert_eq!(
-        h.cmd(MetaCommand::PutObjectChecked {
-            manifest: manifest("b", "k1", "e2", 2),
-            condition: WriteCondition::IfNoneMatch,
-            access_key: "alice".into(),
-        })
+        h.cmd(checked(
+            manifest("b", "k1", "e2", 2),
+            WriteCondition::IfNoneMatch,
+            "alice"
+        ))
         .await,
         MetaReply::Err(MetaError::PreconditionFailed)
     );
