@@ -355,17 +355,88 @@ async fn riskiest_first_short_writes_and_reports() {
     let later = h.lease("w", 5, 8_000).await;
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].item.attempts, 1);
-    // Done drops the item.
+    let release = |stripe: u8, at: i64| MetaCommand::ReleaseRepair {
+        worker: "w".into(),
+        stripe: StripeId([stripe; 16]),
+        outcome: RepairOutcome::Done,
+        at,
+    };
+    // Done from a worker whose map is behind: meta still sees stripe 1
+    // short (one shard never written, one on a down node), so it stays
+    // queued and backs off.
+    assert_eq!(h.cmd(release(1, 8_100)).await, MetaReply::Ok);
+    let q = h.queue();
+    assert_eq!(q.len(), 2);
+    let kept = q.iter().find(|i| i.stripe == StripeId([1; 16])).unwrap();
+    assert_eq!((kept.lease.clone(), kept.attempts), (None, 2));
+    assert!(kept.not_before > 8_100);
+    // Done on a stripe meta sees whole (its bad report is the worker's
+    // to judge) drops the item.
+    assert_eq!(h.cmd(release(2, 8_200)).await, MetaReply::Ok);
+    assert_eq!(h.queue().len(), 1);
+}
+
+/// The race that left a drained node with shards: a worker leases a
+/// stripe (for a rebalance), the node is set draining, and the worker,
+/// judging by a map that predates the drain, says the stripe is whole.
+/// The item must stay queued until the shard has moved.
+#[tokio::test]
+async fn a_drain_queued_during_a_lease_survives_a_done() {
+    let mut h = Harness::cluster().await;
+    h.put_object(object(
+        "a",
+        vec![part(1, vec![stripe(1, &["n1", "n2", "n3"])])],
+    ))
+    .await;
+    let r = h
+        .cmd(MetaCommand::QueueRebalance {
+            after: None,
+            max: 100,
+            at: 3_000,
+        })
+        .await;
+    assert_eq!(r, MetaReply::Cursor(None));
+    let task = h.lease("w", 1, 3_100).await.remove(0);
+    assert_eq!(task.item.reasons, vec![RepairReason::Rebalance]);
+    h.set_state("n1", NodeState::Draining, 3_200).await;
     let r = h
         .cmd(MetaCommand::ReleaseRepair {
             worker: "w".into(),
-            stripe: StripeId([1; 16]),
+            stripe: task.stripe.id,
             outcome: RepairOutcome::Done,
-            at: 8_100,
+            at: 3_300,
         })
         .await;
     assert_eq!(r, MetaReply::Ok);
-    assert_eq!(h.queue().len(), 1);
+    let q = h.queue();
+    assert_eq!(q.len(), 1, "the drain is not forgotten");
+    assert!(q[0]
+        .reasons
+        .contains(&RepairReason::Drain(NodeId::from("n1"))));
+    assert_eq!(q[0].lease, None);
+    assert!(h.status().shards_by_node.contains(&(NodeId::from("n1"), 1)));
+    // After its back-off the move is leased again and commits.
+    assert!(h.lease("w", 1, 3_400).await.is_empty(), "backing off");
+    let task = h.lease("w", 1, 20_000).await.remove(0);
+    let moved = vec![entry(0, "n4"), entry(1, "n2"), entry(2, "n3")];
+    let r = h
+        .cmd(MetaCommand::CommitRepair {
+            worker: "w".into(),
+            owner: owner("a"),
+            stripe: task.stripe.id,
+            expected: task.stripe.shards,
+            shards: moved,
+            bytes: 5,
+            at: 20_100,
+        })
+        .await;
+    assert_eq!(r, MetaReply::Ok);
+    assert!(h.queue().is_empty());
+    assert!(!h
+        .status()
+        .shards_by_node
+        .iter()
+        .any(|(n, c)| n.as_str() == "n1" && *c > 0));
 }
 
 #[tokio::test]

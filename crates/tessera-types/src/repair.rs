@@ -102,6 +102,9 @@ pub struct RepairTask {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RepairOutcome {
     /// Nothing to do (the stripe is whole again or gone): drop the item.
+    /// Meta keeps it queued instead when its own node states say the
+    /// stripe still has a shard on a down or draining node (the worker's
+    /// cluster map may be older than the reason the item was queued for).
     Done,
     /// The attempt failed: keep the item, retry after a back-off.
     Failed,

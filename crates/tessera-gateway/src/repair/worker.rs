@@ -24,7 +24,9 @@ use tessera_types::meta::{MetaCommand, MetaError, MetaQuery, MetaReply, QueryRep
 use tessera_types::repair::{
     check_shard_list, RepairConfig, RepairOutcome, RepairReason, RepairTask,
 };
-use tessera_types::{now_millis, NodeId, NodeInfo, NodeState, ShardEntry, StorageClass};
+use tessera_types::{
+    now_millis, ClusterMap, NodeId, NodeInfo, NodeState, ShardEntry, StorageClass,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Check, LossCause, ShardState, StatAnswer};
@@ -385,7 +387,17 @@ impl RepairWorker {
                 stripe.id, stripe.shard_len
             )));
         }
-        let snap = self.dp.cluster.ready().await.map_err(RepairFailure::Meta)?;
+        let mut snap = self.dp.cluster.ready().await.map_err(RepairFailure::Meta)?;
+        if map_predates(&snap.map, &task.item.reasons) {
+            // Queued for a drain or a node going down that the cached map
+            // does not show yet: judging by it would call the stripe whole.
+            self.dp
+                .cluster
+                .refresh()
+                .await
+                .map_err(RepairFailure::Meta)?;
+            snap = self.dp.cluster.current();
+        }
         let nodes: HashMap<&NodeId, &NodeInfo> =
             snap.map.nodes.iter().map(|n| (&n.id, n)).collect();
 
@@ -759,6 +771,19 @@ impl RepairWorker {
     }
 }
 
+/// Whether `map` is older than one of `reasons`: a node being drained or
+/// down by the reason, but not (yet) in the map.
+fn map_predates(map: &ClusterMap, reasons: &[RepairReason]) -> bool {
+    let state = |id: &NodeId| map.node(id).map(|n| n.state);
+    reasons.iter().any(|r| match r {
+        RepairReason::Drain(id) => state(id).is_some_and(|s| s != NodeState::Draining),
+        RepairReason::NodeDown(id) => {
+            state(id).is_some_and(|s| matches!(s, NodeState::Up | NodeState::Suspect))
+        }
+        _ => false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -785,5 +810,39 @@ mod tests {
             2 * MAX_CONCURRENCY
         );
         assert_eq!(batch_size(&cfg(0, 0), &class, lease), 2);
+    }
+
+    #[test]
+    fn a_map_older_than_the_items_reason_is_refreshed() {
+        let node = |id: &str, state| NodeInfo {
+            id: NodeId::from(id),
+            addr: format!("{id}:1"),
+            zone: "z".into(),
+            weight: 1.0,
+            capacity_bytes: 1,
+            used_bytes: 0,
+            shard_count: 0,
+            state,
+            last_heartbeat: 0,
+        };
+        let map = ClusterMap {
+            epoch: 3,
+            nodes: vec![
+                node("a", NodeState::Up),
+                node("b", NodeState::Draining),
+                node("c", NodeState::Down),
+            ],
+        };
+        let drain = |id: &str| RepairReason::Drain(NodeId::from(id));
+        let down = |id: &str| RepairReason::NodeDown(NodeId::from(id));
+        // The map shows the drain / the node down: current enough.
+        assert!(!map_predates(&map, &[drain("b")]));
+        assert!(!map_predates(&map, &[down("c"), RepairReason::Rebalance]));
+        // Drained or down by the item, up in the map: older.
+        assert!(map_predates(&map, &[drain("a")]));
+        assert!(map_predates(&map, &[RepairReason::ShortWrite, down("a")]));
+        // A node the map does not know (removed since) is no reason.
+        assert!(!map_predates(&map, &[drain("x")]));
+        assert!(!map_predates(&map, &[RepairReason::Rebalance]));
     }
 }

@@ -644,19 +644,43 @@ impl SmTrees {
         if !holder_ok {
             return Ok(MetaReply::Err(MetaError::PreconditionFailed));
         }
-        match outcome {
-            RepairOutcome::Done => {
-                fx.queue.insert(*id, None);
-            }
-            RepairOutcome::Failed => {
-                item.attempts = item.attempts.saturating_add(1);
-                item.lease = None;
-                let backoff = 1000i64
-                    .saturating_mul(1i64 << item.attempts.min(16))
-                    .min(MAX_BACKOFF_MS);
-                item.not_before = at.saturating_add(backoff);
-                fx.queue.insert(*id, Some(item));
-            }
+        let retry = match outcome {
+            // The worker judged the stripe whole with the cluster map it
+            // had, which may predate a drain or a node going down (reasons
+            // added to the item while it was leased). Meta's node states
+            // are authoritative: a stripe still short of live shards, or
+            // with a shard on a draining node, stays queued.
+            RepairOutcome::Done => match self.stripe_owner(id)? {
+                Some(owner) => match self.owned_stripe(&owner, id)? {
+                    Some(stripe) => {
+                        let states = self.states(fx)?;
+                        let short = (surviving(&stripe, &[], states) as usize)
+                            < stripe.class.total_shards();
+                        let draining = stripe
+                            .shards
+                            .iter()
+                            .any(|s| states.get(&s.node) == Some(&NodeState::Draining));
+                        if short || draining {
+                            item.surviving = surviving(&stripe, &item.bad, states);
+                        }
+                        short || draining
+                    }
+                    None => false,
+                },
+                None => false,
+            },
+            RepairOutcome::Failed => true,
+        };
+        if retry {
+            item.attempts = item.attempts.saturating_add(1);
+            item.lease = None;
+            let backoff = 1000i64
+                .saturating_mul(1i64 << item.attempts.min(16))
+                .min(MAX_BACKOFF_MS);
+            item.not_before = at.saturating_add(backoff);
+            fx.queue.insert(*id, Some(item));
+        } else {
+            fx.queue.insert(*id, None);
         }
         Ok(MetaReply::Ok)
     }
