@@ -105,7 +105,7 @@ impl StoragePool {
     }
 
     /// Reads one shard, verified by the node against `blake3` (when given)
-    /// before it sends a byte. The caller verifies again on receipt.
+    /// before it sends a byte.
     pub async fn get_shard(
         &self,
         addr: &str,
@@ -113,13 +113,36 @@ impl StoragePool {
         index: u8,
         blake3: Option<[u8; 32]>,
     ) -> Result<Bytes, RpcError> {
-        let mut client = self.client(addr)?;
         let req = GetShardRequest {
             shard: Some(shard_ref(stripe, index)),
             blake3: blake3
                 .map(|h| Bytes::copy_from_slice(&h))
                 .unwrap_or_default(),
+            caller_verifies: false,
         };
+        self.fetch_shard(addr, req).await
+    }
+
+    /// Reads one shard that the caller hashes itself against the
+    /// manifest: the node checks only the file's header and length, so
+    /// the bytes are hashed once on the way, not twice. The caller must
+    /// verify them before use and report a mismatch.
+    pub async fn get_shard_unverified(
+        &self,
+        addr: &str,
+        stripe: StripeId,
+        index: u8,
+    ) -> Result<Bytes, RpcError> {
+        let req = GetShardRequest {
+            shard: Some(shard_ref(stripe, index)),
+            blake3: Bytes::new(),
+            caller_verifies: true,
+        };
+        self.fetch_shard(addr, req).await
+    }
+
+    async fn fetch_shard(&self, addr: &str, req: GetShardRequest) -> Result<Bytes, RpcError> {
+        let mut client = self.client(addr)?;
         timed(addr, SHARD_TIMEOUT, async {
             let mut stream = client
                 .get_shard(req)

@@ -53,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::StorageConfig;
 pub use error::{ShardKey, StorageError};
 pub use service::StorageService;
-pub use store::{ShardStore, StoreOptions};
+pub use store::{ReadCheck, ShardStore, StoreOptions};
 
 use heartbeat::Heartbeat;
 use metrics::StorageMetrics;

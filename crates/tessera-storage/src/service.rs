@@ -19,7 +19,7 @@ use tracing::instrument;
 
 use crate::error::{ShardKey, StorageError};
 use crate::metrics::StorageMetrics;
-use crate::store::ShardStore;
+use crate::store::{ReadCheck, ShardStore};
 
 /// Serves [`Storage`] from a [`ShardStore`].
 pub struct StorageService {
@@ -171,7 +171,12 @@ impl Storage for StorageService {
         let key = shard_key(req.shard.as_ref())?;
         tracing::Span::current().record("shard", tracing::field::display(key));
         let expected = hash(&req.blake3, true)?;
-        let got = self.store.get(key, expected).await;
+        let check = if req.caller_verifies {
+            ReadCheck::CallerVerifies
+        } else {
+            ReadCheck::Hash(expected)
+        };
+        let got = self.store.read(key, check).await;
         self.metrics.read(got.is_ok());
         if let Err(StorageError::Corrupt { .. }) = &got {
             self.metrics.checksum_failure();

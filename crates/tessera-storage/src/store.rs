@@ -62,6 +62,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,6 +102,45 @@ const BUDGET_UNIT: u64 = 1024;
 const READ_CHUNK: usize = 64 << 10;
 
 type Result<T> = std::result::Result<T, StorageError>;
+
+/// How a read checks a shard's bytes before it hands them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadCheck {
+    /// BLAKE3 against the file header and, when given, against this hash
+    /// (from the manifest). A mismatch quarantines the file.
+    Hash(Option<[u8; 32]>),
+    /// Header and length only: the caller hashes every byte itself (the
+    /// gateway checks each shard against its manifest, end to end), so a
+    /// second hash here would only cost CPU. Corruption is then found by
+    /// the caller, which reports it to meta, and by the scrubber.
+    CallerVerifies,
+}
+
+/// Reads up to `max` bytes from `file`'s position into `buf`'s spare
+/// capacity, without zeroing it first; returns how many were read.
+fn read_into_spare(file: &File, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    loop {
+        let spare = buf.spare_capacity_mut();
+        let len = max.min(spare.len());
+        // SAFETY: `read(2)` writes at most `len` bytes into the spare
+        // capacity, which is allocated and owned by `buf`; the bytes it
+        // reports written are initialised before `set_len` counts them.
+        let n = unsafe { libc::read(file.as_raw_fd(), spare.as_mut_ptr().cast(), len) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = n as usize;
+        // SAFETY: see above: `n <= len <= spare capacity` bytes are
+        // initialised by the read.
+        unsafe { buf.set_len(buf.len() + n) };
+        return Ok(n);
+    }
+}
 
 /// The decoded header of a shard file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -458,15 +498,20 @@ impl ShardStore {
 
     /// Reads a shard, verified against the hash in its file header and,
     /// when given, against `expected`. A shard that fails is quarantined.
-    ///
-    /// One trip to the blocking pool when the read budget has room (open,
-    /// take the budget, read and verify); only a read that has to wait for
-    /// budget comes back to wait for it and reads in a second trip.
     pub async fn get(
         self: &Arc<Self>,
         key: ShardKey,
         expected: Option<[u8; 32]>,
     ) -> Result<ShardData> {
+        self.read(key, ReadCheck::Hash(expected)).await
+    }
+
+    /// Reads a shard, checked as `check` says.
+    ///
+    /// One trip to the blocking pool when the read budget has room (open,
+    /// take the budget, read and verify); only a read that has to wait for
+    /// budget comes back to wait for it and reads in a second trip.
+    pub async fn read(self: &Arc<Self>, key: ShardKey, check: ReadCheck) -> Result<ShardData> {
         let store = self.clone();
         let opened = blocking(move || {
             let (file, path, len) = store.open_shard(key)?;
@@ -476,7 +521,7 @@ impl ShardStore {
                 .try_acquire_many_owned(store.budget_units(len))
             {
                 Ok(budget) => {
-                    let bytes = store.read_verified(key, file, &path, len, expected)?;
+                    let bytes = store.read_checked(key, file, &path, len, check)?;
                     Ok(Opened::Read(ShardData {
                         bytes,
                         _budget: budget,
@@ -497,7 +542,7 @@ impl ShardStore {
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?;
         let store = self.clone();
-        let bytes = blocking(move || store.read_verified(key, file, &path, len, expected)).await?;
+        let bytes = blocking(move || store.read_checked(key, file, &path, len, check)).await?;
         Ok(ShardData {
             bytes,
             _budget: budget,
@@ -532,13 +577,13 @@ impl ShardStore {
     /// Reads and verifies a shard file. The shard bytes are hashed chunk
     /// by chunk as they are read, while they are still in the CPU cache,
     /// instead of in a second pass over the whole buffer.
-    fn read_verified(
+    fn read_checked(
         &self,
         key: ShardKey,
-        mut file: File,
+        file: File,
         path: &Path,
         len: u64,
-        expected: Option<[u8; 32]>,
+        check: ReadCheck,
     ) -> Result<Bytes> {
         // Never load more than the largest shard that could have been
         // written: a longer file is damaged, not a reason to run out of
@@ -548,27 +593,25 @@ impl ShardStore {
             .max(tessera_proto::MAX_MESSAGE_BYTES as u64)
             + HEADER_LEN as u64;
         // The size is known: read into a buffer of that size with one
-        // read per chunk (read_to_end would start at 8 KiB reads).
+        // read per chunk (read_to_end would start at 8 KiB reads), each
+        // chunk hashed while it is still in the CPU cache.
         let want = len.min(limit + 1) as usize;
-        let mut buf = vec![0u8; want];
-        let mut filled = 0;
-        let mut hasher = blake3::Hasher::new();
-        while filled < want {
-            let end = (filled + READ_CHUNK).min(want);
-            let n = match file.read(&mut buf[filled..end]) {
-                // Shorter than its size said: the header check reports it.
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(StorageError::io(e)),
-            };
-            let from = filled.max(HEADER_LEN);
-            filled += n;
-            if filled > from {
-                hasher.update(&buf[from..filled]);
+        let mut buf = Vec::with_capacity(want);
+        let mut hasher = matches!(check, ReadCheck::Hash(_)).then(blake3::Hasher::new);
+        while buf.len() < want {
+            let from = buf.len().max(HEADER_LEN);
+            let room = READ_CHUNK.min(want - buf.len());
+            let n = read_into_spare(&file, &mut buf, room).map_err(StorageError::io)?;
+            // Shorter than its size said: the header check reports it.
+            if n == 0 {
+                break;
+            }
+            if let Some(h) = hasher.as_mut() {
+                if buf.len() > from {
+                    h.update(&buf[from..]);
+                }
             }
         }
-        buf.truncate(filled);
         let verdict = ShardHeader::decode(&buf).and_then(|h| {
             let data = &buf[HEADER_LEN..];
             if data.len() as u64 != h.length {
@@ -578,6 +621,9 @@ impl ShardStore {
                     data.len()
                 ));
             }
+            let (Some(hasher), ReadCheck::Hash(expected)) = (hasher, check) else {
+                return Ok(());
+            };
             let actual = hasher.finalize();
             if actual.as_bytes() != &h.blake3 {
                 return Err("BLAKE3 does not match the file header".into());

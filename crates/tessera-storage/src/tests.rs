@@ -199,6 +199,11 @@ async fn put_get_roundtrip_various_sizes() {
             .await
             .unwrap();
         assert_eq!(got, data, "size {size} without expected hash");
+        let got = pool
+            .get_shard_unverified(&node.addr, stripe, i as u8)
+            .await
+            .unwrap();
+        assert_eq!(got, data, "size {size}, verified by the caller");
         let on_disk = std::fs::read(shard_file(dir.path(), stripe, i as u8)).unwrap();
         assert_eq!(on_disk.len(), HEADER_LEN + size);
         let header = ShardHeader::decode(&on_disk).unwrap();
@@ -210,6 +215,47 @@ async fn put_get_roundtrip_various_sizes() {
     assert_eq!(info.zone, "z1");
     assert!(info.capacity_bytes > 0);
     assert!(info.used_bytes <= info.capacity_bytes);
+    node.stop().await;
+}
+
+/// A caller that verifies shards itself gets the bytes as they are on
+/// disk (the node skips its hash), but never a file whose header or
+/// length is wrong; the node-side check still quarantines.
+#[tokio::test]
+async fn a_caller_that_verifies_gets_the_bytes_unhashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::with_auth(test_auth());
+    wait_until_serving(&pool, &node.addr).await;
+    let stripe = StripeId::random();
+    let data = random_bytes(200_000);
+    let h = hash(&data);
+    pool.put_shard(&node.addr, stripe, 1, data.clone(), h)
+        .await
+        .unwrap();
+    let path = shard_file(dir.path(), stripe, 1);
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[HEADER_LEN + 150_000] ^= 0x80;
+    std::fs::write(&path, &raw).unwrap();
+
+    // The flipped bit comes through: the caller's hash finds it.
+    let got = pool
+        .get_shard_unverified(&node.addr, stripe, 1)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), data.len());
+    assert_ne!(got, data);
+    assert_ne!(hash(&got), h, "the caller's check catches it");
+    assert!(path.exists(), "no node-side verdict, no quarantine");
+
+    // A file cut short is refused whoever verifies.
+    std::fs::write(&path, &raw[..HEADER_LEN + 1000]).unwrap();
+    let err = pool
+        .get_shard_unverified(&node.addr, stripe, 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Corrupt(_)), "{err:?}");
+    assert!(!path.exists(), "a bad length is quarantined");
     node.stop().await;
 }
 
@@ -553,6 +599,7 @@ async fn malformed_puts_are_invalid_arguments() {
                 shard_index: 300,
             }),
             blake3: Bytes::new(),
+            caller_verifies: false,
         })
         .await
         .unwrap_err();

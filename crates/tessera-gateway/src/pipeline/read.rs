@@ -354,7 +354,7 @@ fn fetch_shard(
     let (id, shard_len, timeout) = (stripe.id, stripe.shard_len as usize, dp.shard_read_timeout);
     Some(async move {
         let r =
-            match tokio::time::timeout(timeout, storage.get_shard(&addr, id, i as u8, Some(hash)))
+            match tokio::time::timeout(timeout, storage.get_shard_unverified(&addr, id, i as u8))
                 .await
             {
                 Err(_) => Err(ShardFailure::new(

@@ -656,7 +656,7 @@ impl RepairWorker {
             let r = match self
                 .dp
                 .storage
-                .get_shard(&addr, stripe.id, i as u8, Some(hash))
+                .get_shard_unverified(&addr, stripe.id, i as u8)
                 .await
             {
                 Ok(bytes) if bytes.len() == len => {
