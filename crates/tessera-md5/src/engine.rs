@@ -1,0 +1,375 @@
+//! The multi-buffer engine: one dedicated OS thread that hashes the
+//! buffers of many callers together, [`LANES`] streams per SIMD step.
+//!
+//! The design is MinIO's `md5-simd`: callers queue jobs (a state and a
+//! buffer); the thread keeps up to [`LANES`] of them in lanes, and each
+//! step compresses one block of every active lane. A lane whose buffer has
+//! no full block left keeps the rest as its state's partial block, is
+//! answered, and is refilled from the queue at once, so short jobs do not
+//! wait for long ones. The thread never waits for more jobs while it has
+//! work (no added latency when load is light), and a lone job is hashed
+//! with the scalar kernel: an AVX2 step costs about one scalar block, so
+//! SIMD gains nothing with one lane used, and the scalar loop has no
+//! per-step bookkeeping.
+//!
+//! The thread is not a tokio worker nor on the blocking pool: hashing is
+//! pure CPU and must not hold up the executor, and one long-lived thread
+//! is what lets jobs from different callers meet in the same step.
+//!
+//! The queue is unbounded, but it cannot grow past the number of callers:
+//! each [`Engine::update`] call has at most one job queued and holds its
+//! buffer anyway (a `Bytes` is shared, not copied). A caller that goes away
+//! (its future dropped) has its job skipped, or stopped within a few
+//! microseconds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::{scalar, Kernel, LaneStates, Md5State, LANES};
+
+/// Blocks of a lone job hashed between two looks at the queue: 4 KiB, a
+/// few microseconds, the most a job arriving meanwhile waits for a lane.
+const SOLO_BLOCKS: usize = 64;
+
+/// Why the engine could not hash a buffer.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine's thread could not be started, or died (a bug): the
+    /// state given to [`Engine::update`] is lost; hash again elsewhere.
+    #[error("the MD5 engine thread is not running")]
+    Stopped,
+}
+
+/// What an engine has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// SIMD steps (one block of each active lane) run.
+    pub simd_steps: u64,
+    /// Blocks compressed one at a time (a lone job, or no SIMD).
+    pub scalar_blocks: u64,
+}
+
+/// [`EngineStats`], shared with the thread.
+#[derive(Default)]
+struct Counters {
+    simd_steps: AtomicU64,
+    scalar_blocks: AtomicU64,
+}
+
+/// A buffer to absorb into a state, and where to send the state after.
+struct Job {
+    state: Md5State,
+    data: Bytes,
+    reply: oneshot::Sender<Md5State>,
+}
+
+/// Hashes the buffers of many concurrent streams together on one thread.
+/// See the module docs.
+pub struct Engine {
+    /// `None` if the thread could not be started.
+    jobs: Option<mpsc::Sender<Job>>,
+    kernel: Kernel,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("kernel", &self.kernel.name())
+            .field("running", &self.jobs.is_some())
+            .finish()
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new()
+    }
+}
+
+impl Engine {
+    /// The process-wide engine, started on first use with the best
+    /// kernel of this CPU. Its thread lives as long as the process.
+    pub fn global() -> &'static Engine {
+        static GLOBAL: OnceLock<Engine> = OnceLock::new();
+        GLOBAL.get_or_init(Engine::new)
+    }
+
+    /// A new engine (and thread) with the best kernel of this CPU. The
+    /// thread finishes the queued jobs and exits when the engine is
+    /// dropped.
+    pub fn new() -> Engine {
+        Engine::with_kernel(Kernel::detect())
+    }
+
+    /// A new engine using `kernel` (tests and benchmarks compare them).
+    pub fn with_kernel(kernel: Kernel) -> Engine {
+        let (jobs, queue) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let worker = Worker::new(kernel, counters.clone());
+        let thread = std::thread::Builder::new()
+            .name("tessera-md5".into())
+            .spawn(move || worker.run(queue));
+        Engine {
+            jobs: thread.ok().map(|_| jobs),
+            kernel,
+            counters,
+        }
+    }
+
+    /// What this engine has done so far.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            simd_steps: self.counters.simd_steps.load(Ordering::Relaxed),
+            scalar_blocks: self.counters.scalar_blocks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The kernel this engine hashes with. With a scalar kernel (no AVX2)
+    /// the engine is one thread hashing one stream at a time: spreading
+    /// the streams over threads is faster then.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Returns `state` after absorbing `data`, hashed on the engine's
+    /// thread together with other callers' buffers. Data that completes
+    /// no block is absorbed here instead (not worth a thread hop).
+    pub async fn update(&self, mut state: Md5State, data: Bytes) -> Result<Md5State, EngineError> {
+        if state.tail_len + data.len() < 64 {
+            state.update(&data);
+            return Ok(state);
+        }
+        let jobs = self.jobs.as_ref().ok_or(EngineError::Stopped)?;
+        let (reply, answer) = oneshot::channel();
+        jobs.send(Job { state, data, reply })
+            .map_err(|_| EngineError::Stopped)?;
+        answer.await.map_err(|_| EngineError::Stopped)
+    }
+}
+
+/// A job in a lane: its full blocks `job.data[at..end]` are still to be
+/// compressed (its compression state is in the worker's `LaneStates`).
+struct Lane {
+    job: Job,
+    at: usize,
+    end: usize,
+}
+
+/// The engine thread's state.
+struct Worker {
+    kernel: Kernel,
+    counters: Arc<Counters>,
+    lanes: [Option<Lane>; LANES],
+    /// Lanes in use.
+    active: usize,
+    states: LaneStates,
+}
+
+impl Worker {
+    fn new(kernel: Kernel, counters: Arc<Counters>) -> Self {
+        Worker {
+            kernel,
+            counters,
+            lanes: Default::default(),
+            active: 0,
+            states: LaneStates::default(),
+        }
+    }
+
+    /// Runs until every [`Engine`] handle is gone and the last job is
+    /// answered.
+    fn run(mut self, queue: mpsc::Receiver<Job>) {
+        let mut open = true;
+        loop {
+            // Refill free lanes; block on the queue only when idle.
+            while open && self.active < LANES {
+                let next = if self.active == 0 {
+                    queue.recv().map_err(|_| TryRecvError::Disconnected)
+                } else {
+                    queue.try_recv()
+                };
+                match next {
+                    Ok(job) => self.admit(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            match self.active {
+                0 if !open => return,
+                0 => {}
+                n if n >= 2 && self.kernel.is_simd() => self.steps(),
+                _ => {
+                    for lane in 0..LANES {
+                        self.solo(lane);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts `job` in a free lane, or answers it at once if it has no full
+    /// block.
+    fn admit(&mut self, mut job: Job) {
+        let Some(lane) = self.lanes.iter().position(Option::is_none) else {
+            return;
+        };
+        if job.reply.is_closed() {
+            return;
+        }
+        let at = job.state.begin(&job.data);
+        let end = at + (job.data.len() - at) / 64 * 64;
+        self.states.set(lane, job.state.state);
+        self.lanes[lane] = Some(Lane { job, at, end });
+        self.active += 1;
+        if at == end {
+            self.retire(lane);
+        }
+    }
+
+    /// SIMD steps, each a block of every active lane, until a lane runs
+    /// out of blocks or for [`SOLO_BLOCKS`] / 4 steps (a few microseconds,
+    /// the most a new job waits for a free lane).
+    fn steps(&mut self) {
+        const IDLE: [u8; 64] = [0; 64];
+        let Worker {
+            kernel,
+            lanes,
+            states,
+            ..
+        } = self;
+        // The blocks left in each lane (none in idle lanes).
+        let left: [&[u8]; LANES] = std::array::from_fn(|i| match &lanes[i] {
+            Some(l) => &l.job.data[l.at..l.end],
+            None => &[],
+        });
+        let n = left
+            .iter()
+            .filter(|b| !b.is_empty())
+            .map(|b| b.len() / 64)
+            .min()
+            .unwrap_or(0)
+            .min(SOLO_BLOCKS / 4);
+        for step in 0..n {
+            // Active lanes have at least `n` blocks: only idle lanes take
+            // the fallback.
+            let blocks = left.map(|b| {
+                b.get(64 * step..)
+                    .and_then(|b| b.first_chunk::<64>())
+                    .unwrap_or(&IDLE)
+            });
+            kernel.compress(states, blocks);
+        }
+        self.counters
+            .simd_steps
+            .fetch_add(n as u64, Ordering::Relaxed);
+        for lane in 0..LANES {
+            self.advance(lane, n);
+        }
+    }
+
+    /// Up to [`SOLO_BLOCKS`] blocks of lane `lane`, with the scalar kernel.
+    fn solo(&mut self, lane: usize) {
+        let Some(l) = &self.lanes[lane] else { return };
+        let n = ((l.end - l.at) / 64).min(SOLO_BLOCKS);
+        let mut state = self.states.get(lane);
+        scalar::compress_blocks(&mut state, &l.job.data[l.at..l.at + 64 * n]);
+        self.states.set(lane, state);
+        self.counters
+            .scalar_blocks
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.advance(lane, n);
+    }
+
+    /// Notes that `blocks` blocks of lane `lane` are compressed; answers
+    /// the job if it has none left, drops it if its caller has gone.
+    fn advance(&mut self, lane: usize, blocks: usize) {
+        let Some(l) = &mut self.lanes[lane] else {
+            return;
+        };
+        l.at += 64 * blocks;
+        if l.at == l.end {
+            self.retire(lane);
+        } else if l.job.reply.is_closed() {
+            self.lanes[lane] = None;
+            self.active -= 1;
+        }
+    }
+
+    /// Answers the job in lane `lane`, freeing the lane.
+    fn retire(&mut self, lane: usize) {
+        let Some(Lane { mut job, end, .. }) = self.lanes[lane].take() else {
+            return;
+        };
+        self.active -= 1;
+        job.state.state = self.states.get(lane);
+        job.state.end(&job.data[end..]);
+        // The caller may have gone meanwhile: nobody to answer then.
+        let _ = job.reply.send(job.state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_with(jobs: mpsc::Sender<Job>) -> Engine {
+        Engine {
+            jobs: Some(jobs),
+            kernel: Kernel::scalar(),
+            counters: Arc::default(),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_dead_thread_is_an_error_not_a_hang() {
+        let data = Bytes::from(vec![3u8; 1000]);
+
+        // The thread is gone before the job is sent.
+        let (jobs, queue) = mpsc::channel();
+        drop(queue);
+        let engine = engine_with(jobs);
+        let r = block_on(engine.update(Md5State::new(), data.clone()));
+        assert!(matches!(r, Err(EngineError::Stopped)), "{r:?}");
+
+        // The thread dies holding the job.
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let thread = std::thread::spawn(move || {
+            let _job = queue.recv();
+            panic!("the engine thread dies");
+        });
+        let engine = engine_with(jobs);
+        let r = block_on(engine.update(Md5State::new(), data.clone()));
+        assert!(matches!(r, Err(EngineError::Stopped)), "{r:?}");
+        assert!(thread.join().is_err());
+
+        // Never started.
+        let engine = Engine {
+            jobs: None,
+            kernel: Kernel::scalar(),
+            counters: Arc::default(),
+        };
+        let r = block_on(engine.update(Md5State::new(), data));
+        assert!(matches!(r, Err(EngineError::Stopped)), "{r:?}");
+    }
+
+    #[test]
+    fn short_updates_stay_on_the_callers_thread() {
+        let (jobs, _queue) = mpsc::channel();
+        let engine = engine_with(jobs);
+        // 63 bytes complete no block: answered without the (absent) thread.
+        let s = block_on(engine.update(Md5State::new(), Bytes::from(vec![1u8; 63]))).unwrap();
+        assert_eq!(s.len(), 63);
+    }
+}

@@ -1,0 +1,199 @@
+//! The engine's digests equal the md-5 crate's, for many concurrent
+//! streams of random lengths fed in random pieces, with the best kernel of
+//! this CPU and with the scalar one.
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use tessera_md5::{Engine, Kernel, Md5State};
+
+/// Lengths next to the block and padding edges (55/56: the length field
+/// fits or not; 63/64/65: a block boundary), and a few blocks over.
+const EDGES: [usize; 12] = [0, 1, 55, 56, 57, 63, 64, 65, 119, 120, 128, 129];
+
+/// One stream: its bytes and where they are cut into `update` calls.
+#[derive(Debug, Clone)]
+struct Stream {
+    len: usize,
+    seed: u64,
+    /// Cut points, as fractions of `len` (in 1/65536).
+    cuts: Vec<u16>,
+}
+
+impl Stream {
+    fn bytes(&self) -> Bytes {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+        let mut v = vec![0u8; self.len];
+        rng.fill(&mut v[..]);
+        Bytes::from(v)
+    }
+
+    fn pieces(&self, data: &Bytes) -> Vec<Bytes> {
+        let mut at: Vec<usize> = self
+            .cuts
+            .iter()
+            .map(|&c| (self.len * c as usize) >> 16)
+            .collect();
+        at.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        for to in at.into_iter().chain([self.len]) {
+            pieces.push(data.slice(from..to));
+            from = to;
+        }
+        pieces
+    }
+}
+
+fn stream() -> impl Strategy<Value = Stream> {
+    let len = prop_oneof![
+        prop::sample::select(EDGES.to_vec()),
+        // Around one 64-byte edge of a longer buffer.
+        (1usize..2000, prop::sample::select(EDGES.to_vec())).prop_map(|(b, e)| 64 * b + e),
+        0usize..300 << 10,
+    ];
+    (len, any::<u64>(), prop::collection::vec(any::<u16>(), 0..5))
+        .prop_map(|(len, seed, cuts)| Stream { len, seed, cuts })
+}
+
+/// Hashes every stream concurrently through `engine`; returns the
+/// digests, in order.
+fn hash_all(engine: &'static Engine, streams: &[Stream]) -> Vec<[u8; 16]> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = streams
+            .iter()
+            .map(|s| {
+                let pieces = s.pieces(&s.bytes());
+                tokio::spawn(async move {
+                    let mut state = Md5State::new();
+                    for p in pieces {
+                        state = engine.update(state, p).await.unwrap();
+                    }
+                    state.finalize()
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    })
+}
+
+fn expected(streams: &[Stream]) -> Vec<[u8; 16]> {
+    streams
+        .iter()
+        .map(|s| Md5::digest(s.bytes()).into())
+        .collect()
+}
+
+fn scalar_engine() -> &'static Engine {
+    static E: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+    E.get_or_init(|| Engine::with_kernel(Kernel::scalar()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_matches_md5_crate(streams in prop::collection::vec(stream(), 1..20)) {
+        prop_assert_eq!(hash_all(Engine::global(), &streams), expected(&streams));
+    }
+
+    #[test]
+    fn scalar_engine_matches_md5_crate(streams in prop::collection::vec(stream(), 1..20)) {
+        prop_assert_eq!(hash_all(scalar_engine(), &streams), expected(&streams));
+    }
+}
+
+/// Sixteen streams queued at once: more jobs than lanes, so lanes are
+/// refilled as short jobs finish, and the SIMD kernel runs (where the CPU
+/// has one).
+#[test]
+fn more_jobs_than_lanes_use_simd_and_agree() {
+    let engine: &'static Engine = Box::leak(Box::new(Engine::new()));
+    let streams: Vec<Stream> = (0..16)
+        .map(|i| Stream {
+            len: [0, 65, 4096, 100_000, 300 << 10][i % 5] + i,
+            seed: i as u64,
+            cuts: vec![(i as u16).wrapping_mul(4099)],
+        })
+        .collect();
+    assert_eq!(hash_all(engine, &streams), expected(&streams));
+    let stats = engine.stats();
+    if engine.kernel().is_simd() {
+        assert!(stats.simd_steps > 0, "{stats:?}");
+    } else {
+        assert_eq!(stats.simd_steps, 0, "{stats:?}");
+    }
+}
+
+/// One stream alone is hashed with the scalar kernel, not a SIMD step with
+/// seven idle lanes.
+#[test]
+fn a_lone_stream_uses_the_scalar_kernel() {
+    let engine: &'static Engine = Box::leak(Box::new(Engine::new()));
+    let s = Stream {
+        len: 1 << 20,
+        seed: 7,
+        cuts: vec![],
+    };
+    assert_eq!(hash_all(engine, std::slice::from_ref(&s)), expected(&[s]));
+    let stats = engine.stats();
+    assert_eq!(stats.simd_steps, 0, "{stats:?}");
+    assert_eq!(stats.scalar_blocks, (1 << 20) / 64, "{stats:?}");
+}
+
+/// A caller that gives up does not stop the others.
+#[test]
+fn a_dropped_caller_does_not_disturb_the_others() {
+    let engine: &'static Engine = Box::leak(Box::new(Engine::new()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let big = Bytes::from(vec![7u8; 8 << 20]);
+    let small = Bytes::from(vec![9u8; 100_000]);
+    let digest = rt.block_on(async {
+        let gone = engine.update(Md5State::new(), big);
+        // Polled once (queued), then dropped.
+        let _ = futures_poll_once(gone).await;
+        let s = engine.update(Md5State::new(), small.clone()).await.unwrap();
+        s.finalize()
+    });
+    assert_eq!(digest, <[u8; 16]>::from(Md5::digest(&small)));
+}
+
+/// Polls `fut` once and drops it.
+async fn futures_poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// A dropped engine's thread exits once its jobs are answered; a new one
+/// works independently.
+#[test]
+fn engines_are_independent() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let data = Bytes::from(vec![1u8; 10_000]);
+    for _ in 0..3 {
+        let engine = Engine::new();
+        let s = rt
+            .block_on(engine.update(Md5State::new(), data.clone()))
+            .unwrap();
+        assert_eq!(s.finalize(), <[u8; 16]>::from(Md5::digest(&data)));
+    }
+}
