@@ -2,7 +2,14 @@
 //! every byte of a PUT), SHA-256 (signed payloads), CRC64NVME (S3's
 //! default flexible checksum, via `crc-fast`) and BLAKE3 (every shard's
 //! integrity hash, `tessera_erasure::shard_hash`).
+//!
+//! `md5-streams/N`: N concurrent 1 MiB streams through the multi-buffer
+//! MD5 engine (`tessera-md5`, its best kernel and its scalar one) against
+//! the md-5 crate hashing the same N MiB on one thread. Throughput is the
+//! N MiB over the wall time; the engine uses one thread (its own), like
+//! the md-5 baseline.
 
+use bytes::Bytes;
 use crc_fast::CrcAlgorithm;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use md5::{Digest, Md5};
@@ -10,6 +17,7 @@ use sha2::Sha256;
 use std::hint::black_box;
 use tessera_benches::{criterion_config, data};
 use tessera_erasure::shard_hash;
+use tessera_md5::{Engine, Kernel, Md5State};
 
 fn hashes(c: &mut Criterion) {
     for (name, len) in [("4KiB", 4usize << 10), ("1MiB", 1 << 20)] {
@@ -26,9 +34,53 @@ fn hashes(c: &mut Criterion) {
     }
 }
 
+fn md5_streams(c: &mut Criterion) {
+    let buf = data(1 << 20);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a tokio runtime");
+    let best = Engine::global();
+    let scalar: &'static Engine = Box::leak(Box::new(Engine::with_kernel(Kernel::scalar())));
+    for streams in [1usize, 4, 8, 16] {
+        let mut g = c.benchmark_group(format!("md5-streams/{streams}x1MiB"));
+        g.throughput(Throughput::Bytes((streams as u64) << 20));
+        g.bench_function("md-5", |b| {
+            b.iter(|| {
+                for _ in 0..streams {
+                    black_box(Md5::digest(black_box(&buf)));
+                }
+            })
+        });
+        // Without SIMD the best engine is the scalar one.
+        let mut engines = vec![(best.kernel().name(), best)];
+        if best.kernel().is_simd() {
+            engines.push(("scalar", scalar));
+        }
+        for (name, engine) in engines {
+            g.bench_function(format!("engine-{name}"), |b| {
+                b.iter(|| rt.block_on(hash_streams(engine, &buf, streams)))
+            });
+        }
+        g.finish();
+    }
+}
+
+/// MD5 of `n` concurrent streams of `buf`, each one engine update.
+async fn hash_streams(engine: &'static Engine, buf: &Bytes, n: usize) -> Vec<[u8; 16]> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(engine.update(Md5State::new(), buf.clone())))
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        let state = t.await.expect("task").expect("engine");
+        out.push(state.finalize());
+    }
+    out
+}
+
 criterion_group! {
     name = benches;
     config = criterion_config();
-    targets = hashes
+    targets = hashes, md5_streams
 }
 criterion_main!(benches);
