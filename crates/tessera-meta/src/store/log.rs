@@ -1,16 +1,20 @@
 //! The Raft log, vote and committed id, in files of their own under
 //! `<data dir>/raft-log/`:
 //!
-//! - `*.log`: the entries, in append-only segments ([`SegmentedLog`]);
-//!   every append is one write and one `fdatasync` before openraft is told
-//!   the entries are saved.
+//! - `*.log`: the entries, in append-only segments ([`SegmentedLog`]).
+//!   An append writes its batch and returns (the entries are readable, so
+//!   the leader replicates them at once); the [`Syncer`] thread then
+//!   `fdatasync`s, once for every batch written meanwhile, and only then
+//!   tells openraft the entries are saved. So the leader's sync overlaps
+//!   the followers' (instead of preceding their whole round trip), and a
+//!   burst of appends costs one sync, not one each.
 //! - `meta`: vote and last purged log id, replaced atomically and durably
 //!   (temp file, `fdatasync`, rename, directory fsync) before `save_vote`
 //!   or `purge` returns.
 //! - `committed`: the committed log id, a hint that saves re-applying
-//!   entries on restart. Written in place without a sync, along with the
-//!   next append (or vote, or purge), after that append's sync; a torn
-//!   copy reads as none. Since it only names synced entries, a damaged
+//!   entries on restart. Written in place without a sync by the syncer,
+//!   after the sync that follows the next append (or vote, or purge); a
+//!   torn copy reads as none. Since it only names synced entries, a damaged
 //!   last batch at or below it is refused at open rather than cut as torn.
 //!
 //! Earlier versions kept the log in the sled trees `raft_log`/`raft_meta`,
@@ -25,7 +29,7 @@ use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -124,9 +128,89 @@ struct Shared {
     read_from: AtomicU64,
 }
 
+/// One job for the [`Syncer`]: what an append wrote (or a committed hint
+/// alone), and whom to tell once it is durable.
+struct SyncJob {
+    /// The segment the batch went to.
+    file: Option<Arc<File>>,
+    /// The committed hint to write after the sync.
+    committed: Option<(Arc<File>, Vec<u8>)>,
+    done: Option<LogFlushed<TypeConfig>>,
+    /// Told when the job is complete (a hint-only job's writer waits).
+    ack: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Makes written batches durable off the append path, in order, on a
+/// thread of its own: it takes every job queued, syncs each segment they
+/// wrote to once, writes the latest committed hint, then completes them
+/// all. A failed sync fails every job taken with it and the log (what
+/// reached the disk is unknown), as a failed write does.
+struct Syncer {
+    tx: mpsc::Sender<SyncJob>,
+}
+
+impl Syncer {
+    fn start(shared: Arc<Shared>) -> io::Result<Syncer> {
+        let (tx, rx) = mpsc::channel::<SyncJob>();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    jobs.extend(rx.try_iter());
+                    Self::complete(&shared, jobs);
+                }
+            })?;
+        Ok(Syncer { tx })
+    }
+
+    fn complete(shared: &Shared, jobs: Vec<SyncJob>) {
+        let mut synced: Vec<&Arc<File>> = Vec::new();
+        let mut res = Ok(());
+        for file in jobs.iter().filter_map(|j| j.file.as_ref()) {
+            if res.is_err() || synced.iter().any(|f| Arc::ptr_eq(f, file)) {
+                continue;
+            }
+            res = file.sync_data();
+            synced.push(file);
+        }
+        match &res {
+            Ok(()) => write_committed(jobs.iter().rev().find_map(|j| j.committed.clone())),
+            Err(e) => {
+                tracing::error!(error = %e, "raft log: fdatasync failed; no more writes until restart");
+                shared.log.fail();
+            }
+        }
+        for job in jobs {
+            if let Some(done) = job.done {
+                let r = match &res {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                };
+                done.log_io_completed(r);
+            }
+            if let Some(ack) = job.ack {
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    /// Queues `job`; if the thread is gone, fails its callback.
+    fn submit(&self, job: SyncJob) -> io::Result<()> {
+        self.tx.send(job).map_err(|mpsc::SendError(job)| {
+            let e = || io::Error::other("raft log: the sync thread is gone");
+            if let Some(done) = job.done {
+                done.log_io_completed(Err(e()));
+            }
+            e()
+        })
+    }
+}
+
 /// The Raft log store.
 pub struct LogStore {
     shared: Arc<Shared>,
+    syncer: Syncer,
     dir: PathBuf,
     meta: LogMeta,
     committed: Option<LogId<RaftNodeId>>,
@@ -186,11 +270,13 @@ impl LogStore {
             opts,
         )?;
         let read_from = meta.last_purged.map_or(0, |l| l.index + 1);
+        let shared = Arc::new(Shared {
+            log,
+            read_from: AtomicU64::new(read_from),
+        });
         Ok(LogStore {
-            shared: Arc::new(Shared {
-                log,
-                read_from: AtomicU64::new(read_from),
-            }),
+            syncer: Syncer::start(shared.clone())?,
+            shared,
             dir: log_dir,
             meta,
             committed,
@@ -219,14 +305,22 @@ impl LogStore {
     async fn write_meta(&mut self, meta: LogMeta) -> io::Result<()> {
         let dir = self.dir.clone();
         let bytes = frame(&meta);
-        let committed = self.committed_job();
-        blocking(move || {
-            write_atomic(&dir, META_FILE, &bytes)?;
-            write_committed(committed);
-            Ok(())
-        })
-        .await?;
+        blocking(move || write_atomic(&dir, META_FILE, &bytes)).await?;
         self.meta = meta;
+        // The hint may name entries whose sync is still queued: it goes
+        // after them (a vote or purge is rare: wait for it).
+        if let Some(committed) = self.committed_job() {
+            let (ack, written) = tokio::sync::oneshot::channel();
+            self.syncer.submit(SyncJob {
+                file: None,
+                committed: Some(committed),
+                done: None,
+                ack: Some(ack),
+            })?;
+            written
+                .await
+                .map_err(|_| io::Error::other("raft log: the sync thread is gone"))?;
+        }
         Ok(())
     }
 }
@@ -479,22 +573,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         }
         let shared = self.shared.clone();
+        // Readable when this returns; durable (synced by the syncer)
+        // before the callback, so before openraft may acknowledge them.
+        let file = match blocking(move || shared.log.write(&batch)).await {
+            Ok(file) => file,
+            Err(e) => {
+                let err = StorageIOError::write_logs(&e);
+                callback.log_io_completed(Err(e));
+                return Err(err.into());
+            }
+        };
         let committed = self.committed_job();
-        // Durable (one write, one fdatasync) before the callback, so
-        // before openraft may acknowledge the entries; readable when this
-        // returns.
-        let res = blocking(move || {
-            shared.log.append(&batch)?;
-            write_committed(committed);
-            Ok(())
-        })
-        .await;
-        let failed = res.as_ref().err().map(StorageIOError::write_logs);
-        callback.log_io_completed(res);
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        self.syncer
+            .submit(SyncJob {
+                file,
+                committed,
+                done: Some(callback),
+                ack: None,
+            })
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<RaftNodeId>) -> Result<(), StoreError> {

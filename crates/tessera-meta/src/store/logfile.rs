@@ -584,8 +584,25 @@ impl SegmentedLog {
     /// Appends a batch and makes it durable. The entries must follow the
     /// last one without a hole (any index if the log is empty).
     pub(crate) fn append(&self, batch: &Batch) -> io::Result<()> {
-        let Some(&(first_id, _, _)) = batch.records.first() else {
+        let Some(file) = self.write(batch)? else {
             return Ok(());
+        };
+        file.sync_data().inspect_err(|_| self.fail())
+    }
+
+    /// No more writes until the node restarts and rescans its files: a
+    /// sync failed, so what reached the disk is unknown.
+    pub(crate) fn fail(&self) {
+        self.lock().failed = true;
+    }
+
+    /// Appends a batch without syncing it: the entries are readable when
+    /// this returns, durable once the returned segment is synced (the
+    /// caller's job; `None`: nothing to write). Same rules as
+    /// [`Self::append`].
+    pub(crate) fn write(&self, batch: &Batch) -> io::Result<Option<Arc<File>>> {
+        let Some(&(first_id, _, _)) = batch.records.first() else {
+            return Ok(None);
         };
         let first = first_id.index;
         let (file, offset, seg) = {
@@ -624,11 +641,9 @@ impl SegmentedLog {
             (file.clone(), st.active_len, seg)
         };
         // Only this (serialized) writer changes the files' tails, and the
-        // index names no byte past `offset`: write and sync unlocked, so
-        // readers are not held up by the fsync.
-        let res = file
-            .write_all_at(&batch.buf, offset)
-            .and_then(|()| file.sync_data());
+        // index names no byte past `offset`: write unlocked, so readers
+        // are not held up.
+        let res = file.write_all_at(&batch.buf, offset);
         let mut st = self.lock();
         if let Err(e) = res {
             st.failed = true;
@@ -653,7 +668,7 @@ impl SegmentedLog {
             );
         }
         st.trim_cache(self.opts.cache_bytes);
-        Ok(())
+        Ok(Some(file))
     }
 
     /// Creates an empty segment starting at `first` and makes its
