@@ -143,6 +143,27 @@ impl Harness {
         }
     }
 
+    /// CommitRepair of `task` by `worker`: its shards become `shards`.
+    async fn commit(
+        &mut self,
+        worker: &str,
+        owner: StripeOwner,
+        task: &RepairTask,
+        shards: Vec<ShardEntry>,
+        at: i64,
+    ) -> MetaReply {
+        self.cmd(MetaCommand::CommitRepair {
+            worker: worker.into(),
+            owner,
+            stripe: task.stripe.id,
+            expected: task.stripe.shards.clone(),
+            shards,
+            bytes: 5,
+            at,
+        })
+        .await
+    }
+
     fn queue(&self) -> Vec<RepairItem> {
         match self.q(MetaQuery::RepairQueue { max: 1000 }) {
             QueryReply::RepairItems(v) => v,
@@ -236,15 +257,7 @@ async fn node_down_queues_its_stripes_and_a_repair_commits_with_cas() {
     let mut shards = task.stripe.shards.clone();
     shards[0] = entry(0, "n5");
     let r = h
-        .cmd(MetaCommand::CommitRepair {
-            worker: "w2".into(),
-            owner: owner("a"),
-            stripe: task.stripe.id,
-            expected: task.stripe.shards.clone(),
-            shards: shards.clone(),
-            bytes: 5,
-            at: 13_300,
-        })
+        .commit("w2", owner("a"), task, shards.clone(), 13_300)
         .await;
     assert_eq!(r, MetaReply::Ok);
     assert_eq!(h.object_stripe("a").shards, shards);
@@ -257,17 +270,7 @@ async fn node_down_queues_its_stripes_and_a_repair_commits_with_cas() {
     // its rebuilt shard is queued for deletion.
     let mut late = tasks[0].stripe.shards.clone();
     late[0] = entry(0, "n4");
-    let r = h
-        .cmd(MetaCommand::CommitRepair {
-            worker: "w1".into(),
-            owner: owner("a"),
-            stripe: tasks[0].stripe.id,
-            expected: tasks[0].stripe.shards.clone(),
-            shards: late,
-            bytes: 5,
-            at: 13_400,
-        })
-        .await;
+    let r = h.commit("w1", owner("a"), &tasks[0], late, 13_400).await;
     assert_eq!(r, MetaReply::Err(MetaError::PreconditionFailed));
     assert_eq!(h.object_stripe("a").shards, shards);
     let gc = h.lease_gc(i64::MAX, 14_000).await;
@@ -419,17 +422,7 @@ async fn a_drain_queued_during_a_lease_survives_a_done() {
     assert!(h.lease("w", 1, 3_400).await.is_empty(), "backing off");
     let task = h.lease("w", 1, 20_000).await.remove(0);
     let moved = vec![entry(0, "n4"), entry(1, "n2"), entry(2, "n3")];
-    let r = h
-        .cmd(MetaCommand::CommitRepair {
-            worker: "w".into(),
-            owner: owner("a"),
-            stripe: task.stripe.id,
-            expected: task.stripe.shards,
-            shards: moved,
-            bytes: 5,
-            at: 20_100,
-        })
-        .await;
+    let r = h.commit("w", owner("a"), &task, moved, 20_100).await;
     assert_eq!(r, MetaReply::Ok);
     assert!(h.queue().is_empty());
     assert!(!h
@@ -453,15 +446,13 @@ async fn overwritten_and_deleted_stripes_leave_the_queue() {
     .await;
     assert!(h.queue().is_empty());
     let r = h
-        .cmd(MetaCommand::CommitRepair {
-            worker: "w".into(),
-            owner: owner("a"),
-            stripe: task.stripe.id,
-            expected: task.stripe.shards.clone(),
-            shards: vec![entry(0, "n1"), entry(1, "n2"), entry(2, "n5")],
-            bytes: 5,
-            at: 3_500,
-        })
+        .commit(
+            "w",
+            owner("a"),
+            &task,
+            vec![entry(0, "n1"), entry(1, "n2"), entry(2, "n5")],
+            3_500,
+        )
         .await;
     assert_eq!(r, MetaReply::Err(MetaError::PreconditionFailed));
     assert_eq!(h.object_stripe("a").id, StripeId([2; 16]));
@@ -490,17 +481,7 @@ async fn a_bad_shard_list_is_refused() {
         vec![entry(0, "n1"), entry(1, "n2"), entry(1, "n3")],
         vec![entry(0, "n1"), entry(1, "n2"), entry(7, "n3")],
     ] {
-        let r = h
-            .cmd(MetaCommand::CommitRepair {
-                worker: "w".into(),
-                owner: owner("a"),
-                stripe: task.stripe.id,
-                expected: task.stripe.shards.clone(),
-                shards,
-                bytes: 5,
-                at: 3_500,
-            })
-            .await;
+        let r = h.commit("w", owner("a"), &task, shards, 3_500).await;
         assert!(matches!(r, MetaReply::Err(MetaError::Invalid(_))), "{r:?}");
     }
     assert_eq!(h.object_stripe("a").shards.len(), 2);
@@ -544,15 +525,7 @@ async fn parts_are_repaired_and_completed_uploads_keep_the_repair() {
     assert_eq!(task.item.owner, part_owner);
     let repaired = vec![entry(0, "n1"), entry(1, "n2"), entry(2, "n3")];
     let r = h
-        .cmd(MetaCommand::CommitRepair {
-            worker: "w".into(),
-            owner: part_owner,
-            stripe: task.stripe.id,
-            expected: task.stripe.shards.clone(),
-            shards: repaired.clone(),
-            bytes: 5,
-            at: 3_100,
-        })
+        .commit("w", part_owner, &task, repaired.clone(), 3_100)
         .await;
     assert_eq!(r, MetaReply::Ok);
     // The gateway completes with the part as it listed it before the
@@ -595,17 +568,7 @@ async fn drain_check_and_remove() {
     assert!(st.shards_by_node.contains(&(NodeId::from("n1"), 1)));
     let task = h.lease("w", 1, 3_100).await.remove(0);
     let moved = vec![entry(0, "n4"), entry(1, "n2"), entry(2, "n3")];
-    let r = h
-        .cmd(MetaCommand::CommitRepair {
-            worker: "w".into(),
-            owner: owner("a"),
-            stripe: task.stripe.id,
-            expected: task.stripe.shards,
-            shards: moved,
-            bytes: 5,
-            at: 3_200,
-        })
-        .await;
+    let r = h.commit("w", owner("a"), &task, moved, 3_200).await;
     assert_eq!(r, MetaReply::Ok);
     assert!(h.queue().is_empty());
     let r = h
@@ -734,15 +697,7 @@ async fn a_restarted_worker_gives_back_its_leases_and_drains_keep_going() {
     // the draining node: the stripe stays queued for the drain.
     let shards = vec![entry(0, "n1"), entry(1, "n4"), entry(2, "n3")];
     let r = h
-        .cmd(MetaCommand::CommitRepair {
-            worker: "gw-host-9000".into(),
-            owner: owner("a"),
-            stripe: task.stripe.id,
-            expected: task.stripe.shards,
-            shards,
-            bytes: 5,
-            at: 3_400,
-        })
+        .commit("gw-host-9000", owner("a"), &task, shards, 3_400)
         .await;
     assert_eq!(r, MetaReply::Ok);
     let q = h.queue();

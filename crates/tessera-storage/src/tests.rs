@@ -129,6 +129,55 @@ fn shard_files(dir: &Path) -> Vec<PathBuf> {
     files_under(&dir.join("shards"))
 }
 
+/// A serving node on a temp dir that holds one shard (`index`, of random
+/// bytes `data` hashing to `h`).
+struct OneShard {
+    dir: tempfile::TempDir,
+    node: Node,
+    pool: StoragePool,
+    stripe: StripeId,
+    index: u8,
+    data: Bytes,
+    h: [u8; 32],
+}
+
+impl OneShard {
+    async fn put(index: u8, len: usize) -> OneShard {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::start(&[dir.path().to_path_buf()]).await;
+        let pool = StoragePool::with_auth(test_auth());
+        wait_until_serving(&pool, &node.addr).await;
+        let stripe = StripeId::random();
+        let data = random_bytes(len);
+        let h = hash(&data);
+        pool.put_shard(&node.addr, stripe, index, data.clone(), h)
+            .await
+            .unwrap();
+        OneShard {
+            dir,
+            node,
+            pool,
+            stripe,
+            index,
+            data,
+            h,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        shard_file(self.dir.path(), self.stripe, self.index)
+    }
+
+    /// Flips the bits `mask` of byte `at` of the shard's file (header
+    /// included); returns the file's new bytes.
+    fn flip(&self, at: usize, mask: u8) -> Vec<u8> {
+        let mut raw = std::fs::read(self.path()).unwrap();
+        raw[at] ^= mask;
+        std::fs::write(self.path(), &raw).unwrap();
+        raw
+    }
+}
+
 async fn wait_until_serving(pool: &StoragePool, addr: &str) {
     for _ in 0..200 {
         if pool.node_info(addr).await.is_ok() {
@@ -223,95 +272,63 @@ async fn put_get_roundtrip_various_sizes() {
 /// length is wrong; the node-side check still quarantines.
 #[tokio::test]
 async fn a_caller_that_verifies_gets_the_bytes_unhashed() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(&[dir.path().to_path_buf()]).await;
-    let pool = StoragePool::with_auth(test_auth());
-    wait_until_serving(&pool, &node.addr).await;
-    let stripe = StripeId::random();
-    let data = random_bytes(200_000);
-    let h = hash(&data);
-    pool.put_shard(&node.addr, stripe, 1, data.clone(), h)
-        .await
-        .unwrap();
-    let path = shard_file(dir.path(), stripe, 1);
-    let mut raw = std::fs::read(&path).unwrap();
-    raw[HEADER_LEN + 150_000] ^= 0x80;
-    std::fs::write(&path, &raw).unwrap();
+    let t = OneShard::put(1, 200_000).await;
+    let raw = t.flip(HEADER_LEN + 150_000, 0x80);
 
     // The flipped bit comes through: the caller's hash finds it.
-    let got = pool
-        .get_shard_unverified(&node.addr, stripe, 1)
+    let got = t
+        .pool
+        .get_shard_unverified(&t.node.addr, t.stripe, 1)
         .await
         .unwrap();
-    assert_eq!(got.len(), data.len());
-    assert_ne!(got, data);
-    assert_ne!(hash(&got), h, "the caller's check catches it");
-    assert!(path.exists(), "no node-side verdict, no quarantine");
+    assert_eq!(got.len(), t.data.len());
+    assert_ne!(got, t.data);
+    assert_ne!(hash(&got), t.h, "the caller's check catches it");
+    assert!(t.path().exists(), "no node-side verdict, no quarantine");
 
     // A file cut short is refused whoever verifies.
-    std::fs::write(&path, &raw[..HEADER_LEN + 1000]).unwrap();
-    let err = pool
-        .get_shard_unverified(&node.addr, stripe, 1)
+    std::fs::write(t.path(), &raw[..HEADER_LEN + 1000]).unwrap();
+    let err = t
+        .pool
+        .get_shard_unverified(&t.node.addr, t.stripe, 1)
         .await
         .unwrap_err();
     assert!(matches!(err, RpcError::Corrupt(_)), "{err:?}");
-    assert!(!path.exists(), "a bad length is quarantined");
-    node.stop().await;
+    assert!(!t.path().exists(), "a bad length is quarantined");
+    t.node.stop().await;
 }
 
 #[tokio::test]
 async fn flipped_byte_is_reported_corrupt_and_quarantined() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(&[dir.path().to_path_buf()]).await;
-    let pool = StoragePool::with_auth(test_auth());
-    wait_until_serving(&pool, &node.addr).await;
-    let stripe = StripeId::random();
-    let data = random_bytes(100_000);
-    let h = hash(&data);
-    pool.put_shard(&node.addr, stripe, 2, data, h)
-        .await
-        .unwrap();
-
-    let path = shard_file(dir.path(), stripe, 2);
-    let mut raw = std::fs::read(&path).unwrap();
-    raw[HEADER_LEN + 5000] ^= 0x01;
-    std::fs::write(&path, raw).unwrap();
+    let t = OneShard::put(2, 100_000).await;
+    let (pool, addr, stripe) = (&t.pool, &t.node.addr, t.stripe);
+    t.flip(HEADER_LEN + 5000, 0x01);
 
     let err = pool
-        .get_shard(&node.addr, stripe, 2, Some(h))
+        .get_shard(addr, stripe, 2, Some(t.h))
         .await
         .unwrap_err();
     assert!(matches!(err, RpcError::Corrupt(_)), "{err:?}");
-    assert!(!path.exists(), "corrupt shard left in place");
-    assert_eq!(files_under(&dir.path().join("quarantine")).len(), 1);
+    assert!(!t.path().exists(), "corrupt shard left in place");
+    assert_eq!(files_under(&t.dir.path().join("quarantine")).len(), 1);
     // From now on it reads as missing.
-    let err = pool
-        .get_shard(&node.addr, stripe, 2, None)
-        .await
-        .unwrap_err();
+    let err = pool.get_shard(addr, stripe, 2, None).await.unwrap_err();
     assert!(matches!(err, RpcError::NotFound(_)), "{err:?}");
-    assert!(!pool.stat_shard(&node.addr, stripe, 2).await.unwrap().exists);
-    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 0);
-    node.stop().await;
+    assert!(!pool.stat_shard(addr, stripe, 2).await.unwrap().exists);
+    assert_eq!(pool.node_info(addr).await.unwrap().shard_count, 0);
+    t.node.stop().await;
 }
 
 #[tokio::test]
 async fn get_with_a_different_expected_hash_is_corrupt() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(&[dir.path().to_path_buf()]).await;
-    let pool = StoragePool::with_auth(test_auth());
-    wait_until_serving(&pool, &node.addr).await;
-    let stripe = StripeId::random();
-    let data = random_bytes(1000);
-    pool.put_shard(&node.addr, stripe, 0, data.clone(), hash(&data))
-        .await
-        .unwrap();
-    let err = pool
-        .get_shard(&node.addr, stripe, 0, Some(hash(b"something else")))
+    let t = OneShard::put(0, 1000).await;
+    let err = t
+        .pool
+        .get_shard(&t.node.addr, t.stripe, 0, Some(hash(b"something else")))
         .await
         .unwrap_err();
     assert!(matches!(err, RpcError::Corrupt(_)), "{err:?}");
-    node.stop().await;
+    t.node.stop().await;
 }
 
 #[tokio::test]
@@ -358,55 +375,36 @@ async fn missing_shard_is_not_found() {
 
 #[tokio::test]
 async fn stat_and_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(&[dir.path().to_path_buf()]).await;
-    let pool = StoragePool::with_auth(test_auth());
-    wait_until_serving(&pool, &node.addr).await;
-    let stripe = StripeId::random();
-    let data = random_bytes(12345);
-    let h = hash(&data);
-    pool.put_shard(&node.addr, stripe, 7, data, h)
-        .await
-        .unwrap();
-    let stat = pool.stat_shard(&node.addr, stripe, 7).await.unwrap();
+    let t = OneShard::put(7, 12345).await;
+    let (pool, addr, stripe) = (&t.pool, &t.node.addr, t.stripe);
+    let stat = pool.stat_shard(addr, stripe, 7).await.unwrap();
     assert!(stat.exists);
     assert_eq!(stat.length, 12345);
-    assert_eq!(stat.blake3.as_ref(), &h);
-    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 1);
+    assert_eq!(stat.blake3.as_ref(), &t.h);
+    assert_eq!(pool.node_info(addr).await.unwrap().shard_count, 1);
 
-    assert!(pool.delete_shard(&node.addr, stripe, 7).await.unwrap());
-    assert!(!pool.stat_shard(&node.addr, stripe, 7).await.unwrap().exists);
-    assert!(!shard_file(dir.path(), stripe, 7).exists());
-    let err = pool
-        .get_shard(&node.addr, stripe, 7, None)
-        .await
-        .unwrap_err();
+    assert!(pool.delete_shard(addr, stripe, 7).await.unwrap());
+    assert!(!pool.stat_shard(addr, stripe, 7).await.unwrap().exists);
+    assert!(!t.path().exists());
+    let err = pool.get_shard(addr, stripe, 7, None).await.unwrap_err();
     assert!(matches!(err, RpcError::NotFound(_)), "{err:?}");
-    assert!(!pool.delete_shard(&node.addr, stripe, 7).await.unwrap());
-    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 0);
-    node.stop().await;
+    assert!(!pool.delete_shard(addr, stripe, 7).await.unwrap());
+    assert_eq!(pool.node_info(addr).await.unwrap().shard_count, 0);
+    t.node.stop().await;
 }
 
 #[tokio::test]
 async fn put_is_idempotent_and_refuses_different_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(&[dir.path().to_path_buf()]).await;
-    let pool = StoragePool::with_auth(test_auth());
-    wait_until_serving(&pool, &node.addr).await;
-    let stripe = StripeId::random();
-    let data = random_bytes(5000);
-    let h = hash(&data);
-    pool.put_shard(&node.addr, stripe, 1, data.clone(), h)
+    let t = OneShard::put(1, 5000).await;
+    let (pool, addr, stripe) = (&t.pool, &t.node.addr, t.stripe);
+    pool.put_shard(addr, stripe, 1, t.data.clone(), t.h)
         .await
         .unwrap();
-    pool.put_shard(&node.addr, stripe, 1, data.clone(), h)
-        .await
-        .unwrap();
-    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 1);
+    assert_eq!(pool.node_info(addr).await.unwrap().shard_count, 1);
 
     let other = random_bytes(5000);
     let err = pool
-        .put_shard(&node.addr, stripe, 1, other.clone(), hash(&other))
+        .put_shard(addr, stripe, 1, other.clone(), hash(&other))
         .await
         .unwrap_err();
     assert!(
@@ -420,44 +418,29 @@ async fn put_is_idempotent_and_refuses_different_bytes() {
         "{err:?}"
     );
     assert_eq!(
-        pool.get_shard(&node.addr, stripe, 1, Some(h))
-            .await
-            .unwrap(),
-        data
+        pool.get_shard(addr, stripe, 1, Some(t.h)).await.unwrap(),
+        t.data
     );
-    assert_eq!(shard_files(dir.path()).len(), 1);
-    node.stop().await;
+    assert_eq!(shard_files(t.dir.path()).len(), 1);
+    t.node.stop().await;
 }
 
 #[tokio::test]
 async fn put_replaces_a_corrupt_copy() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(&[dir.path().to_path_buf()]).await;
-    let pool = StoragePool::with_auth(test_auth());
-    wait_until_serving(&pool, &node.addr).await;
-    let stripe = StripeId::random();
-    let data = random_bytes(5000);
-    let h = hash(&data);
-    pool.put_shard(&node.addr, stripe, 1, data.clone(), h)
-        .await
-        .unwrap();
-    let path = shard_file(dir.path(), stripe, 1);
-    let mut raw = std::fs::read(&path).unwrap();
-    raw[HEADER_LEN] ^= 0x80;
-    std::fs::write(&path, raw).unwrap();
+    let t = OneShard::put(1, 5000).await;
+    let (pool, addr, stripe) = (&t.pool, &t.node.addr, t.stripe);
+    t.flip(HEADER_LEN, 0x80);
 
-    pool.put_shard(&node.addr, stripe, 1, data.clone(), h)
+    pool.put_shard(addr, stripe, 1, t.data.clone(), t.h)
         .await
         .unwrap();
     assert_eq!(
-        pool.get_shard(&node.addr, stripe, 1, Some(h))
-            .await
-            .unwrap(),
-        data
+        pool.get_shard(addr, stripe, 1, Some(t.h)).await.unwrap(),
+        t.data
     );
-    assert_eq!(files_under(&dir.path().join("quarantine")).len(), 1);
-    assert_eq!(pool.node_info(&node.addr).await.unwrap().shard_count, 1);
-    node.stop().await;
+    assert_eq!(files_under(&t.dir.path().join("quarantine")).len(), 1);
+    assert_eq!(pool.node_info(addr).await.unwrap().shard_count, 1);
+    t.node.stop().await;
 }
 
 fn header_msg(stripe: &[u8], index: u32, length: u64, blake3: &[u8]) -> PutShardRequest {
