@@ -107,6 +107,17 @@ impl Harness {
         h
     }
 
+    /// [`Harness::cluster`] with object `a`: one RS(2,1) stripe on n1..n3.
+    async fn with_object_a() -> Harness {
+        let mut h = Harness::cluster().await;
+        h.put_object(object(
+            "a",
+            vec![part(1, vec![stripe(1, &["n1", "n2", "n3"])])],
+        ))
+        .await;
+        h
+    }
+
     async fn put_object(&mut self, m: ObjectManifest) {
         let r = self
             .cmd(MetaCommand::PutObject {
@@ -220,12 +231,7 @@ impl Harness {
 
 #[tokio::test]
 async fn node_down_queues_its_stripes_and_a_repair_commits_with_cas() {
-    let mut h = Harness::cluster().await;
-    h.put_object(object(
-        "a",
-        vec![part(1, vec![stripe(1, &["n1", "n2", "n3"])])],
-    ))
-    .await;
+    let mut h = Harness::with_object_a().await;
     h.put_object(object(
         "c",
         vec![part(1, vec![stripe(2, &["n2", "n3", "n4"])])],
@@ -385,12 +391,7 @@ async fn riskiest_first_short_writes_and_reports() {
 /// The item must stay queued until the shard has moved.
 #[tokio::test]
 async fn a_drain_queued_during_a_lease_survives_a_done() {
-    let mut h = Harness::cluster().await;
-    h.put_object(object(
-        "a",
-        vec![part(1, vec![stripe(1, &["n1", "n2", "n3"])])],
-    ))
-    .await;
+    let mut h = Harness::with_object_a().await;
     let r = h
         .cmd(MetaCommand::QueueRebalance {
             after: None,
@@ -547,12 +548,7 @@ async fn parts_are_repaired_and_completed_uploads_keep_the_repair() {
 
 #[tokio::test]
 async fn drain_check_and_remove() {
-    let mut h = Harness::cluster().await;
-    h.put_object(object(
-        "a",
-        vec![part(1, vec![stripe(1, &["n1", "n2", "n3"])])],
-    ))
-    .await;
+    let mut h = Harness::with_object_a().await;
     let r = h
         .cmd(MetaCommand::RemoveNode {
             id: NodeId::from("n1"),
@@ -674,12 +670,7 @@ async fn rebalance_passes_queue_every_stripe_after_the_degraded_ones() {
 
 #[tokio::test]
 async fn a_restarted_worker_gives_back_its_leases_and_drains_keep_going() {
-    let mut h = Harness::cluster().await;
-    h.put_object(object(
-        "a",
-        vec![part(1, vec![stripe(1, &["n1", "n2", "n3"])])],
-    ))
-    .await;
+    let mut h = Harness::with_object_a().await;
     h.set_state("n1", NodeState::Draining, 3_000).await;
     h.set_state("n2", NodeState::Down, 3_000).await;
     assert_eq!(h.lease("gw-host-9000", 5, 3_100).await.len(), 1);
