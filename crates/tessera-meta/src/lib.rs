@@ -15,6 +15,7 @@ pub mod detector;
 pub mod error;
 mod metrics;
 pub mod network;
+pub(crate) mod reads;
 pub mod rebalance;
 pub mod server;
 pub mod service;

@@ -33,6 +33,7 @@ use tessera_types::codec;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::reads::VoteGate;
 use crate::store::{RaftNodeId, TypeConfig};
 
 /// The Raft handle type of a meta node.
@@ -174,11 +175,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 /// The server side: hands decoded requests to the local Raft node.
 pub struct RaftTransport {
     raft: MetaRaft,
+    votes: VoteGate,
 }
 
 impl RaftTransport {
-    pub fn new(raft: MetaRaft) -> Self {
-        RaftTransport { raft }
+    /// `no_votes_for`: how long after start this node refuses vote
+    /// requests (at least the longest read lease a leader may hold; see
+    /// [`crate::reads`]).
+    pub fn new(raft: MetaRaft, no_votes_for: std::time::Duration) -> Self {
+        RaftTransport {
+            raft,
+            votes: VoteGate::closed_for(no_votes_for),
+        }
     }
 }
 
@@ -206,6 +214,7 @@ impl RaftRpc for RaftTransport {
 
     #[instrument(level = "debug", skip_all, err)]
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.votes.check()?;
         let rpc: VoteRequest<RaftNodeId> = decode_req(request)?;
         reply(&self.raft.vote(rpc).await)
     }

@@ -41,6 +41,15 @@ pub fn raft_config(c: &MetaConfig) -> Result<openraft::Config, MetaNodeError> {
     .map_err(|e| MetaNodeError::Config(e.to_string()))
 }
 
+/// How long a leader answers reads without a leader check after one: 3/4
+/// of the shortest election timeout, while followers refuse other
+/// candidates for the longest (`election_timeout_max`, twice that), so a
+/// follower's clock may run 2.6 times as fast as the leader's before the
+/// lease is unsafe (see [`crate::reads`]).
+pub fn read_lease(c: &MetaConfig) -> Duration {
+    Duration::from_millis(c.election_timeout_ms * 3 / 4)
+}
+
 /// Serves the meta node (Raft + meta service) on `listener` until
 /// `shutdown` is cancelled.
 pub async fn serve(
@@ -101,6 +110,7 @@ pub async fn serve(
             max_bytes: config.write_batch_bytes,
             in_flight: config.writes_in_flight,
         },
+        read_lease(&config),
         shutdown.child_token(),
     );
     let server_stop = shutdown.child_token();
@@ -118,9 +128,12 @@ pub async fn serve(
         tonic::transport::Server::builder()
             .layer(RequireAuthLayer::new(auth.clone()))
             .add_service(
-                RaftServer::new(RaftTransport::new(raft.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                RaftServer::new(RaftTransport::new(
+                    raft.clone(),
+                    Duration::from_millis(config.election_timeout_ms * 2),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
                 MetaServer::new(meta)

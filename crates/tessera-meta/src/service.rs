@@ -1,8 +1,9 @@
 //! The `Meta` gRPC service: protobuf at the edge, domain types inside.
 //!
 //! Writes go through `client_write` on the leader, coalesced by the
-//! [`Proposer`] (group commit); reads do a leader read-index check
-//! (`ensure_linearizable`) and then read the state machine trees directly.
+//! [`Proposer`] (group commit); reads are linearizable on the leader (a
+//! read lease, or a shared read-index round when it has run out: see
+//! [`crate::reads`]) and then read the state machine trees directly.
 //! A follower answers NotLeader with the leader's address, which the meta
 //! client follows.
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::metrics::RaftServerMetrics;
 use openraft::{BasicNode, ServerState};
 use tessera_proto::error::not_leader_status;
 use tessera_proto::meta::meta_server::Meta;
@@ -20,7 +22,7 @@ use tessera_proto::meta::{
 use tessera_types::codec;
 use tessera_types::meta::{MetaCommand, MetaQuery, MetaReply};
 use tessera_types::{NodeId, NodeInfo, NodeState};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -28,6 +30,7 @@ use tracing::instrument;
 
 use crate::detector::Liveness;
 use crate::network::MetaRaft;
+use crate::reads::{LeaderEpoch, ReadBarrier, ReadLease};
 use crate::store::{query, RaftNodeId, SmTrees};
 
 /// The meta service of one node.
@@ -37,6 +40,8 @@ pub struct MetaService {
     trees: SmTrees,
     liveness: Arc<Liveness>,
     reads: ReadBarrier,
+    lease: ReadLease,
+    server_metrics: watch::Receiver<RaftServerMetrics<RaftNodeId, BasicNode>>,
     writes: Proposer,
 }
 
@@ -192,73 +197,62 @@ async fn client_write(raft: &MetaRaft, cmd: MetaCommand) -> Result<MetaReply, St
     }
 }
 
-/// Coalesces the leader checks of concurrent linearizable reads (read
-/// index batching). A read must see every write acknowledged before it
-/// arrived: any `ensure_linearizable` round that *started* after the read
-/// arrived proves that (it confirms leadership with a quorum after that
-/// point and waits until the state machine has applied the commit index
-/// it read then). Reads that arrive while a round runs wait for the next
-/// one, which covers all of them: one round trip to the followers per
-/// batch instead of per read.
-#[derive(Default)]
-pub(crate) struct ReadBarrier {
-    /// Reads that have arrived (each takes the next number).
-    arrivals: std::sync::atomic::AtomicU64,
-    /// One round at a time; holds the arrivals the last finished round
-    /// covers and its outcome.
-    round: tokio::sync::Mutex<(u64, Option<Result<(), Status>>)>,
-}
-
-impl ReadBarrier {
-    /// Waits for a round that started after this call, running it if no
-    /// other caller is; `check` is the round (`ensure_linearizable`).
-    pub(crate) async fn wait<F, Fut>(&self, check: F) -> Result<(), Status>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(), Status>>,
-    {
-        use std::sync::atomic::Ordering;
-        let ticket = self.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut round = self.round.lock().await;
-        if round.0 >= ticket {
-            if let Some(outcome) = &round.1 {
-                return outcome.clone();
-            }
-        }
-        // Every read numbered up to `covers` arrived before this round.
-        let covers = self.arrivals.load(Ordering::SeqCst);
-        let outcome = check().await;
-        *round = (covers, Some(outcome.clone()));
-        outcome
-    }
-}
-
 impl MetaService {
-    /// The service; its group commit task runs until `shutdown`.
+    /// The service; its group commit task runs until `shutdown`. Reads
+    /// within `read_lease` after a confirmed leader check need no other
+    /// (zero: every read batch confirms; see [`crate::reads`]).
     pub fn new(
         id: RaftNodeId,
         raft: MetaRaft,
         trees: SmTrees,
         liveness: Arc<Liveness>,
         limits: BatchLimits,
+        read_lease: std::time::Duration,
         shutdown: CancellationToken,
     ) -> Self {
         MetaService {
             id,
             writes: Proposer::start(raft.clone(), limits, shutdown),
+            server_metrics: raft.server_metrics(),
             raft,
             trees,
             liveness,
             reads: ReadBarrier::default(),
+            lease: ReadLease::new(read_lease),
         }
     }
 
-    /// Makes the reads that follow linearizable (see [`ReadBarrier`]).
+    /// The epoch this node leads, if it is the leader.
+    fn leader_epoch(&self) -> Option<LeaderEpoch> {
+        let m = self.server_metrics.borrow();
+        (m.state == ServerState::Leader && m.vote.is_committed()).then(|| LeaderEpoch {
+            term: m.vote.leader_id().get_term(),
+            membership: m.membership_config.log_id().map(|l| l.index),
+        })
+    }
+
+    /// Makes the reads that follow linearizable: at once within the read
+    /// lease, else after a leader check shared with concurrent reads
+    /// ([`ReadBarrier`]), which also renews the lease.
     async fn linearizable(&self) -> Result<(), Status> {
+        if let Some(epoch) = self.leader_epoch() {
+            if self.lease.covers(epoch, std::time::Instant::now()) {
+                return Ok(());
+            }
+        }
         self.reads
             .wait(|| async {
+                let started = std::time::Instant::now();
+                let epoch = self.leader_epoch();
                 match self.raft.ensure_linearizable().await {
-                    Ok(_) => Ok(()),
+                    Ok(_) => {
+                        // Only a round that began and ended in one epoch
+                        // proves the lease.
+                        if let Some(e) = epoch.filter(|e| self.leader_epoch() == Some(*e)) {
+                            self.lease.extend(e, started);
+                        }
+                        Ok(())
+                    }
                     Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                         Err(Self::not_leader(f.leader_node.as_ref()))
                     }
@@ -418,66 +412,5 @@ impl Meta for MetaService {
                 .collect(),
             state: state.to_string(),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
-
-    #[tokio::test]
-    async fn concurrent_reads_share_rounds_that_started_after_them() {
-        let barrier = Arc::new(ReadBarrier::default());
-        let rounds = Arc::new(AtomicU64::new(0));
-        // A slow first round: the reads arriving meanwhile wait for a
-        // second round, which serves all of them.
-        let (release, gate) = tokio::sync::oneshot::channel::<()>();
-        let first = {
-            let (b, r) = (barrier.clone(), rounds.clone());
-            tokio::spawn(async move {
-                b.wait(|| async move {
-                    r.fetch_add(1, Ordering::SeqCst);
-                    let _ = gate.await;
-                    Ok(())
-                })
-                .await
-            })
-        };
-        while rounds.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        let mut later = Vec::new();
-        for _ in 0..8 {
-            let (b, r) = (barrier.clone(), rounds.clone());
-            later.push(tokio::spawn(async move {
-                b.wait(|| async move {
-                    r.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
-                })
-                .await
-            }));
-        }
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        // None of them may be answered by the round that started first.
-        assert_eq!(rounds.load(Ordering::SeqCst), 1);
-        release.send(()).unwrap();
-        first.await.unwrap().unwrap();
-        for t in later {
-            t.await.unwrap().unwrap();
-        }
-        assert_eq!(rounds.load(Ordering::SeqCst), 2);
-
-        // A read after every round has finished runs its own round, and a
-        // failed round's error reaches the reads it covers.
-        let r = barrier
-            .wait(|| async { Err(Status::unavailable("no quorum")) })
-            .await;
-        assert_eq!(r.unwrap_err().code(), tonic::Code::Unavailable);
-        let r = barrier.wait(|| async { Ok(()) }).await;
-        assert!(r.is_ok());
     }
 }
