@@ -237,7 +237,14 @@ fn random_command(rng: &mut Rng, next_stripe: &mut u64) -> MetaCommand {
                 _ => WriteCondition::IfMatch(format!("e{}", rng.below(3))),
             };
             *next_stripe += 1;
-            put(b, &k, &etag, *next_stripe, condition)
+            // Times out of order: the state machine clock (the GC items'
+            // times) must move as it does entry by entry.
+            let mut manifest = manifest(b, &k, &etag, *next_stripe);
+            manifest.created = 1_000 + rng.below(5_000) as i64;
+            MetaCommand::PutObject {
+                manifest,
+                condition,
+            }
         }
     }
 }
@@ -254,6 +261,15 @@ fn state(h: &Harness) -> Vec<String> {
         }
     }
     out.push(format!("{:?}", gc(h)));
+    let mut times: Vec<_> =
+        h.sm.trees()
+            .gc_items()
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.version_id, i.at))
+            .collect();
+    times.sort();
+    out.push(format!("{times:?}"));
     out.push(format!("{:?}", h.q(MetaQuery::Durability)));
     out
 }
