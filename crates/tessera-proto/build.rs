@@ -10,7 +10,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    let fds = protox::compile(&files, [&root])?;
+    let [storage, meta] = files;
+    // Shard data goes through a codec with a larger decode buffer
+    // (src/shard_codec.rs); meta and Raft messages use prost's.
+    let fds = protox::compile([&storage], [&root])?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .codec_path("crate::shard_codec::ShardCodec")
+        .compile_fds(fds)?;
+    let fds = protox::compile([&meta], [&root])?;
     tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod channel;
 pub mod error;
 pub mod meta_client;
 pub mod raw;
+pub mod shard_codec;
 pub mod storage_client;
 
 pub use auth::{ClusterAuth, ClusterSecret};
