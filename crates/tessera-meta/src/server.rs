@@ -46,8 +46,15 @@ pub fn raft_config(c: &MetaConfig) -> Result<openraft::Config, MetaNodeError> {
 /// candidates for the longest (`election_timeout_max`, twice that), so a
 /// follower's clock may run 2.6 times as fast as the leader's before the
 /// lease is unsafe (see [`crate::reads`]).
-pub fn read_lease(c: &MetaConfig) -> Duration {
-    Duration::from_millis(c.election_timeout_ms * 3 / 4)
+pub fn read_lease(raft: &openraft::Config) -> Duration {
+    Duration::from_millis(raft.election_timeout_min * 3 / 4)
+}
+
+/// How long after start a node refuses vote requests: openraft's
+/// follower-side leader lease, longer than any read lease this node may
+/// have confirmed before it went down (see [`crate::reads`]).
+pub fn no_votes_after_start(raft: &openraft::Config) -> Duration {
+    Duration::from_millis(raft.election_timeout_max)
 }
 
 /// Serves the meta node (Raft + meta service) on `listener` until
@@ -74,12 +81,13 @@ pub async fn serve(
         .clone()
         .or_else(|| config.peers.get(&config.id).cloned())
         .unwrap_or_else(|| local.to_string());
+    let raft_cfg = Arc::new(raft_config(&config)?);
     let (log_store, sm) = store::open(&config.data_dir).await?;
     let trees = sm.trees();
     let db = trees.db.clone();
     let raft = MetaRaft::new(
         config.id,
-        Arc::new(raft_config(&config)?),
+        raft_cfg.clone(),
         NetworkFactory::new(config.id, auth.clone()),
         log_store,
         sm,
@@ -110,7 +118,7 @@ pub async fn serve(
             max_bytes: config.write_batch_bytes,
             in_flight: config.writes_in_flight,
         },
-        read_lease(&config),
+        read_lease(&raft_cfg),
         shutdown.child_token(),
     );
     let server_stop = shutdown.child_token();
@@ -130,7 +138,7 @@ pub async fn serve(
             .add_service(
                 RaftServer::new(RaftTransport::new(
                     raft.clone(),
-                    Duration::from_millis(config.election_timeout_ms * 2),
+                    no_votes_after_start(&raft_cfg),
                 ))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
