@@ -57,6 +57,36 @@ pub fn no_votes_after_start(raft: &openraft::Config) -> Duration {
     Duration::from_millis(raft.election_timeout_max)
 }
 
+/// A node that led when it went down must win an election again: its
+/// stored vote is kept but marked uncommitted, so openraft starts it as a
+/// follower instead of restoring its leadership of the old term.
+///
+/// openraft 0.9 restores the leadership of a node whose stored vote is a
+/// committed vote for itself, with whatever log it finds. Our log is synced
+/// after `append` returns (`store/log.rs`), so a leader can commit entries
+/// with its followers' acks before its own sync, and lose them in a crash.
+/// Restored as leader, it would serve reads without them (chaos caught a
+/// stale read so) and write new entries under log ids its followers already
+/// hold with other contents. As a candidate it needs the votes of nodes
+/// whose logs it must be at least as up to date as, so it cannot win
+/// without those entries. An uncommitted vote for itself still refuses
+/// every other candidate of that term.
+async fn stand_for_election_again(log: &mut store::LogStore, id: u64) -> Result<(), MetaNodeError> {
+    use openraft::storage::RaftLogStorage;
+    let err = |e: openraft::StorageError<u64>| MetaNodeError::Raft(e.to_string());
+    let Some(vote) = log.read_vote().await.map_err(err)? else {
+        return Ok(());
+    };
+    if vote.is_committed() && vote.leader_id().voted_for() == Some(id) {
+        let term = vote.leader_id().get_term();
+        tracing::info!(term, "led before the restart: standing for election again");
+        log.save_vote(&openraft::Vote::new(term, id))
+            .await
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 /// Serves the meta node (Raft + meta service) on `listener` until
 /// `shutdown` is cancelled.
 pub async fn serve(
@@ -82,7 +112,8 @@ pub async fn serve(
         .or_else(|| config.peers.get(&config.id).cloned())
         .unwrap_or_else(|| local.to_string());
     let raft_cfg = Arc::new(raft_config(&config)?);
-    let (log_store, sm) = store::open(&config.data_dir).await?;
+    let (mut log_store, sm) = store::open(&config.data_dir).await?;
+    stand_for_election_again(&mut log_store, config.id).await?;
     let trees = sm.trees();
     let db = trees.db.clone();
     let raft = MetaRaft::new(

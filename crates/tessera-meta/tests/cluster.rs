@@ -206,6 +206,11 @@ async fn writes_follow_the_leader_survive_failover_and_restarts() {
     }
 
     // Stop everyone, restart everyone from disk: the state is intact.
+    let term_before = client
+        .raft_status(&peers[&new_leader])
+        .await
+        .unwrap()
+        .current_term;
     let mut dirs = Vec::new();
     for n in nodes.drain(..) {
         dirs.push(stop(n).await);
@@ -215,6 +220,14 @@ async fn writes_follow_the_leader_survive_failover_and_restarts() {
         nodes.push(start(id, l, &dir, &peers));
     }
     let client = client_for(addrs.clone());
+    // The leader that went down does not resume its term (its log may lack
+    // entries it committed before its own sync): a new term is elected.
+    let (_, lead_addr) = leader(&client, &addrs).await;
+    let term_after = client.raft_status(&lead_addr).await.unwrap().current_term;
+    assert!(
+        term_after > term_before,
+        "leadership of term {term_before} was restored without an election"
+    );
     let keys = list_all(&client, "photos").await;
     assert_eq!(keys.len(), 61);
     assert!(keys.contains(&"after-failover".to_string()));
