@@ -738,3 +738,83 @@ async fn node_shards_pages_through_one_nodes_shards() {
         .collect();
     assert_eq!(all, want, "n1's shards only, in order, each once");
 }
+
+/// A rebalance pass (or any reason) that reaches an item while a worker
+/// holds it must outlive that worker's verdict: the worker looked at the
+/// stripe with a map that may not have the new node. CI caught this as a
+/// new node that never got a shard: the pass for it landed on items still
+/// leased by the previous pass, whose workers then dropped them.
+#[tokio::test]
+async fn an_item_queued_again_while_leased_outlives_the_holders_verdict() {
+    let mut h = Harness::cluster().await;
+    for seed in 1..=2u8 {
+        h.put_object(object(
+            &format!("k{seed}"),
+            vec![part(1, vec![stripe(seed, &["n1", "n2", "n3"])])],
+        ))
+        .await;
+    }
+    let pass = |at: i64| MetaCommand::QueueRebalance {
+        after: None,
+        max: 100,
+        at,
+    };
+    assert_eq!(h.cmd(pass(3_000)).await, MetaReply::Cursor(None));
+    let tasks = h.lease("w", 10, 3_100).await;
+    assert_eq!(tasks.len(), 2);
+    assert!(tasks.iter().all(|t| !t.item.requeued));
+
+    // The second pass lands while both are leased.
+    assert_eq!(h.cmd(pass(3_200)).await, MetaReply::Cursor(None));
+    assert!(h.queue().iter().all(|i| i.requeued && i.lease.is_some()));
+
+    // Stripe 1: the worker found it whole by its old map. It stays queued,
+    // with no back-off (nothing failed).
+    let release = MetaCommand::ReleaseRepair {
+        worker: "w".into(),
+        stripe: StripeId([1; 16]),
+        outcome: RepairOutcome::Done,
+        at: 3_300,
+    };
+    assert_eq!(h.cmd(release).await, MetaReply::Ok);
+    // Stripe 2: the worker moved a shard by its old map. The commit
+    // lands and the item stays queued too.
+    let owner = StripeOwner::Object {
+        bucket: "b".into(),
+        key: "k2".into(),
+    };
+    let t2 = tasks
+        .iter()
+        .find(|t| t.stripe.id == StripeId([2; 16]))
+        .unwrap();
+    let moved = vec![entry(0, "n4"), entry(1, "n2"), entry(2, "n3")];
+    assert_eq!(
+        h.commit("w", owner, t2, moved.clone(), 3_400).await,
+        MetaReply::Ok
+    );
+    assert_eq!(h.object_stripe("k2").shards, moved);
+    let q = h.queue();
+    assert_eq!(q.len(), 2, "{q:?}");
+    for item in &q {
+        assert!(item.lease.is_none() && !item.requeued, "{item:?}");
+        assert_eq!(item.attempts, 0);
+        assert!(item.not_before <= 3_400);
+        assert_eq!(item.reasons, vec![RepairReason::Rebalance]);
+    }
+
+    // Leased afresh, then judged with nothing new meanwhile: gone.
+    let again = h.lease("w", 10, 3_500).await;
+    assert_eq!(again.len(), 2);
+    for t in &again {
+        let r = h
+            .cmd(MetaCommand::ReleaseRepair {
+                worker: "w".into(),
+                stripe: t.stripe.id,
+                outcome: RepairOutcome::Done,
+                at: 3_600,
+            })
+            .await;
+        assert_eq!(r, MetaReply::Ok);
+    }
+    assert!(h.queue().is_empty());
+}

@@ -88,6 +88,10 @@ pub struct RepairItem {
     pub lease: Option<(String, UnixMillis)>,
     /// Not leased again before this time (back-off after a failure).
     pub not_before: UnixMillis,
+    /// Queued again while leased (a rebalance pass, a report, a node
+    /// going down): the holder judged the stripe by what it knew before,
+    /// so its release or commit leaves the item queued for a fresh look.
+    pub requeued: bool,
 }
 
 /// A leased repair: the queue item and the stripe as its owner holds it
@@ -104,7 +108,8 @@ pub enum RepairOutcome {
     /// Nothing to do (the stripe is whole again or gone): drop the item.
     /// Meta keeps it queued instead when its own node states say the
     /// stripe still has a shard on a down or draining node (the worker's
-    /// cluster map may be older than the reason the item was queued for).
+    /// cluster map may be older than the reason the item was queued for),
+    /// or when the item was queued again while leased.
     Done,
     /// The attempt failed: keep the item, retry after a back-off.
     Failed,

@@ -271,6 +271,17 @@ impl RepairWorker {
             MetaReply::Err(e) => return Err(e.into()),
             _ => return Err(ApiError::UnexpectedReply("LeaseRepairs")),
         };
+        if tasks
+            .iter()
+            .any(|t| t.item.reasons.contains(&RepairReason::Rebalance))
+        {
+            // A rebalance pass is queued once the new node is in meta's
+            // map; a cached map from before the lease may not show it, and
+            // judged by that map every stripe already follows placement.
+            if let Err(e) = self.dp.cluster.refresh().await {
+                tracing::warn!(error = %e, "cluster map refresh before a rebalance failed");
+            }
+        }
         let start_by = Instant::now() + self.lease - self.lease / LEASE_MARGIN_FRACTION;
         let mut report = BatchReport {
             leased: tasks.len(),

@@ -282,6 +282,7 @@ impl FakeMeta {
             attempts: 0,
             lease: None,
             not_before: 0,
+            requeued: false,
         });
     }
 

@@ -160,7 +160,11 @@ impl SmTrees {
             attempts: 0,
             lease: None,
             not_before: 0,
+            requeued: false,
         });
+        // A holder that leased the item before this reason judges the
+        // stripe without it: see `RepairItem::requeued`.
+        item.requeued |= item.lease.is_some();
         item.owner = owner.clone();
         if !item.reasons.contains(&reason) {
             item.reasons.push(reason);
@@ -447,6 +451,7 @@ impl SmTrees {
             };
             item.owner = owner;
             item.lease = Some((worker.to_string(), at.saturating_add(lease_ms as i64)));
+            item.requeued = false;
             fx.queue.insert(item.stripe, Some(item.clone()));
             out.push(RepairTask { item, stripe });
         }
@@ -500,6 +505,7 @@ impl SmTrees {
             // Changed meanwhile: let the item be leased again afresh.
             if let Some(mut item) = self.queued(fx, id)? {
                 item.lease = None;
+                item.requeued = false;
                 fx.queue.insert(*id, Some(item));
             }
             return Ok(refuse(w, MetaError::PreconditionFailed));
@@ -542,7 +548,19 @@ impl SmTrees {
             shards: new_shards,
             ..stripe
         };
+        let again = self.queued(fx, id)?.filter(|item| item.requeued);
         fx.queue.insert(*id, None);
+        if let Some(mut item) = again {
+            // Queued again while this repair ran (a rebalance pass for a
+            // node the worker did not know yet, a new report): the repair
+            // was planned without that, so the item stays for a fresh look.
+            item.lease = None;
+            item.requeued = false;
+            item.bad
+                .retain(|(i, n)| updated.shards.iter().any(|s| s.index == *i && s.node == *n));
+            item.surviving = surviving(&updated, &item.bad, self.states(fx)?);
+            fx.queue.insert(*id, Some(item));
+        }
         let states = self.states(fx)?;
         let alive = surviving(&updated, &[], states) as usize;
         let draining = updated
@@ -644,6 +662,7 @@ impl SmTrees {
         if !holder_ok {
             return Ok(MetaReply::Err(MetaError::PreconditionFailed));
         }
+        let again = std::mem::take(&mut item.requeued);
         let retry = match outcome {
             // The worker judged the stripe whole with the cluster map it
             // had, which may predate a drain or a node going down (reasons
@@ -678,6 +697,11 @@ impl SmTrees {
                 .saturating_mul(1i64 << item.attempts.min(16))
                 .min(MAX_BACKOFF_MS);
             item.not_before = at.saturating_add(backoff);
+            fx.queue.insert(*id, Some(item));
+        } else if again {
+            // Queued again while leased: the verdict predates that; no
+            // back-off, nothing failed.
+            item.lease = None;
             fx.queue.insert(*id, Some(item));
         } else {
             fx.queue.insert(*id, None);
@@ -751,6 +775,7 @@ impl SmTrees {
                 let mut item: RepairItem = dec(&v)?;
                 if held(&item.lease) {
                     item.lease = None;
+                    item.requeued = false;
                     fx.queue.insert(item.stripe, Some(item));
                 }
             }
