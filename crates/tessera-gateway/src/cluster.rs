@@ -106,6 +106,12 @@ impl ClusterView {
         Ok(cur)
     }
 
+    /// Whether the map comes from meta (false for a [`ClusterView::fixed`]
+    /// map, which a refresh leaves as it is).
+    pub fn follows_meta(&self) -> bool {
+        self.meta.is_some()
+    }
+
     /// Asks the background task for a refresh soon (after a write failure).
     pub fn request_refresh(&self) {
         self.wake.notify_one();

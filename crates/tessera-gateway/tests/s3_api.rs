@@ -17,6 +17,7 @@ use common::{meta_node, pattern, storage_nodes, FakeMeta, FakeStorage};
 
 struct Harness {
     endpoint: String,
+    meta_addr: String,
     meta: Arc<FakeMeta>,
     nodes: Vec<Arc<FakeStorage>>,
     shutdown: CancellationToken,
@@ -59,6 +60,7 @@ async fn harness_with(tune: impl FnOnce(&mut GatewayConfig)) -> Harness {
     let server = tokio::spawn(tessera_gateway::serve(config, listener, shutdown.clone()));
     Harness {
         endpoint,
+        meta_addr: meta_addr.to_string(),
         meta,
         nodes,
         shutdown,
@@ -481,6 +483,103 @@ async fn survives_two_dead_storage_nodes() {
     let r = alice.get("/bkt5/k").await;
     assert_eq!(r.status, 200);
     assert!(r.body[..] == data[..]);
+    h.shutdown.cancel();
+}
+
+/// A second gateway on the same meta, whose own map refresh is an hour
+/// away (only the initial load and on-demand reloads happen), with an admin
+/// port. Returns its S3 endpoint and admin address.
+async fn second_gateway(h: &Harness) -> (String, String) {
+    let meta_addr = h.meta_addr.clone();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_addr = admin.local_addr().unwrap().to_string();
+    drop(admin);
+    let config = GatewayConfig {
+        meta: vec![meta_addr],
+        shard_size: 16 << 10,
+        inline_threshold: 1024,
+        cluster_refresh_ms: 3_600_000,
+        admin_listen: Some(admin_addr.clone()),
+        repair_enabled: false,
+        gc_enabled: false,
+        ..GatewayConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tessera_gateway::serve(config, listener, h.shutdown.clone()));
+    (endpoint, admin_addr)
+}
+
+/// Status code of `GET path` on an admin port (None: not answering yet).
+async fn admin_status(addr: &str, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
+    c.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).await.ok()?;
+    std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()
+}
+
+/// After a whole-cluster restart a gateway can load its first map while
+/// meta still shows every storage node down (or while meta has no leader
+/// and it loads nothing). A read must not fail by that stale map: the
+/// stripe is tried again with a map fresh from meta. (e2e caught a GET
+/// whose body was cut short right after `tessera dev` restarted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_a_stale_map_reloads_it_to_read() {
+    let h = harness().await;
+    let alice = h.alice();
+    assert_eq!(alice.put("/stale", vec![]).await.status, 200);
+    let data = pattern(100_000, 3);
+    assert_eq!(alice.put("/stale/k", data.clone()).await.status, 200);
+    let up = h.meta.map.lock().unwrap().clone();
+
+    // Meta unreachable while the gateway starts: it loads no map.
+    h.meta.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (first, admin) = second_gateway(&h).await;
+    let mut ready = None;
+    for _ in 0..50 {
+        ready = admin_status(&admin, "/health/ready").await;
+        if ready.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, Some(503), "no map, not ready");
+    h.meta
+        .dead
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let c = S3Client::new(&first, Some(("ALICEKEY", "alice-secret")));
+    let r = c.get("/stale/k").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body[..] == data[..], "the first read loads the map");
+
+    // Meta shows every node down while the gateway starts; they are up
+    // again (a newer map) by the time a client reads.
+    let mut down = up.clone();
+    for n in &mut down.nodes {
+        n.state = tessera_types::NodeState::Down;
+    }
+    *h.meta.map.lock().unwrap() = down;
+    let (second, admin) = second_gateway(&h).await;
+    let mut ready = None;
+    for _ in 0..50 {
+        ready = admin_status(&admin, "/health/ready").await;
+        if ready == Some(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, Some(200), "a map (all down) loaded");
+    let mut back = up.clone();
+    back.epoch += 1;
+    *h.meta.map.lock().unwrap() = back;
+    let c = S3Client::new(&second, Some(("ALICEKEY", "alice-secret")));
+    let r = c.get("/stale/k").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body[..] == data[..], "read with the reloaded map");
     h.shutdown.cancel();
 }
 

@@ -647,9 +647,16 @@ impl DevCluster {
         let need = usize::from(self.opts.k) + usize::from(self.opts.m);
         let storage = self.addrs(Role::Storage);
         let gateway = self.addrs(Role::Gateway);
+        let gateway_admin: Vec<String> = self
+            .children
+            .iter()
+            .filter(|c| c.role == Role::Gateway)
+            .map(|c| c.admin_addr.clone())
+            .collect();
         loop {
             self.check_alive()?;
-            let gw_ok = accepts_all(&gateway).await;
+            // Accepting S3 connections, and ready: a cluster map loaded.
+            let gw_ok = accepts_all(&gateway).await && all_ready(&gateway_admin).await;
             match client.query(&MetaQuery::ClusterMap).await {
                 Ok(QueryReply::ClusterMap(map)) => {
                     let mut registered = 0;
@@ -671,9 +678,9 @@ impl DevCluster {
                          gateway {}",
                         storage.len(),
                         if gw_ok {
-                            "accepting"
+                            "ready"
                         } else {
-                            "not accepting yet"
+                            "not ready yet (no cluster map)"
                         }
                     );
                 }
@@ -1206,6 +1213,17 @@ async fn accepts(addr: &str) -> bool {
         .await,
         Ok(Ok(_))
     )
+}
+
+/// Whether every admin address answers `/health/ready` with 200.
+async fn all_ready(admin_addrs: &[String]) -> bool {
+    for a in admin_addrs {
+        match crate::health::probe(a, "/health/ready").await {
+            Ok((200, _)) => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 async fn accepts_all(addrs: &[String]) -> bool {

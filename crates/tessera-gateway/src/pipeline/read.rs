@@ -163,8 +163,35 @@ pub fn pieces(manifest: &ObjectManifest, range: Range<u64>) -> Vec<Piece> {
 
 /// Reads `len` bytes at `offset` of one stripe, verified, as consecutive
 /// chunks (slices of the shards read, no copy; one chunk when decoded).
+///
+/// A stripe that cannot be read by the cached cluster map is tried once
+/// more with a map fresh from meta: the cached one may be empty (the
+/// gateway started before meta had a leader) or behind (nodes it still
+/// shows down came back after a restart, a node moved address).
 pub async fn read_stripe(
     dp: &DataPlane,
+    stripe: &Stripe,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<Bytes>, ApiError> {
+    let snap = dp.cluster.ready().await?;
+    match read_stripe_by(dp, &snap, stripe, offset, len).await {
+        Err(e @ ApiError::ReadFailed { .. }) if dp.cluster.follows_meta() => {
+            tracing::warn!(stripe = %stripe.id, error = %e,
+                "stripe unreadable by the cached cluster map; reloading it and trying again");
+            if let Err(refresh) = dp.cluster.refresh().await {
+                tracing::warn!(error = %refresh, "cluster map reload failed");
+                return Err(e);
+            }
+            read_stripe_by(dp, &dp.cluster.current(), stripe, offset, len).await
+        }
+        other => other,
+    }
+}
+
+async fn read_stripe_by(
+    dp: &DataPlane,
+    snap: &ClusterSnapshot,
     stripe: &Stripe,
     offset: u64,
     len: u64,
@@ -181,7 +208,6 @@ pub async fn read_stripe(
             stripe.id, stripe.shard_len, want.shard_len
         )));
     }
-    let snap = dp.cluster.current();
     let mut got: Vec<Option<Bytes>> = vec![None; n];
     let mut tried = vec![false; n];
     let mut inflight = vec![false; n];
@@ -195,7 +221,7 @@ pub async fn read_stripe(
         ($i:expr) => {{
             let i = $i;
             tried[i] = true;
-            match fetch_shard(dp, &snap, stripe, i) {
+            match fetch_shard(dp, snap, stripe, i) {
                 Some(f) => {
                     inflight[i] = true;
                     fetches.push(f);
