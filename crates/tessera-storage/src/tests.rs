@@ -1501,3 +1501,35 @@ async fn write_cpu_direct_and_buffered() {
         );
     }
 }
+
+/// A shard the kernel has cached (path and bytes) is read on the executor;
+/// the fast path never serves a damaged copy: the read falls through to
+/// the blocking path, which quarantines it.
+#[tokio::test]
+async fn cached_reads_skip_the_blocking_pool_and_never_serve_a_bad_copy() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Buffered writes leave the bytes in the page cache.
+    let store = open_store(dir.path(), false).await;
+    let key = ShardKey {
+        stripe: StripeId::random(),
+        index: 1,
+    };
+    let data = random_bytes(300_000);
+    put_frames(&store, key, &data, 1 << 20, hash(&data))
+        .await
+        .unwrap();
+    let before = store.cached_reads();
+    let got = store.get(key, Some(hash(&data))).await.unwrap();
+    assert!(got.into_parts().0 == data);
+    assert_eq!(store.cached_reads(), before + 1, "served from the caches");
+
+    let path = shard_file(dir.path(), key.stripe, 1);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&[0x55], (HEADER_LEN + 777) as u64).unwrap();
+    drop(f);
+    let err = store.get(key, None).await.map(|_| ()).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+    assert!(!path.exists(), "quarantined by the blocking path");
+    assert_eq!(store.cached_reads(), before + 1);
+}
