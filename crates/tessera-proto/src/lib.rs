@@ -10,6 +10,7 @@ pub mod error;
 pub mod meta_client;
 pub mod raw;
 pub mod shard_codec;
+pub mod shard_stream;
 pub mod storage_client;
 
 pub use auth::{ClusterAuth, ClusterSecret};

@@ -15,7 +15,7 @@ use crate::storage::{
     put_shard_request, GetShardRequest, NodeInfoRequest, NodeInfoResponse, PutShardHeader,
     PutShardRequest, ShardRef, StatShardResponse,
 };
-use crate::{RpcError, FRAME_BYTES, MAX_MESSAGE_BYTES};
+use crate::{shard_stream, RpcError, FRAME_BYTES, MAX_MESSAGE_BYTES};
 
 /// Timeout of one shard transfer (a shard is at most a few MiB).
 pub const SHARD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -133,12 +133,96 @@ impl StoragePool {
         stripe: StripeId,
         index: u8,
     ) -> Result<Bytes, RpcError> {
+        match self.get_shard_stream(addr, stripe, index).await {
+            // A node from before the shard stream: the same read over gRPC.
+            Err(RpcError::Remote {
+                code: tonic::Code::Unimplemented,
+                ..
+            }) => {}
+            other => return other,
+        }
         let req = GetShardRequest {
             shard: Some(shard_ref(stripe, index)),
             blake3: Bytes::new(),
             caller_verifies: true,
         };
         self.fetch_shard(addr, req).await
+    }
+
+    /// A shard's bytes over [`crate::shard_stream`]: no copy on either
+    /// side when they arrive as one HTTP/2 frame.
+    async fn get_shard_stream(
+        &self,
+        addr: &str,
+        stripe: StripeId,
+        index: u8,
+    ) -> Result<Bytes, RpcError> {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let channel = self.pool.get(addr)?;
+        let unreachable = |e: &dyn std::fmt::Display| RpcError::Unreachable {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        };
+        timed(addr, SHARD_TIMEOUT, async {
+            let req = http::Request::builder()
+                .method(http::Method::POST)
+                .uri(shard_stream::GET_PATH)
+                .header(
+                    shard_stream::SHARD_HEADER,
+                    shard_stream::shard_header(&stripe, index),
+                )
+                .header(http::header::TE, "trailers")
+                .body(tonic::body::Body::empty())
+                .map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
+            let resp = channel.oneshot(req).await.map_err(|e| unreachable(&e))?;
+            let (parts, mut body) = resp.into_parts();
+            // Errors come as a gRPC status in the headers (trailers-only).
+            if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
+                if status.code() != tonic::Code::Ok {
+                    return Err(RpcError::from_status(addr, status));
+                }
+            }
+            if parts.status != http::StatusCode::OK {
+                return Err(RpcError::Remote {
+                    code: tonic::Code::Unknown,
+                    message: format!("shard stream answered HTTP {}", parts.status),
+                });
+            }
+            let mut chunks: Vec<Bytes> = Vec::new();
+            let mut total = 0usize;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|s| RpcError::from_status(addr, s))?;
+                match frame.into_data() {
+                    Ok(data) => {
+                        total += data.len();
+                        if total > MAX_MESSAGE_BYTES {
+                            return Err(RpcError::InvalidArgument(format!(
+                                "shard stream longer than {MAX_MESSAGE_BYTES} bytes"
+                            )));
+                        }
+                        chunks.push(data);
+                    }
+                    Err(frame) => {
+                        let status = frame
+                            .trailers_ref()
+                            .and_then(tonic::Status::from_header_map);
+                        if let Some(status) = status.filter(|s| s.code() != tonic::Code::Ok) {
+                            return Err(RpcError::from_status(addr, status));
+                        }
+                    }
+                }
+            }
+            if chunks.len() <= 1 {
+                return Ok(chunks.pop().unwrap_or_default());
+            }
+            let mut buf = BytesMut::with_capacity(total);
+            for c in &chunks {
+                buf.extend_from_slice(c);
+            }
+            Ok(buf.freeze())
+        })
+        .await
     }
 
     async fn fetch_shard(&self, addr: &str, req: GetShardRequest) -> Result<Bytes, RpcError> {

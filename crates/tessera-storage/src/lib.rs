@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::StorageConfig;
 pub use error::{ShardKey, StorageError};
-pub use service::StorageService;
+pub use service::{ShardStreamService, StorageService};
 pub use store::{ReadCheck, ShardStore, StoreOptions};
 
 use heartbeat::Heartbeat;
@@ -187,6 +187,7 @@ pub async fn serve(
         (None, _) => None,
     };
 
+    let stream_service = ShardStreamService::new(store.clone(), metrics.clone());
     let service = StorageServer::new(StorageService::with_metrics(
         store,
         config.zone.clone(),
@@ -213,6 +214,7 @@ pub async fn serve(
             .max_frame_size(MAX_FRAME)
             .layer(RequireAuthLayer::new(auth))
             .add_service(service)
+            .add_service(stream_service)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
     );
 

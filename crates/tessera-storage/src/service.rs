@@ -2,8 +2,10 @@
 //! validates requests, converts them into [`ShardKey`]s and hashes, calls
 //! the [`ShardStore`], and maps [`StorageError`]s to gRPC statuses.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -12,8 +14,9 @@ use tessera_proto::storage::{
     put_shard_request, DeleteShardResponse, GetShardRequest, NodeInfoRequest, NodeInfoResponse,
     PutShardRequest, PutShardResponse, ShardChunk, ShardRef, StatShardResponse,
 };
-use tessera_proto::FRAME_BYTES;
+use tessera_proto::{shard_stream, FRAME_BYTES};
 use tessera_types::StripeId;
+use tonic::body::Body;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::instrument;
 
@@ -74,6 +77,74 @@ impl StorageService {
         }
         writer.finish().await?;
         Ok(())
+    }
+}
+
+/// The shard read stream of [`tessera_proto::shard_stream`] (registered
+/// next to [`StorageService`] on the same server, behind the same auth).
+#[derive(Clone)]
+pub struct ShardStreamService {
+    store: Arc<ShardStore>,
+    metrics: Arc<StorageMetrics>,
+}
+
+impl ShardStreamService {
+    pub fn new(store: Arc<ShardStore>, metrics: Arc<StorageMetrics>) -> Self {
+        ShardStreamService { store, metrics }
+    }
+
+    async fn get(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+        if req.uri().path() != shard_stream::GET_PATH {
+            return Err(Status::unimplemented(format!(
+                "no method {}",
+                req.uri().path()
+            )));
+        }
+        let (stripe, index) = req
+            .headers()
+            .get(shard_stream::SHARD_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(shard_stream::parse_shard_header)
+            .ok_or_else(|| Status::invalid_argument("missing or malformed x-tessera-shard"))?;
+        let got = self
+            .store
+            .read(ShardKey { stripe, index }, ReadCheck::CallerVerifies)
+            .await;
+        self.metrics.read(got.is_ok());
+        if let Err(StorageError::Corrupt { .. }) = &got {
+            self.metrics.checksum_failure();
+        }
+        let (data, budget) = got?.into_parts();
+        let len = data.len();
+        http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .header(http::header::CONTENT_LENGTH, len)
+            .body(Body::new(shard_stream::OnceBody::new(data, budget)))
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::server::NamedService for ShardStreamService {
+    const NAME: &'static str = shard_stream::SERVICE;
+}
+
+impl tower::Service<http::Request<Body>> for ShardStreamService {
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let svc = self.clone();
+        Box::pin(async move {
+            Ok(match svc.get(req).await {
+                Ok(r) => r,
+                Err(status) => status.into_http(),
+            })
+        })
     }
 }
 

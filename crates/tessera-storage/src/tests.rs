@@ -1533,3 +1533,100 @@ async fn cached_reads_skip_the_blocking_pool_and_never_serve_a_bad_copy() {
     assert!(!path.exists(), "quarantined by the blocking path");
     assert_eq!(store.cached_reads(), before + 1);
 }
+
+/// One request on the shard stream, over `channel`; its HTTP status and
+/// gRPC status (`Ok` when the headers carry none).
+async fn stream_request(channel: AuthChannel, shard: Option<&str>) -> (u16, Code) {
+    use tower::ServiceExt;
+    let mut req = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(tessera_proto::shard_stream::GET_PATH);
+    if let Some(v) = shard {
+        req = req.header(tessera_proto::shard_stream::SHARD_HEADER, v);
+    }
+    let resp = channel
+        .oneshot(req.body(tonic::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let code = Status::from_header_map(resp.headers()).map_or(Code::Ok, |s| s.code());
+    (resp.status().as_u16(), code)
+}
+
+/// Gateways read shards over the plain HTTP/2 shard stream: every size
+/// (one frame or several) comes back exact, errors map like gRPC's, junk
+/// and unsigned requests are refused, and a node without the stream (an
+/// older version) is still read, over gRPC.
+#[tokio::test]
+async fn the_shard_stream_serves_reads_and_refuses_junk() {
+    let t = OneShard::put(0, 1).await;
+    let (pool, addr) = (&t.pool, &t.node.addr);
+    for len in [1usize, 300_000, (3 << 20) + 7] {
+        let stripe = StripeId::random();
+        let data = random_bytes(len);
+        pool.put_shard(addr, stripe, 4, data.clone(), hash(&data))
+            .await
+            .unwrap();
+        let got = pool.get_shard_unverified(addr, stripe, 4).await.unwrap();
+        assert!(got == data, "{len} bytes");
+    }
+    let err = pool
+        .get_shard_unverified(addr, StripeId::random(), 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::NotFound(_)), "{err:?}");
+
+    let signed = ChannelPool::with_auth(test_auth()).get(addr).unwrap();
+    let good = tessera_proto::shard_stream::shard_header(&t.stripe, 0);
+    assert_eq!(
+        stream_request(signed.clone(), Some(&good)).await,
+        (200, Code::Ok)
+    );
+    for bad in [
+        None,
+        Some("zz.1"),
+        Some("00.1"),
+        Some(&format!("{}.300", t.stripe.to_hex())[..]),
+    ] {
+        assert_eq!(
+            stream_request(signed.clone(), bad).await.1,
+            Code::InvalidArgument,
+            "{bad:?}"
+        );
+    }
+    let unsigned = ChannelPool::default().get(addr).unwrap();
+    assert_eq!(
+        stream_request(unsigned, Some(&good)).await.1,
+        Code::Unauthenticated
+    );
+    t.node.stop().await;
+
+    // A node that only has the gRPC service.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), true).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tessera_proto::auth::RequireAuthLayer::new(test_auth()))
+            .add_service(tessera_proto::storage::storage_server::StorageServer::new(
+                crate::StorageService::new(store, "z1".into()),
+            ))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move { token.cancelled().await },
+            ),
+    );
+    let pool = StoragePool::with_auth(test_auth());
+    wait_until_serving(&pool, &addr).await;
+    let stripe = StripeId::random();
+    let data = random_bytes(70_000);
+    pool.put_shard(&addr, stripe, 2, data.clone(), hash(&data))
+        .await
+        .unwrap();
+    let got = pool.get_shard_unverified(&addr, stripe, 2).await.unwrap();
+    assert!(got == data, "read over gRPC");
+    stop.cancel();
+    let _ = server.await;
+}
