@@ -522,6 +522,20 @@ async fn admin_status(addr: &str, path: &str) -> Option<u16> {
     std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()
 }
 
+/// `/health/ready` on `admin`, polled for up to 5 s until `done` says so;
+/// the last answer.
+async fn readiness(admin: &str, done: impl Fn(Option<u16>) -> bool) -> Option<u16> {
+    let mut status = None;
+    for _ in 0..50 {
+        status = admin_status(admin, "/health/ready").await;
+        if done(status) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status
+}
+
 /// After a whole-cluster restart a gateway can load its first map while
 /// meta still shows every storage node down (or while meta has no leader
 /// and it loads nothing). A read must not fail by that stale map: the
@@ -539,14 +553,7 @@ async fn a_gateway_with_a_stale_map_reloads_it_to_read() {
     // Meta unreachable while the gateway starts: it loads no map.
     h.meta.dead.store(true, std::sync::atomic::Ordering::SeqCst);
     let (first, admin) = second_gateway(&h).await;
-    let mut ready = None;
-    for _ in 0..50 {
-        ready = admin_status(&admin, "/health/ready").await;
-        if ready.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = readiness(&admin, |s| s.is_some()).await;
     assert_eq!(ready, Some(503), "no map, not ready");
     h.meta
         .dead
@@ -564,14 +571,7 @@ async fn a_gateway_with_a_stale_map_reloads_it_to_read() {
     }
     *h.meta.map.lock().unwrap() = down;
     let (second, admin) = second_gateway(&h).await;
-    let mut ready = None;
-    for _ in 0..50 {
-        ready = admin_status(&admin, "/health/ready").await;
-        if ready == Some(200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = readiness(&admin, |s| s == Some(200)).await;
     assert_eq!(ready, Some(200), "a map (all down) loaded");
     let mut back = up.clone();
     back.epoch += 1;
