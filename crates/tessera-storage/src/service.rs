@@ -22,7 +22,7 @@ use tracing::instrument;
 
 use crate::error::{ShardKey, StorageError};
 use crate::metrics::StorageMetrics;
-use crate::store::{ReadCheck, ShardStore};
+use crate::store::{ReadCheck, ShardData, ShardStore};
 
 /// Serves [`Storage`] from a [`ShardStore`].
 pub struct StorageService {
@@ -80,6 +80,21 @@ impl StorageService {
     }
 }
 
+/// A shard read, counted in the node's metrics (reads, checksum failures).
+async fn counted_read(
+    store: &Arc<ShardStore>,
+    metrics: &StorageMetrics,
+    key: ShardKey,
+    check: ReadCheck,
+) -> Result<ShardData, StorageError> {
+    let got = store.read(key, check).await;
+    metrics.read(got.is_ok());
+    if let Err(StorageError::Corrupt { .. }) = &got {
+        metrics.checksum_failure();
+    }
+    got
+}
+
 /// The shard read stream of [`tessera_proto::shard_stream`] (registered
 /// next to [`StorageService`] on the same server, behind the same auth).
 #[derive(Clone)]
@@ -106,15 +121,11 @@ impl ShardStreamService {
             .and_then(|v| v.to_str().ok())
             .and_then(shard_stream::parse_shard_header)
             .ok_or_else(|| Status::invalid_argument("missing or malformed x-tessera-shard"))?;
-        let got = self
-            .store
-            .read(ShardKey { stripe, index }, ReadCheck::CallerVerifies)
-            .await;
-        self.metrics.read(got.is_ok());
-        if let Err(StorageError::Corrupt { .. }) = &got {
-            self.metrics.checksum_failure();
-        }
-        let (data, budget) = got?.into_parts();
+        let key = ShardKey { stripe, index };
+        let (data, budget) =
+            counted_read(&self.store, &self.metrics, key, ReadCheck::CallerVerifies)
+                .await?
+                .into_parts();
         let len = data.len();
         http::Response::builder()
             .header(http::header::CONTENT_TYPE, "application/octet-stream")
@@ -247,12 +258,9 @@ impl Storage for StorageService {
         } else {
             ReadCheck::Hash(expected)
         };
-        let got = self.store.read(key, check).await;
-        self.metrics.read(got.is_ok());
-        if let Err(StorageError::Corrupt { .. }) = &got {
-            self.metrics.checksum_failure();
-        }
-        let (data, budget) = got?.into_parts();
+        let (data, budget) = counted_read(&self.store, &self.metrics, key, check)
+            .await?
+            .into_parts();
         Ok(Response::new(Box::pin(frames(data, budget))))
     }
 

@@ -1515,7 +1515,8 @@ async fn cached_reads_skip_the_blocking_pool_and_never_serve_a_bad_copy() {
         stripe: StripeId::random(),
         index: 1,
     };
-    let data = random_bytes(300_000);
+    // Small enough to hash on the executor (CACHED_HASHED_READ_MAX).
+    let data = random_bytes(200_000);
     put_frames(&store, key, &data, 1 << 20, hash(&data))
         .await
         .unwrap();
@@ -1523,6 +1524,19 @@ async fn cached_reads_skip_the_blocking_pool_and_never_serve_a_bad_copy() {
     let got = store.get(key, Some(hash(&data))).await.unwrap();
     assert!(got.into_parts().0 == data);
     assert_eq!(store.cached_reads(), before + 1, "served from the caches");
+
+    // Too large to hash on the executor: the blocking pool reads it.
+    let big = ShardKey {
+        stripe: StripeId::random(),
+        index: 2,
+    };
+    let big_data = random_bytes(300_000);
+    put_frames(&store, big, &big_data, 1 << 20, hash(&big_data))
+        .await
+        .unwrap();
+    let got = store.get(big, Some(hash(&big_data))).await.unwrap();
+    assert!(got.into_parts().0 == big_data);
+    assert_eq!(store.cached_reads(), before + 1, "not on the executor");
 
     let path = shard_file(dir.path(), key.stripe, 1);
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
