@@ -77,6 +77,13 @@ impl StoragePool {
         data: Bytes,
         blake3: [u8; 32],
     ) -> Result<(), RpcError> {
+        let streamed = self
+            .put_shard_stream(addr, stripe, index, data.clone(), blake3)
+            .await;
+        if !lacks_stream(&streamed) {
+            return streamed;
+        }
+        // A node from before the shard stream: the same write over gRPC.
         let mut client = self.client(addr)?;
         let header = PutShardRequest {
             msg: Some(put_shard_request::Msg::Header(PutShardHeader {
@@ -100,6 +107,42 @@ impl StoragePool {
                 .await
                 .map(|_| ())
                 .map_err(|s| RpcError::from_status(addr, s))
+        })
+        .await
+    }
+
+    /// A shard write over [`crate::shard_stream`]: the bytes go to HTTP/2
+    /// as they are, with no copy into an encode buffer.
+    async fn put_shard_stream(
+        &self,
+        addr: &str,
+        stripe: StripeId,
+        index: u8,
+        data: Bytes,
+        blake3: [u8; 32],
+    ) -> Result<(), RpcError> {
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(shard_stream::PUT_PATH)
+            .header(
+                shard_stream::SHARD_HEADER,
+                shard_stream::shard_header(&stripe, index),
+            )
+            .header(
+                shard_stream::BLAKE3_HEADER,
+                shard_stream::blake3_header(&blake3),
+            )
+            .header(http::header::CONTENT_LENGTH, data.len())
+            .header(http::header::TE, "trailers")
+            .body(tonic::body::Body::new(shard_stream::OnceBody::new(
+                data,
+                (),
+            )))
+            .map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
+        timed(addr, SHARD_TIMEOUT, async {
+            let body = self.stream_call(addr, req).await?;
+            // The answer has no bytes: read it to its end for its status.
+            collect_stream(addr, body, 0).await.map(|_| ())
         })
         .await
     }
@@ -133,14 +176,11 @@ impl StoragePool {
         stripe: StripeId,
         index: u8,
     ) -> Result<Bytes, RpcError> {
-        match self.get_shard_stream(addr, stripe, index).await {
-            // A node from before the shard stream: the same read over gRPC.
-            Err(RpcError::Remote {
-                code: tonic::Code::Unimplemented,
-                ..
-            }) => {}
-            other => return other,
+        let streamed = self.get_shard_stream(addr, stripe, index).await;
+        if !lacks_stream(&streamed) {
+            return streamed;
         }
+        // A node from before the shard stream: the same read over gRPC.
         let req = GetShardRequest {
             shard: Some(shard_ref(stripe, index)),
             blake3: Bytes::new(),
@@ -157,72 +197,53 @@ impl StoragePool {
         stripe: StripeId,
         index: u8,
     ) -> Result<Bytes, RpcError> {
-        use http_body_util::BodyExt;
-        use tower::ServiceExt;
-        let channel = self.pool.get(addr)?;
-        let unreachable = |e: &dyn std::fmt::Display| RpcError::Unreachable {
-            addr: addr.to_string(),
-            message: e.to_string(),
-        };
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(shard_stream::GET_PATH)
+            .header(
+                shard_stream::SHARD_HEADER,
+                shard_stream::shard_header(&stripe, index),
+            )
+            .header(http::header::TE, "trailers")
+            .body(tonic::body::Body::empty())
+            .map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
         timed(addr, SHARD_TIMEOUT, async {
-            let req = http::Request::builder()
-                .method(http::Method::POST)
-                .uri(shard_stream::GET_PATH)
-                .header(
-                    shard_stream::SHARD_HEADER,
-                    shard_stream::shard_header(&stripe, index),
-                )
-                .header(http::header::TE, "trailers")
-                .body(tonic::body::Body::empty())
-                .map_err(|e| RpcError::InvalidArgument(e.to_string()))?;
-            let resp = channel.oneshot(req).await.map_err(|e| unreachable(&e))?;
-            let (parts, mut body) = resp.into_parts();
-            // Errors come as a gRPC status in the headers (trailers-only).
-            if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
-                if status.code() != tonic::Code::Ok {
-                    return Err(RpcError::from_status(addr, status));
-                }
-            }
-            if parts.status != http::StatusCode::OK {
-                return Err(RpcError::Remote {
-                    code: tonic::Code::Unknown,
-                    message: format!("shard stream answered HTTP {}", parts.status),
-                });
-            }
-            let mut chunks: Vec<Bytes> = Vec::new();
-            let mut total = 0usize;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|s| RpcError::from_status(addr, s))?;
-                match frame.into_data() {
-                    Ok(data) => {
-                        total += data.len();
-                        if total > MAX_MESSAGE_BYTES {
-                            return Err(RpcError::InvalidArgument(format!(
-                                "shard stream longer than {MAX_MESSAGE_BYTES} bytes"
-                            )));
-                        }
-                        chunks.push(data);
-                    }
-                    Err(frame) => {
-                        let status = frame
-                            .trailers_ref()
-                            .and_then(tonic::Status::from_header_map);
-                        if let Some(status) = status.filter(|s| s.code() != tonic::Code::Ok) {
-                            return Err(RpcError::from_status(addr, status));
-                        }
-                    }
-                }
-            }
-            if chunks.len() <= 1 {
-                return Ok(chunks.pop().unwrap_or_default());
-            }
-            let mut buf = BytesMut::with_capacity(total);
-            for c in &chunks {
-                buf.extend_from_slice(c);
-            }
-            Ok(buf.freeze())
+            let body = self.stream_call(addr, req).await?;
+            collect_stream(addr, body, MAX_MESSAGE_BYTES).await
         })
         .await
+    }
+
+    /// Sends a [`crate::shard_stream`] request; the answer's body, once its
+    /// headers say it is no error.
+    async fn stream_call(
+        &self,
+        addr: &str,
+        req: http::Request<tonic::body::Body>,
+    ) -> Result<tonic::body::Body, RpcError> {
+        use tower::ServiceExt;
+        let channel = self.pool.get(addr)?;
+        let resp = channel
+            .oneshot(req)
+            .await
+            .map_err(|e| RpcError::Unreachable {
+                addr: addr.to_string(),
+                message: e.to_string(),
+            })?;
+        let (parts, body) = resp.into_parts();
+        // Errors come as a gRPC status in the headers (trailers-only).
+        if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
+            if status.code() != tonic::Code::Ok {
+                return Err(RpcError::from_status(addr, status));
+            }
+        }
+        if parts.status != http::StatusCode::OK {
+            return Err(RpcError::Remote {
+                code: tonic::Code::Unknown,
+                message: format!("shard stream answered HTTP {}", parts.status),
+            });
+        }
+        Ok(body)
     }
 
     async fn fetch_shard(&self, addr: &str, req: GetShardRequest) -> Result<Bytes, RpcError> {
@@ -298,4 +319,58 @@ impl StoragePool {
         })
         .await
     }
+}
+
+/// Whether a node answered a shard stream request as one that does not
+/// know it (a node from before it, or a test fake): `Unimplemented`.
+fn lacks_stream<T>(r: &Result<T, RpcError>) -> bool {
+    matches!(
+        r,
+        Err(RpcError::Remote {
+            code: tonic::Code::Unimplemented,
+            ..
+        })
+    )
+}
+
+/// Reads a shard stream's body to its end, at most `limit` bytes, and
+/// checks the status in its trailers, if any.
+async fn collect_stream(
+    addr: &str,
+    mut body: tonic::body::Body,
+    limit: usize,
+) -> Result<Bytes, RpcError> {
+    use http_body_util::BodyExt;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|s| RpcError::from_status(addr, s))?;
+        match frame.into_data() {
+            Ok(data) => {
+                total += data.len();
+                if total > limit {
+                    return Err(RpcError::InvalidArgument(format!(
+                        "shard stream longer than {limit} bytes"
+                    )));
+                }
+                chunks.push(data);
+            }
+            Err(frame) => {
+                let status = frame
+                    .trailers_ref()
+                    .and_then(tonic::Status::from_header_map);
+                if let Some(status) = status.filter(|s| s.code() != tonic::Code::Ok) {
+                    return Err(RpcError::from_status(addr, status));
+                }
+            }
+        }
+    }
+    if chunks.len() <= 1 {
+        return Ok(chunks.pop().unwrap_or_default());
+    }
+    let mut buf = BytesMut::with_capacity(total);
+    for c in &chunks {
+        buf.extend_from_slice(c);
+    }
+    Ok(buf.freeze())
 }

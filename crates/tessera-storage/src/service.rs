@@ -95,8 +95,8 @@ async fn counted_read(
     got
 }
 
-/// The shard read stream of [`tessera_proto::shard_stream`] (registered
-/// next to [`StorageService`] on the same server, behind the same auth).
+/// The shard streams of [`tessera_proto::shard_stream`] (registered next
+/// to [`StorageService`] on the same server, behind the same auth).
 #[derive(Clone)]
 pub struct ShardStreamService {
     store: Arc<ShardStore>,
@@ -108,20 +108,20 @@ impl ShardStreamService {
         ShardStreamService { store, metrics }
     }
 
-    async fn get(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
-        if req.uri().path() != shard_stream::GET_PATH {
-            return Err(Status::unimplemented(format!(
-                "no method {}",
-                req.uri().path()
-            )));
+    async fn serve(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+        match req.uri().path() {
+            shard_stream::GET_PATH => self.get(req).await,
+            shard_stream::PUT_PATH => {
+                let r = self.put(req).await;
+                count_write(&self.metrics, &r);
+                r.map(|()| Status::ok("").into_http())
+            }
+            path => Err(Status::unimplemented(format!("no method {path}"))),
         }
-        let (stripe, index) = req
-            .headers()
-            .get(shard_stream::SHARD_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(shard_stream::parse_shard_header)
-            .ok_or_else(|| Status::invalid_argument("missing or malformed x-tessera-shard"))?;
-        let key = ShardKey { stripe, index };
+    }
+
+    async fn get(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+        let key = stream_shard_key(&req)?;
         let (data, budget) =
             counted_read(&self.store, &self.metrics, key, ReadCheck::CallerVerifies)
                 .await?
@@ -132,6 +132,52 @@ impl ShardStreamService {
             .header(http::header::CONTENT_LENGTH, len)
             .body(Body::new(shard_stream::OnceBody::new(data, budget)))
             .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// Receives a shard: the body's frames go to the writer as HTTP/2
+    /// delivered them, and the answer comes once the shard is durable.
+    async fn put(&self, req: http::Request<Body>) -> Result<(), Status> {
+        use http_body_util::BodyExt;
+        let key = stream_shard_key(&req)?;
+        let (parts, mut body) = req.into_parts();
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let blake3 = header(shard_stream::BLAKE3_HEADER)
+            .and_then(shard_stream::parse_blake3_header)
+            .ok_or_else(|| Status::invalid_argument("missing or malformed x-tessera-blake3"))?;
+        let length = header(http::header::CONTENT_LENGTH.as_str())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| Status::invalid_argument("missing or malformed content-length"))?;
+        let mut writer = self.store.begin_put(key, length, blake3).await?;
+        while let Some(frame) = body.frame().await {
+            // A body cut off (the caller gave up, the connection broke):
+            // nothing is kept, the writer's temp file goes with it.
+            if let Ok(data) = frame?.into_data() {
+                writer.write(data).await?;
+            }
+        }
+        writer.finish().await?;
+        Ok(())
+    }
+}
+
+/// The shard a stream request names in `x-tessera-shard`.
+fn stream_shard_key<B>(req: &http::Request<B>) -> Result<ShardKey, Status> {
+    let (stripe, index) = req
+        .headers()
+        .get(shard_stream::SHARD_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(shard_stream::parse_shard_header)
+        .ok_or_else(|| Status::invalid_argument("missing or malformed x-tessera-shard"))?;
+    Ok(ShardKey { stripe, index })
+}
+
+/// Counts a shard write (and a refusal for want of space) in `metrics`.
+fn count_write(metrics: &StorageMetrics, r: &Result<(), Status>) {
+    metrics.write(r.is_ok());
+    if let Err(s) = r {
+        if s.code() == tonic::Code::ResourceExhausted {
+            metrics.no_space();
+        }
     }
 }
 
@@ -151,7 +197,7 @@ impl tower::Service<http::Request<Body>> for ShardStreamService {
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let svc = self.clone();
         Box::pin(async move {
-            Ok(match svc.get(req).await {
+            Ok(match svc.serve(req).await {
                 Ok(r) => r,
                 Err(status) => status.into_http(),
             })
@@ -233,12 +279,7 @@ impl Storage for StorageService {
         request: Request<Streaming<PutShardRequest>>,
     ) -> Result<Response<PutShardResponse>, Status> {
         let r = self.put_inner(request).await;
-        self.metrics.write(r.is_ok());
-        if let Err(s) = &r {
-            if s.code() == tonic::Code::ResourceExhausted {
-                self.metrics.no_space();
-            }
-        }
+        count_write(&self.metrics, &r);
         r.map(|()| Response::new(PutShardResponse {}))
     }
 

@@ -1551,19 +1551,63 @@ async fn cached_reads_skip_the_blocking_pool_and_never_serve_a_bad_copy() {
 /// One request on the shard stream, over `channel`; its HTTP status and
 /// gRPC status (`Ok` when the headers carry none).
 async fn stream_request(channel: AuthChannel, shard: Option<&str>) -> (u16, Code) {
+    let headers: Vec<(&str, String)> = shard
+        .map(|v| (tessera_proto::shard_stream::SHARD_HEADER, v.to_string()))
+        .into_iter()
+        .collect();
+    raw_stream(
+        channel,
+        tessera_proto::shard_stream::GET_PATH,
+        &headers,
+        Bytes::new(),
+    )
+    .await
+}
+
+/// Request headers of a raw shard stream request.
+type Headers<'a> = Vec<(&'a str, String)>;
+
+/// A shard stream request as given (headers, body), and what came back:
+/// the HTTP status and the gRPC status (from the trailers-only headers,
+/// else from the trailers); `(0, Code::Aborted)` for a stream that HTTP/2
+/// reset (as it does a body shorter than its content-length).
+async fn raw_stream(
+    channel: AuthChannel,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> (u16, Code) {
+    use http_body_util::BodyExt;
     use tower::ServiceExt;
     let mut req = http::Request::builder()
         .method(http::Method::POST)
-        .uri(tessera_proto::shard_stream::GET_PATH);
-    if let Some(v) = shard {
-        req = req.header(tessera_proto::shard_stream::SHARD_HEADER, v);
+        .uri(path);
+    for (name, value) in headers {
+        req = req.header(*name, value);
     }
-    let resp = channel
-        .oneshot(req.body(tonic::body::Body::empty()).unwrap())
+    // A body of unknown size: no content-length but the one given.
+    let frames = futures::stream::iter([Ok::<_, std::convert::Infallible>(
+        http_body::Frame::data(body),
+    )]);
+    let body = tonic::body::Body::new(http_body_util::StreamBody::new(frames));
+    let Ok(resp) = channel.oneshot(req.body(body).unwrap()).await else {
+        return (0, Code::Aborted);
+    };
+    let http = resp.status().as_u16();
+    if let Some(s) = Status::from_header_map(resp.headers()) {
+        return (http, s.code());
+    }
+    let trailers = resp
+        .into_body()
+        .collect()
         .await
-        .unwrap();
-    let code = Status::from_header_map(resp.headers()).map_or(Code::Ok, |s| s.code());
-    (resp.status().as_u16(), code)
+        .ok()
+        .and_then(|b| b.trailers().cloned());
+    let code = trailers
+        .as_ref()
+        .and_then(Status::from_header_map)
+        .map_or(Code::Ok, |s| s.code());
+    (http, code)
 }
 
 /// Gateways read shards over the plain HTTP/2 shard stream: every size
@@ -1643,4 +1687,141 @@ async fn the_shard_stream_serves_reads_and_refuses_junk() {
     assert!(got == data, "read over gRPC");
     stop.cancel();
     let _ = server.await;
+}
+
+/// Gateways write shards over the plain HTTP/2 shard stream: a write
+/// announced right is stored and readable; a missing or malformed header,
+/// a body that is not what its length and hash say, or an unsigned
+/// request is refused and leaves nothing behind.
+#[tokio::test]
+async fn the_shard_stream_takes_writes_and_refuses_junk() {
+    use tessera_proto::shard_stream::{
+        blake3_header, shard_header, BLAKE3_HEADER, PUT_PATH, SHARD_HEADER,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&[dir.path().to_path_buf()]).await;
+    let pool = StoragePool::with_auth(test_auth());
+    wait_until_serving(&pool, &node.addr).await;
+    let signed = ChannelPool::with_auth(test_auth()).get(&node.addr).unwrap();
+    let put = |stripe: StripeId, hash: [u8; 32], len: Option<usize>| {
+        let mut headers = vec![
+            (SHARD_HEADER, shard_header(&stripe, 3)),
+            (BLAKE3_HEADER, blake3_header(&hash)),
+        ];
+        if let Some(len) = len {
+            headers.push(("content-length", len.to_string()));
+        }
+        headers
+    };
+
+    // Well-formed writes of every size, empty included, read back exactly.
+    for len in [0usize, 1, 300_000, (3 << 20) + 7] {
+        let stripe = StripeId::random();
+        let data = random_bytes(len);
+        let headers = put(stripe, hash(&data), Some(len));
+        assert_eq!(
+            raw_stream(signed.clone(), PUT_PATH, &headers, data.clone()).await,
+            (200, Code::Ok),
+            "{len} bytes"
+        );
+        let got = pool
+            .get_shard_unverified(&node.addr, stripe, 3)
+            .await
+            .unwrap();
+        assert!(got == data, "{len} bytes");
+    }
+
+    // Junk: each refused, with nothing stored under its name.
+    let data = random_bytes(100_000);
+    let good = hash(&data);
+    let mut bad_hash = good;
+    bad_hash[7] ^= 1;
+    // (what, headers, the codes it may be refused with); the body is `data`.
+    let cases: Vec<(&str, Headers, &[Code])> = vec![
+        (
+            "wrong hash",
+            put(StripeId::random(), bad_hash, Some(data.len())),
+            &[Code::InvalidArgument],
+        ),
+        (
+            "body shorter than its length",
+            put(StripeId::random(), good, Some(data.len() + 1)),
+            // HTTP/2 itself resets it (content-length is checked).
+            &[Code::Aborted],
+        ),
+        (
+            "no length",
+            put(StripeId::random(), good, None),
+            &[Code::InvalidArgument],
+        ),
+        (
+            "no hash",
+            vec![
+                (SHARD_HEADER, shard_header(&StripeId::random(), 3)),
+                ("content-length", data.len().to_string()),
+            ],
+            &[Code::InvalidArgument],
+        ),
+        (
+            "short hash",
+            vec![
+                (SHARD_HEADER, shard_header(&StripeId::random(), 3)),
+                (BLAKE3_HEADER, "ab".repeat(31)),
+                ("content-length", data.len().to_string()),
+            ],
+            &[Code::InvalidArgument],
+        ),
+        (
+            "no shard",
+            vec![
+                (BLAKE3_HEADER, blake3_header(&good)),
+                ("content-length", data.len().to_string()),
+            ],
+            &[Code::InvalidArgument],
+        ),
+        (
+            "shard too large",
+            put(StripeId::random(), good, Some(usize::MAX)),
+            // Refused before the body is read; unless the body ended
+            // first, and HTTP/2 reset the stream for its short length.
+            &[Code::InvalidArgument, Code::Aborted],
+        ),
+    ];
+    for (what, headers, codes) in cases {
+        let (_, got) = raw_stream(signed.clone(), PUT_PATH, &headers, data.clone()).await;
+        assert!(codes.contains(&got), "{what}: {got:?}");
+        if let Some(v) = headers.iter().find(|(n, _)| *n == SHARD_HEADER) {
+            let (stripe, index) = tessera_proto::shard_stream::parse_shard_header(&v.1).unwrap();
+            let err = pool
+                .get_shard_unverified(&node.addr, stripe, index)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, RpcError::NotFound(_)), "{what}: {err:?}");
+        }
+    }
+
+    // Unsigned: refused before a byte is stored.
+    let stripe = StripeId::random();
+    let unsigned = ChannelPool::default().get(&node.addr).unwrap();
+    let headers = put(stripe, good, Some(data.len()));
+    assert_eq!(
+        raw_stream(unsigned, PUT_PATH, &headers, data.clone())
+            .await
+            .1,
+        Code::Unauthenticated
+    );
+    let err = pool
+        .get_shard_unverified(&node.addr, stripe, 3)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::NotFound(_)), "{err:?}");
+
+    // An unknown method of the stream service.
+    assert_eq!(
+        raw_stream(signed, "/tessera.storage.Shards/Nope", &headers, data)
+            .await
+            .1,
+        Code::Unimplemented
+    );
+    node.stop().await;
 }
