@@ -16,6 +16,7 @@ pub mod durability;
 pub mod log;
 mod logfile;
 pub mod query;
+mod redo;
 pub mod state_machine;
 
 use std::path::Path;

@@ -22,11 +22,14 @@
 //! - `sm_meta`: last applied log id, last membership, cluster map epoch,
 //!   state machine clock
 //! - `sm_snapshot`: the current snapshot (meta and data)
+//! - `sm_redo`: the redo record of the last group of writes (`redo.rs`)
 //!
-//! Each log entry is applied in one sled transaction over all state trees
-//! (its effects and `last_applied` together); a [`MetaCommand::Batch`]
-//! entry in one transaction per command, or per run of PUTs to distinct
-//! keys (see [`StateMachineStore::apply_batch`]).
+//! Each log entry is applied as one atomic group of writes over all state
+//! trees (its effects and `last_applied` together: a redo record, then the
+//! writes, see `redo.rs`; not a sled transaction, which cost two device
+//! writes each); a [`MetaCommand::Batch`] entry as one group per command,
+//! or per run of PUTs to distinct keys (see
+//! [`StateMachineStore::apply_batch`]).
 //! Application is deterministic: times come from commands.
 //!
 //! ## Why applying does not flush
@@ -41,8 +44,8 @@
 //! 1. The state machine is the only user of its sled database, and sled
 //!    recovers a prefix of its write-ahead log (recovery stops at the
 //!    first torn or missing segment, so a later write is never recovered
-//!    without an earlier one: sled `pagecache/segment.rs`), and a batch or
-//!    transaction wholly or not at all (`pagecache/mod.rs`, `seal_batch`).
+//!    without an earlier one: sled `pagecache/segment.rs`), and a group of
+//!    writes wholly, once its redo record is replayed at open (`redo.rs`).
 //!    So the recovered state trees are exactly the state after some entry
 //!    `k`, their `last_applied`; never half an entry.
 //! 2. Every entry applied here was durable in this node's log (its own
@@ -104,6 +107,7 @@ use tessera_types::{
 };
 
 use super::durability::{object_owner, Effects};
+use super::redo::{self, TreeWrites};
 use super::{dec, enc, flush, RaftNodeId, StoreError, TypeConfig};
 use crate::MetaNodeError;
 use tessera_types::repair::{RepairReason, StripeOwner};
@@ -212,40 +216,43 @@ pub struct SmTrees {
     pub(crate) grants: sled::Tree,
     pub(crate) meta: sled::Tree,
     snapshot: sled::Tree,
+    /// The redo record of the last group of writes (see `redo.rs`).
+    redo: sled::Tree,
 }
 
 /// Number of trees in the replicated state.
 const STATE_TREES: usize = 13;
 
 /// Pending writes of one entry (or of one command of a batch entry),
-/// committed atomically. Within a batch the last write to a key wins.
+/// committed atomically (see `redo.rs`). Within a batch the last write to
+/// a key wins.
 #[derive(Default)]
 pub(crate) struct Writes {
     /// Position of the command in a [`MetaCommand::Batch`] entry: part of
     /// the GC keys it queues, which are otherwise unique per log index.
     pub(crate) batch_pos: Option<u32>,
-    pub(crate) buckets: sled::Batch,
-    pub(crate) objects: sled::Batch,
-    pub(crate) access_keys: sled::Batch,
-    pub(crate) nodes: sled::Batch,
-    pub(crate) uploads: sled::Batch,
-    pub(crate) parts: sled::Batch,
-    pub(crate) gc: sled::Batch,
-    pub(crate) stripes: sled::Batch,
-    pub(crate) node_shards: sled::Batch,
-    pub(crate) repair: sled::Batch,
-    pub(crate) repair_idx: sled::Batch,
-    pub(crate) grants: sled::Batch,
-    pub(crate) meta: sled::Batch,
+    pub(crate) buckets: TreeWrites,
+    pub(crate) objects: TreeWrites,
+    pub(crate) access_keys: TreeWrites,
+    pub(crate) nodes: TreeWrites,
+    pub(crate) uploads: TreeWrites,
+    pub(crate) parts: TreeWrites,
+    pub(crate) gc: TreeWrites,
+    pub(crate) stripes: TreeWrites,
+    pub(crate) node_shards: TreeWrites,
+    pub(crate) repair: TreeWrites,
+    pub(crate) repair_idx: TreeWrites,
+    pub(crate) grants: TreeWrites,
+    pub(crate) meta: TreeWrites,
     /// The state machine clock: in, as the commands before this one in the
-    /// same transaction left it (`None`: read it from the trees); out, as
+    /// same group left it (`None`: read it from the trees); out, as
     /// this command leaves it.
     pub(crate) clock: Option<UnixMillis>,
 }
 
 impl Writes {
-    /// The batches in the order of [`SmTrees::state_trees`].
-    fn batches_mut(&mut self) -> [&mut sled::Batch; STATE_TREES] {
+    /// The writes in the order of [`SmTrees::state_trees`].
+    fn batches_mut(&mut self) -> [&mut TreeWrites; STATE_TREES] {
         [
             &mut self.buckets,
             &mut self.objects,
@@ -266,7 +273,7 @@ impl Writes {
 
 impl SmTrees {
     fn open(db: sled::Db, dir: &std::path::Path) -> Result<Self, sled::Error> {
-        Ok(SmTrees {
+        let trees = SmTrees {
             sled_file: std::sync::Arc::new(dir.join("db")),
             buckets: db.open_tree("sm_buckets")?,
             objects: db.open_tree("sm_objects")?,
@@ -282,8 +289,13 @@ impl SmTrees {
             grants: db.open_tree("sm_grants")?,
             meta: db.open_tree("sm_meta")?,
             snapshot: db.open_tree("sm_snapshot")?,
+            redo: db.open_tree("sm_redo")?,
             db,
-        })
+        };
+        // Completes the last group of writes, if a crash cut it short.
+        let state: Vec<&sled::Tree> = trees.state_trees().iter().map(|(_, t)| *t).collect();
+        redo::replay(&trees.redo, &state)?;
+        Ok(trees)
     }
 
     /// The trees that make up the replicated state, by snapshot name.
@@ -423,21 +435,52 @@ impl SmTrees {
         self.commit_all(std::slice::from_mut(w))
     }
 
-    /// Commits the writes of several commands, in order, in one
-    /// transaction (a sled transaction costs a log buffer write and a
-    /// `sync_file_range` whatever its size: one per command was a third of
-    /// a meta node's CPU under small PUTs).
+    /// Commits the writes of several commands, in order, as one atomic
+    /// group: their redo record first, then each write (see `redo.rs`).
     fn commit_all(&self, ws: &mut [Writes]) -> Result<(), sled::Error> {
-        let trees: Vec<&sled::Tree> = self.state_trees().iter().map(|(_, t)| *t).collect();
-        let batches: Vec<[&mut sled::Batch; STATE_TREES]> =
-            ws.iter_mut().map(Writes::batches_mut).collect();
+        self.commit_cut(ws, usize::MAX)
+    }
+
+    /// [`SmTrees::commit_all`], stopping after `limit` writes (tests cut a
+    /// group short as a crash would).
+    fn commit_cut(&self, ws: &mut [Writes], limit: usize) -> Result<(), sled::Error> {
+        let parts: Vec<[&TreeWrites; STATE_TREES]> = ws
+            .iter_mut()
+            .map(|w| w.batches_mut().map(|b| &*b))
+            .collect();
+        let record = redo::encode(STATE_TREES, &parts);
+        self.redo.insert(redo::REDO_KEY, record)?;
+        let trees = self.state_trees();
+        let writes = parts.iter().flat_map(|part| {
+            trees
+                .iter()
+                .zip(part.iter())
+                .flat_map(|((_, tree), w)| w.iter().map(move |kv| (*tree, kv)))
+        });
+        for (tree, (k, v)) in writes.take(limit) {
+            match v {
+                Some(v) => tree.insert(k, v.clone())?,
+                None => tree.remove(k)?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Commits `w` in one sled transaction, and drops the redo record in
+    /// it (a snapshot install: the whole state, too big for a record; an
+    /// older record must not be replayed over it).
+    fn commit_transaction(&self, w: &mut Writes) -> Result<(), sled::Error> {
+        let mut trees: Vec<&sled::Tree> = self.state_trees().iter().map(|(_, t)| *t).collect();
+        trees.push(&self.redo);
+        let batches: Vec<sled::Batch> = w.batches_mut().iter().map(|b| b.to_batch()).collect();
         trees
             .as_slice()
             .transaction(|views| {
-                for batches in &batches {
-                    for (view, batch) in views.iter().zip(batches.iter()) {
-                        view.apply_batch(batch)?;
-                    }
+                for (view, batch) in views.iter().zip(&batches) {
+                    view.apply_batch(batch)?;
+                }
+                if let Some(redo) = views.last() {
+                    redo.remove(redo::REDO_KEY)?;
                 }
                 Ok(())
             })
@@ -1101,11 +1144,11 @@ impl StateMachineStore {
     /// Applies the commands of a batch entry in order, each seeing the
     /// effects of the ones before it (commands read the trees, not pending
     /// writes), a refused one leaving the others alone. Commands go in one
-    /// transaction each, except runs of object PUTs to distinct keys, which
-    /// share one ([`independent_puts`]). Each transaction also records how
-    /// many commands of the entry are applied; the last one records
-    /// `last_applied` instead. sled recovers transactions atomically and
-    /// in order, so after a crash in the middle of the entry its re-apply
+    /// atomic group of writes each, except runs of object PUTs to distinct
+    /// keys, which share one ([`independent_puts`]). Each group also records
+    /// how many commands of the entry are applied; the last one records
+    /// `last_applied` instead. Groups are recovered atomically and in order
+    /// (`redo.rs`), so after a crash in the middle of the entry its re-apply
     /// skips the commands already applied: none is applied twice (a
     /// PutObject applied twice would queue its own stripes for GC).
     pub(crate) fn apply_batch(
@@ -1226,7 +1269,7 @@ impl StateMachineStore {
 }
 
 /// How many commands at the head of `cmds` are object PUTs to distinct
-/// keys, which may share one transaction without changing any outcome: a
+/// keys, which may share one group of writes without changing any outcome: a
 /// PUT reads the bucket, its grants and access key, the node states, its
 /// own key's manifest and the index entries of that manifest's stripes and
 /// of its own new ones (stripe ids are never reused), and writes only its
@@ -1342,7 +1385,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         w.meta.insert(META_LAST_APPLIED, enc(&meta.last_log_id));
         w.meta.insert(META_MEMBERSHIP, enc(&meta.last_membership));
         self.trees
-            .commit(&mut w)
+            .commit_transaction(&mut w)
             .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
         Self::save_snapshot_meta(&self.trees, meta).await?;
         Ok(())
@@ -1383,5 +1426,68 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Result<StateMachineStore, MetaNodeError> {
+        let db = sled::Config::new().path(dir).open()?;
+        StateMachineStore::new(db, dir)
+    }
+
+    /// A group of writes cut short by a crash (its redo record and some of
+    /// its writes recovered) is completed when the store opens, whatever
+    /// the cut; opening again changes nothing; a damaged record refuses
+    /// the open rather than be half applied.
+    #[test]
+    fn a_group_cut_short_is_completed_at_open() {
+        let log_id = LogId::new(openraft::CommittedLeaderId::new(3, 1), 42);
+        for cut in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let sm = open(dir.path()).unwrap();
+                sm.trees
+                    .objects
+                    .insert(b"b\0old", b"gone soon".to_vec())
+                    .unwrap();
+                let mut w = Writes::default();
+                w.objects.insert(b"b\0new".to_vec(), b"manifest".to_vec());
+                w.objects.remove(b"b\0old".to_vec());
+                w.stripes.insert(b"stripe".to_vec(), b"owner".to_vec());
+                w.meta.insert(META_LAST_APPLIED, enc(&Some(log_id)));
+                sm.trees.commit_cut(&mut [w], cut).unwrap();
+                sm.trees.db.flush().unwrap();
+            }
+            for _ in 0..2 {
+                let sm = open(dir.path()).unwrap();
+                let t = &sm.trees;
+                assert_eq!(
+                    t.objects.get(b"b\0new").unwrap().as_deref(),
+                    Some(&b"manifest"[..]),
+                    "cut {cut}"
+                );
+                assert_eq!(t.objects.get(b"b\0old").unwrap(), None, "cut {cut}");
+                assert_eq!(
+                    t.stripes.get(b"stripe").unwrap().as_deref(),
+                    Some(&b"owner"[..]),
+                    "cut {cut}"
+                );
+                assert_eq!(t.applied_state().unwrap().0, Some(log_id), "cut {cut}");
+            }
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let sm = open(dir.path()).unwrap();
+            sm.trees
+                .redo
+                .insert(redo::REDO_KEY, vec![1, STATE_TREES as u8, 0, 1, 9])
+                .unwrap();
+            sm.trees.db.flush().unwrap();
+        }
+        assert!(open(dir.path()).is_err());
     }
 }
