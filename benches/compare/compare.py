@@ -173,6 +173,10 @@ def bench(binary, target, workload, size, conc, duration, warmup="2s", objects=N
         cmd += ["--objects", str(objects)]
     cmd += target["args"] + list(extra)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    # Write back what the cells before left dirty in the page cache (SeaweedFS
+    # does not fsync: its last cell can leave gigabytes), so that a cell does
+    # not pay for the writeback of another system's data.
+    os.sync()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
