@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET_ENV = "TESSERA_CLUSTER_SECRET"
@@ -401,6 +402,23 @@ class Cluster:
         self.mount_tmpfs(d, size_bytes)
         subprocess.run(["cp", "-a", saved + "/.", d], check=True)
         shutil.rmtree(saved)
+
+
+def scrape(addr, prefix):
+    """Sum of the samples of metrics starting with `prefix` at addr/metrics."""
+    try:
+        body = urllib.request.urlopen(f"http://{addr}/metrics", timeout=2).read().decode()
+    except Exception:
+        return None
+    total, seen = 0.0, False
+    for line in body.splitlines():
+        if line.startswith(prefix):
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+                seen = True
+            except ValueError:
+                pass
+    return total if seen else None
 
 
 def with_flags(argv, flags):

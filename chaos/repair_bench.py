@@ -21,11 +21,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster import Cluster, free_port_base  # noqa: E402
+from cluster import Cluster, free_port_base, scrape  # noqa: E402
 import workload as wl  # noqa: E402
 
 MiB = 1 << 20
@@ -85,23 +84,6 @@ class Prober:
         xs = self.samples.get(phase, [])
         return {"n": len(xs), "p50_ms": round(pct(xs, 50) * 1000, 1), "p99_ms": round(pct(xs, 99) * 1000, 1),
                 "max_ms": round(max(xs) * 1000, 1) if xs else None, "errors": self.errors.get(phase, 0)}
-
-
-def scrape(addr, prefix):
-    """Sum of the samples of metrics starting with `prefix` at addr/metrics."""
-    try:
-        body = urllib.request.urlopen(f"http://{addr}/metrics", timeout=2).read().decode()
-    except Exception:
-        return None
-    total, seen = 0.0, False
-    for line in body.splitlines():
-        if line.startswith(prefix):
-            try:
-                total += float(line.rsplit(" ", 1)[1])
-                seen = True
-            except ValueError:
-                pass
-    return total if seen else None
 
 
 def main():

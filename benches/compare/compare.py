@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "chaos"))
 
-from cluster import Cluster, accepts, free_port_base, spawn, tessera_bin  # noqa: E402
+from cluster import Cluster, accepts, free_port_base, scrape, spawn, tessera_bin  # noqa: E402
 
 SEAWEEDFS_VERSION = "4.48"
 SEAWEEDFS_VENV = os.path.expanduser("~/.cache/tessera-seaweedfs-venv")
@@ -304,6 +304,8 @@ def main():
             for size, conc in (("4KiB", 16), ("1MiB", 8)):
                 bench(binary, t, "put", size, conc, "5s", warmup=None)
 
+        wait_first_scrub(tess)
+
         order = list(targets)
         for i, (label, size, conc, objects) in enumerate(cells):
             for workload in workloads:
@@ -377,6 +379,22 @@ def degraded(binary, tess, target, args):
         row["repaired_mib_during_cells"] = round(repaired / MiB, 1)
         row["repair_queue_after"] = d1.get("queued")
     return rows
+
+
+def wait_first_scrub(tess, timeout=240):
+    """A Tessera storage node starts its first scrub pass 30 s after it
+    starts (then one per period: a day by default, 10 min on a dev
+    cluster), and it re-reads everything written so far, the warm-up data
+    here. Waits for it to end on every node, so that no cell measures that
+    one-off pass."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        passes = [scrape(s.admin_addr, "tessera_storage_scrub_passes_total") for s in tess.storage()]
+        if all(p is not None and p >= 1 for p in passes):
+            log(f"first scrub pass done on all {len(passes)} storage nodes")
+            return
+        time.sleep(1)
+    log(f"warning: the first scrub pass did not end on every node in {timeout}s")
 
 
 def bench_count(binary, target, workload, size, conc, count, extra):
