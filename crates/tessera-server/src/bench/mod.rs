@@ -12,7 +12,7 @@
 //!
 //! - [`sigv4`]: request signing; [`client`]: the S3 requests over hyper.
 //! - [`workload`]: the workers and phases; [`hist`]: latency histogram.
-//! - [`cpu`]: `/proc/<pid>/stat` CPU times; [`spec`]: flag parsers.
+//! - [`cpu`]: server CPU times from `/proc` (per-thread ns, else ticks); [`spec`]: flag parsers.
 //! - [`report`]: the JSON report and the human table.
 
 pub mod client;
