@@ -13,6 +13,7 @@ converge to exactly the shards that meta places on each node.
 """
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -175,6 +176,17 @@ def test_crash_at_failpoint_loses_nothing_and_leaves_nothing(failpoint):
             assert got == body, "a crashed write is visible but not whole"
         except ClientError as e:
             # Committed before the crash: it must be there.
+            if failpoint == "gateway.put.after_commit":
+                # Say whether it was a stale read (there a moment later) or
+                # a lost write, and keep the logs to find out which.
+                time.sleep(2)
+                try:
+                    later = len(s3.get_object(Bucket="crash", Key=crashed_key)["Body"].read())
+                except ClientError as e2:
+                    later = e2.response["Error"]["Code"]
+                os.environ["TESSERA_KEEP_DATA"] = "1"
+                print(f"\n[crash] committed write not readable; 2 s later: {later}; "
+                      f"status: {json.dumps(c.status())[:3000]}; logs kept in {data_dir}")
             assert failpoint != "gateway.put.after_commit", \
                 f"{failpoint}: a committed write is not readable: {e.response['Error']}"
             assert e.response["Error"]["Code"] == "NoSuchKey", e
