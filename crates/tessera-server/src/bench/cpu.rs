@@ -75,6 +75,7 @@ impl ProcCpu {
 
     /// Milliseconds of CPU used since `earlier` (see the module docs).
     fn ms_since(&self, earlier: &ProcCpu) -> f64 {
+        let ticks_ms = ticks_to_ms(self.ticks.saturating_sub(earlier.ticks));
         if let (Some(now), Some(then)) = (&self.threads, &earlier.threads) {
             let all_alive = then
                 .iter()
@@ -84,10 +85,17 @@ impl ProcCpu {
                     .iter()
                     .map(|(tid, n)| n - then.get(tid).copied().unwrap_or(0))
                     .sum();
-                return ns as f64 / 1e6;
+                let ns_ms = ns as f64 / 1e6;
+                // The ticks are within two of the truth (utime and stime
+                // each cut to a tick at both ends); more than that above
+                // the threads' sum is the CPU of a thread that started and
+                // ended between the samples.
+                if ticks_ms <= ns_ms + ticks_to_ms(2) {
+                    return ns_ms;
+                }
             }
         }
-        ticks_to_ms(self.ticks.saturating_sub(earlier.ticks))
+        ticks_ms
     }
 }
 
@@ -194,6 +202,13 @@ mod tests {
             ])),
         };
         assert!((same.ms_since(&then) - 1.75).abs() < 1e-9);
+        // A thread that started and ended between the samples: only the
+        // ticks have its CPU.
+        let short_lived = ProcCpu {
+            ticks: 15,
+            ..same.clone()
+        };
+        assert!((short_lived.ms_since(&then) - ticks_to_ms(5)).abs() < 1e-9);
         let gone = ProcCpu {
             ticks: 13,
             threads: Some(BTreeMap::from([(1, 6_500_000)])),
