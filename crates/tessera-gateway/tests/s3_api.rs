@@ -580,6 +580,32 @@ async fn a_gateway_with_a_stale_map_reloads_it_to_read() {
     let r = c.get("/stale/k").await;
     assert_eq!(r.status, 200);
     assert!(r.body[..] == data[..], "read with the reloaded map");
+
+    // The same for a write: a gateway whose map has every node down
+    // reloads it rather than answer 503.
+    *h.meta.map.lock().unwrap() = {
+        let mut down = up.clone();
+        down.epoch += 2;
+        for n in &mut down.nodes {
+            n.state = tessera_types::NodeState::Down;
+        }
+        down
+    };
+    let (third, admin) = second_gateway(&h).await;
+    let ready = readiness(&admin, |s| s == Some(200)).await;
+    assert_eq!(ready, Some(200), "a map (all down) loaded");
+    let mut back = up.clone();
+    back.epoch += 3;
+    *h.meta.map.lock().unwrap() = back;
+    let c = S3Client::new(&third, Some(("ALICEKEY", "alice-secret")));
+    assert_eq!(
+        c.put("/stale/w", data.clone()).await.status,
+        200,
+        "written with the reloaded map"
+    );
+    let r = c.get("/stale/w").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body[..] == data[..]);
     h.shutdown.cancel();
 }
 

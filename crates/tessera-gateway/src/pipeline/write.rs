@@ -352,7 +352,8 @@ fn spawn_stripe(
 /// durable, replacing failed nodes by the next placement candidates. If
 /// the quorum is missed because nodes died (and the cluster map does not
 /// know yet), it tries once more without them, with a class narrowed to
-/// the nodes that are left (see [`DataPlane::class_for`]).
+/// the nodes that are left (see [`DataPlane::class_for`]); if the cached
+/// map has too few nodes, once more after reloading it.
 async fn write_stripe(
     dp: &Arc<DataPlane>,
     data: Bytes,
@@ -360,6 +361,17 @@ async fn write_stripe(
 ) -> Result<Stripe, ApiError> {
     match write_stripe_once(dp, data.clone(), ledger).await {
         Err(ApiError::WriteQuorum { .. }) => write_stripe_once(dp, data, ledger).await,
+        // The cached map may predate the nodes (a gateway that loaded its
+        // first map while they were registering): reload it, as reads do.
+        Err(e @ ApiError::NotEnoughNodes { .. }) if dp.cluster.follows_meta() => {
+            tracing::warn!(error = %e,
+                "too few writable nodes in the cached cluster map; reloading it and trying again");
+            if let Err(refresh) = dp.cluster.refresh().await {
+                tracing::warn!(error = %refresh, "cluster map reload failed");
+                return Err(e);
+            }
+            write_stripe_once(dp, data, ledger).await
+        }
         r => r,
     }
 }
