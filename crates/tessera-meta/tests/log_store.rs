@@ -417,6 +417,36 @@ async fn truncate_across_segments() {
 }
 
 #[tokio::test]
+async fn truncating_in_the_last_batch_of_a_segment_keeps_what_is_before_it() {
+    // A follower drops a conflicting tail that starts inside the last
+    // batch of one segment and goes on in the next: the entries before
+    // the cut stay, in the files too.
+    let node = Node::new(small());
+    let mut s = node.open().unwrap();
+    append(&mut s, 1..=100, 1, 3).await;
+    let segs = node.segments();
+    assert!(segs.len() > 2, "{segs:?}");
+    let next: u64 = segs[2]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Batches are 1..=3, 4..=6, ...: `next - 1` ends a batch, so the cut
+    // at it is inside that batch.
+    s.truncate(log_id(1, next - 1)).await.unwrap();
+    check(&all(&mut s).await, 1..=next - 2, 1);
+    append(&mut s, next - 1..=next + 20, 2, 4).await;
+    drop(s);
+    let mut s = node.open().unwrap();
+    let got = all(&mut s).await;
+    let kept = (next - 2) as usize;
+    check(&got[..kept], 1..=next - 2, 1);
+    check(&got[kept..], next - 1..=next + 20, 2);
+}
+
+#[tokio::test]
 async fn a_log_in_sled_trees_is_imported_once() {
     let node = Node::new(small());
     // What the sled log store wrote: big-endian index keys, codec values.

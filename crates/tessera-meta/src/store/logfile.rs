@@ -717,21 +717,22 @@ impl SegmentedLog {
         }
         // What is left at or after `index` is in the last segment (if the
         // first such entry was in a removed segment, nothing is left).
-        let first_cut = st
-            .locs
-            .range(index..)
-            .next()
-            .and_then(|(_, l)| Some((st.segments.get(&l.seg)?.clone(), l.offset, l.batch_at)));
-        if let Some((file, offset, batch_at)) = first_cut {
+        let first_cut = st.locs.range(index..).next().and_then(|(_, l)| {
+            let file = st.segments.get(&l.seg)?.clone();
+            Some((file, l.seg, l.offset, l.batch_at))
+        });
+        if let Some((file, seg, offset, batch_at)) = first_cut {
             if offset == batch_at + BATCH_HEADER as u64 {
                 file.set_len(batch_at)?;
                 file.sync_data()?;
             } else {
-                // The end of the batch: the next batch's start, or the
-                // end of the file.
+                // The end of the batch: the next batch's start in the
+                // same segment (entries of removed later segments are
+                // still indexed), or the end of the file.
                 let end = st
                     .locs
                     .range(index..)
+                    .take_while(|(_, l)| l.seg == seg)
                     .find(|(_, l)| l.batch_at != batch_at)
                     .map(|(_, l)| l.batch_at);
                 let end = match end {
