@@ -83,12 +83,35 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Small segments (many rolls) and a small cache (reads from files).
+/// Small segments (many rolls), a small cache (reads from files) and a
+/// little preallocation (each segment is cut back when the next starts).
 fn small() -> LogOptions {
     LogOptions {
         segment_bytes: 2048,
         cache_bytes: 512,
+        preallocate: 512,
     }
+}
+
+/// The two ways a last segment ends: right after its last batch, or in
+/// zeros written ahead of it.
+fn tails() -> [LogOptions; 2] {
+    [
+        LogOptions {
+            preallocate: 0,
+            ..LogOptions::default()
+        },
+        LogOptions::default(),
+    ]
+}
+
+/// Where the batches of segment `path` end. Every entry [`entry`] writes
+/// ends in a non-zero byte, so that is after the last non-zero byte.
+fn data_end(path: &Path) -> u64 {
+    let buf = std::fs::read(path).unwrap();
+    buf.iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
 }
 
 /// Appends `indexes` of `term`, `per_batch` entries per append.
@@ -172,14 +195,20 @@ async fn vote_is_durable_across_reopen() {
 
 #[tokio::test]
 async fn a_torn_tail_is_cut_and_appends_continue() {
-    let node = Node::new(LogOptions::default());
+    for opts in tails() {
+        a_torn_tail_is_cut(opts).await;
+    }
+}
+
+async fn a_torn_tail_is_cut(opts: LogOptions) {
+    let node = Node::new(opts);
     {
         let mut s = node.open().unwrap();
         append(&mut s, 1..=20, 1, 4).await;
     }
     // A crash in the middle of writing the last batch (17..=20).
     let seg = node.segments().pop().unwrap();
-    let len = std::fs::metadata(&seg).unwrap().len();
+    let len = data_end(&seg);
     let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     f.set_len(len - 30).unwrap();
     drop(f);
@@ -227,13 +256,19 @@ fn flip(path: &Path, at: u64) {
 
 #[tokio::test]
 async fn a_flipped_byte_before_valid_batches_refuses_to_open() {
-    let node = Node::new(LogOptions::default());
+    for opts in tails() {
+        a_flipped_byte_refuses(opts).await;
+    }
+}
+
+async fn a_flipped_byte_refuses(opts: LogOptions) {
+    let node = Node::new(opts);
     {
         let mut s = node.open().unwrap();
         append(&mut s, 1..=30, 1, 5).await;
     }
     let seg = node.segments().pop().unwrap();
-    let len = std::fs::metadata(&seg).unwrap().len();
+    let len = data_end(&seg);
     flip(&seg, len / 3);
     match node.open() {
         Err(MetaNodeError::Corrupt { what, message }) => {
@@ -251,7 +286,13 @@ async fn a_flipped_byte_before_valid_batches_refuses_to_open() {
 
 #[tokio::test]
 async fn damage_in_a_last_batch_known_committed_refuses_to_open() {
-    let node = Node::new(LogOptions::default());
+    for opts in tails() {
+        damage_known_committed_refuses(opts).await;
+    }
+}
+
+async fn damage_known_committed_refuses(opts: LogOptions) {
+    let node = Node::new(opts);
     {
         let mut s = node.open().unwrap();
         append(&mut s, 1..=20, 1, 4).await;
@@ -262,7 +303,7 @@ async fn damage_in_a_last_batch_known_committed_refuses_to_open() {
     // The last batch (17..=20) is damaged, nothing follows it: it looks
     // torn, but the committed hint says it had been synced.
     let seg = node.segments().pop().unwrap();
-    let len = std::fs::metadata(&seg).unwrap().len();
+    let len = data_end(&seg);
     flip(&seg, len - 3);
     match node.open() {
         Err(MetaNodeError::Corrupt { message, .. }) => {
@@ -338,6 +379,58 @@ async fn segments_roll_and_purge_removes_whole_old_ones() {
     drop(s);
     let mut s = node.open().unwrap();
     check(&all(&mut s).await, 211..=215, 2);
+}
+
+#[tokio::test]
+async fn appends_overwrite_zeros_written_ahead_and_only_the_last_segment_has_them() {
+    // One segment: the file runs ahead of its batches, a reopen takes the
+    // zeros for the end of the log (nothing cut), appends go on over them.
+    let node = Node::new(LogOptions::default());
+    {
+        let mut s = node.open().unwrap();
+        append(&mut s, 1..=20, 1, 4).await;
+    }
+    let seg = node.segments().pop().unwrap();
+    let (end, len) = (data_end(&seg), std::fs::metadata(&seg).unwrap().len());
+    assert!(
+        len >= end + LogOptions::default().preallocate,
+        "{len} {end}"
+    );
+    {
+        let mut s = node.open().unwrap();
+        check(&all(&mut s).await, 1..=20, 1);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), len, "zeros cut");
+        append(&mut s, 21..=30, 1, 5).await;
+    }
+    // Appended within the zeros: the file did not grow.
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
+    assert!(data_end(&seg) > end);
+    let mut s = node.open().unwrap();
+    check(&all(&mut s).await, 1..=30, 1);
+    drop(s);
+
+    // Many segments: each is cut back to its batches when the next one
+    // starts, so older segments end in their last entry.
+    let node = Node::new(small());
+    let mut s = node.open().unwrap();
+    append(&mut s, 1..=99, 1, 3).await;
+    let segs = node.segments();
+    assert!(segs.len() > 2, "{segs:?}");
+    for seg in &segs[..segs.len() - 1] {
+        let len = std::fs::metadata(seg).unwrap().len();
+        assert_eq!(data_end(seg), len, "{} ends in zeros", seg.display());
+    }
+    let last = segs.last().unwrap();
+    assert!(std::fs::metadata(last).unwrap().len() > data_end(last));
+    // A cut inside the last batch (97..=99): its marker goes right after
+    // that batch, not after the zeros.
+    s.truncate(log_id(1, 98)).await.unwrap();
+    append(&mut s, 98..=120, 2, 4).await;
+    drop(s);
+    let mut s = node.open().unwrap();
+    let got = all(&mut s).await;
+    check(&got[..97], 1..=97, 1);
+    check(&got[97..], 98..=120, 2);
 }
 
 #[tokio::test]

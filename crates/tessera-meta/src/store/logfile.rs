@@ -27,6 +27,23 @@
 //! broken batch is followed by a valid batch header: that batch was
 //! acknowledged, and so was everything before it.
 //!
+//! ## Preallocation
+//!
+//! The last segment runs ahead of its batches by up to
+//! [`LogOptions::preallocate`] bytes of written zeros: an append that
+//! would pass the zeros writes its batch and then the next stretch of
+//! zeros, and its one `fdatasync` makes both durable. Every other append
+//! overwrites zeros inside the file, so its `fdatasync` writes the data
+//! blocks only. An append that grows the file must also write the inode
+//! (its size) and, on ext4, the extent tree or a journal commit: measured
+//! here, about 205 µs per `fdatasync` of an appended 1 KiB against 95 µs
+//! of an overwrite. (`fallocate` is not enough: unwritten extents are
+//! converted, a metadata write, on the first write into them.) A segment is
+//! cut back to its last batch before the next one is started, so only
+//! the last segment has zeros after its batches, and
+//! [`SegmentedLog::open`] reads a tail of zeros there as the end of the
+//! log, not as a torn batch.
+//!
 //! The log keeps an index (log index -> segment, offset, length, log id)
 //! of every record in its files, and the payloads of the most recent
 //! appends ([`LogOptions::cache_bytes`]) so that replication reads of new entries
@@ -56,6 +73,10 @@ pub struct LogOptions {
     /// reads of new entries touch no file (the newest entry is always
     /// kept, whatever its size).
     pub cache_bytes: usize,
+    /// Zeros written ahead of the last batch, so that most appends
+    /// overwrite the file instead of growing it (0: none; see
+    /// "Preallocation" in the module docs).
+    pub preallocate: u64,
 }
 
 impl Default for LogOptions {
@@ -63,6 +84,7 @@ impl Default for LogOptions {
         LogOptions {
             segment_bytes: 64 << 20,
             cache_bytes: 8 << 20,
+            preallocate: 1 << 20,
         }
     }
 }
@@ -177,8 +199,12 @@ struct Loc {
 struct State {
     /// Open segments by first index; the last one takes appends.
     segments: BTreeMap<u64, Arc<File>>,
-    /// Length of the last segment.
+    /// Length of the batches of the last segment (where the next one
+    /// goes).
     active_len: u64,
+    /// Length of the last segment's file: `active_len` and the zeros
+    /// written ahead of it.
+    allocated: u64,
     /// Every record in the segments. Openraft never leaves a hole in the
     /// log, but its storage test suite does, so holes are allowed.
     locs: BTreeMap<u64, Loc>,
@@ -262,6 +288,24 @@ impl Planned {
     pub(crate) fn on_disk(&self) -> bool {
         matches!(self, Planned::Disk { .. })
     }
+}
+
+/// Preallocated space ends on a page boundary.
+const PAGE: u64 = 4096;
+
+/// What preallocated space is written from.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// Writes zeros over `from..to` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64);
+        // n <= ZEROS.len(), a usize.
+        file.write_all_at(&ZEROS[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
 }
 
 fn segment_name(first: u64) -> String {
@@ -435,6 +479,7 @@ impl SegmentedLog {
         let mut st = State {
             segments: BTreeMap::new(),
             active_len: 0,
+            allocated: 0,
             locs: BTreeMap::new(),
             cached: VecDeque::new(),
             cache_bytes: 0,
@@ -448,6 +493,7 @@ impl SegmentedLog {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let buf = std::fs::read(&path)?;
             let mut pos = 0usize;
+            let mut cut = false;
             let mut recs: Vec<Loc> = Vec::new();
             while pos < buf.len() {
                 match parse_batch(&buf[pos..])? {
@@ -480,10 +526,18 @@ impl SegmentedLog {
                         pos += total;
                     }
                     None => {
+                        // Zeros only: the preallocated end of the last
+                        // segment (or a torn batch none of whose pages
+                        // were written, which is the same thing).
+                        let zeros = buf[pos..].iter().all(|&b| b == 0);
                         // A valid batch header after the broken batch
                         // means the broken one was acknowledged.
-                        let later = (pos + 1..buf.len())
-                            .find(|&p| matches!(parse_batch_header(&buf[p..]), Ok(Some(_))));
+                        let later = if zeros {
+                            None
+                        } else {
+                            (pos + 1..buf.len())
+                                .find(|&p| matches!(parse_batch_header(&buf[p..]), Ok(Some(_))))
+                        };
                         if !last || later.is_some() {
                             return Err(corrupt(format!(
                                 "{}: damaged batch at offset {pos} followed by {}",
@@ -505,6 +559,9 @@ impl SegmentedLog {
                                 path.display()
                             )));
                         }
+                        if zeros {
+                            break;
+                        }
                         tracing::warn!(
                             segment = %path.display(),
                             offset = pos,
@@ -513,6 +570,7 @@ impl SegmentedLog {
                         );
                         file.set_len(pos as u64)?;
                         file.sync_data()?;
+                        cut = true;
                         break;
                     }
                 }
@@ -557,6 +615,7 @@ impl SegmentedLog {
             st.locs
                 .extend(recs.into_iter().map(|l| (l.log_id.index, l)));
             st.active_len = pos as u64;
+            st.allocated = if cut { pos as u64 } else { buf.len() as u64 };
             st.segments.insert(seg, Arc::new(file));
         }
         if dir_changed {
@@ -605,7 +664,7 @@ impl SegmentedLog {
             return Ok(None);
         };
         let first = first_id.index;
-        let (file, offset, seg) = {
+        let (file, offset, seg, allocated) = {
             let mut st = self.lock();
             if st.failed {
                 return Err(io::Error::other(
@@ -624,7 +683,9 @@ impl SegmentedLog {
                 Some(_) => st.active_len >= self.opts.segment_bytes || st.locs.is_empty(),
             };
             if roll {
-                let res = self.new_segment(first);
+                let res = self
+                    .trim_last(&mut st)
+                    .and_then(|()| self.new_segment(first));
                 let file = match res {
                     Ok(f) => f,
                     Err(e) => {
@@ -634,22 +695,33 @@ impl SegmentedLog {
                 };
                 st.segments.insert(first, file);
                 st.active_len = 0;
+                st.allocated = 0;
             }
             let Some((&seg, file)) = st.segments.last_key_value() else {
                 return Err(io::Error::other("raft log: no segment to append to"));
             };
-            (file.clone(), st.active_len, seg)
+            (file.clone(), st.active_len, seg, st.allocated)
         };
+        let end = offset + batch.buf.len() as u64;
+        // Past the zeros: write the next stretch of them after the batch.
+        let grow_to = (self.opts.preallocate > 0 && end > allocated)
+            .then(|| (end + self.opts.preallocate).next_multiple_of(PAGE));
         // Only this (serialized) writer changes the files' tails, and the
         // index names no byte past `offset`: write unlocked, so readers
         // are not held up.
-        let res = file.write_all_at(&batch.buf, offset);
+        let res = file
+            .write_all_at(&batch.buf, offset)
+            .and_then(|()| match grow_to {
+                Some(to) => write_zeros(&file, end, to),
+                None => Ok(()),
+            });
         let mut st = self.lock();
         if let Err(e) = res {
             st.failed = true;
             return Err(e);
         }
-        st.active_len = offset + batch.buf.len() as u64;
+        st.active_len = end;
+        st.allocated = grow_to.unwrap_or(allocated).max(end);
         for &(log_id, at, len) in &batch.records {
             let p = at + RECORD_HEADER;
             let payload = batch.buf.slice(p..p + len as usize);
@@ -669,6 +741,21 @@ impl SegmentedLog {
         }
         st.trim_cache(self.opts.cache_bytes);
         Ok(Some(file))
+    }
+
+    /// Cuts the zeros after the last segment's batches away, durably,
+    /// before a segment is started after it (only the last segment may
+    /// end in zeros).
+    fn trim_last(&self, st: &mut State) -> io::Result<()> {
+        let Some((_, file)) = st.segments.last_key_value() else {
+            return Ok(());
+        };
+        if st.allocated > st.active_len {
+            file.set_len(st.active_len)?;
+            file.sync_data()?;
+            st.allocated = st.active_len;
+        }
+        Ok(())
     }
 
     /// Creates an empty segment starting at `first` and makes its
@@ -710,6 +797,17 @@ impl SegmentedLog {
 
     fn truncate_locked(&self, st: &mut State, index: u64) -> io::Result<()> {
         let doomed: Vec<u64> = st.segments.range(index..).map(|(&s, _)| s).rev().collect();
+        // Where the batches of the segment left last end: the last one's
+        // is known; an older one was cut back to its batches when the
+        // next was started.
+        let last_kept_end = |st: &State, removed: bool| -> io::Result<u64> {
+            match st.segments.last_key_value() {
+                Some(_) if !removed => Ok(st.active_len),
+                Some((_, file)) => file.metadata().map(|m| m.len()),
+                None => Ok(0),
+            }
+        };
+        let removed = !doomed.is_empty();
         for seg in doomed {
             st.segments.remove(&seg);
             std::fs::remove_file(self.dir.join(segment_name(seg)))?;
@@ -721,14 +819,15 @@ impl SegmentedLog {
             let file = st.segments.get(&l.seg)?.clone();
             Some((file, l.seg, l.offset, l.batch_at))
         });
-        if let Some((file, seg, offset, batch_at)) = first_cut {
+        let new_end = if let Some((file, seg, offset, batch_at)) = first_cut {
             if offset == batch_at + BATCH_HEADER as u64 {
                 file.set_len(batch_at)?;
                 file.sync_data()?;
+                batch_at
             } else {
                 // The end of the batch: the next batch's start in the
                 // same segment (entries of removed later segments are
-                // still indexed), or the end of the file.
+                // still indexed), or the end of the segment's batches.
                 let end = st
                     .locs
                     .range(index..)
@@ -737,16 +836,20 @@ impl SegmentedLog {
                     .map(|(_, l)| l.batch_at);
                 let end = match end {
                     Some(e) => e,
-                    None => file.metadata()?.len(),
+                    None => last_kept_end(st, removed)?,
                 };
                 file.set_len(end)?;
                 let marker = batch_header(KIND_TRUNCATE, 0, 0, index);
                 file.write_all_at(&marker, end)?;
                 file.sync_data()?;
+                end + BATCH_HEADER as u64
             }
-        }
+        } else {
+            last_kept_end(st, removed)?
+        };
         st.forget_from(index);
-        st.active_len = match st.segments.last_key_value() {
+        st.active_len = new_end;
+        st.allocated = match st.segments.last_key_value() {
             Some((_, file)) => file.metadata()?.len(),
             None => 0,
         };
@@ -777,6 +880,7 @@ impl SegmentedLog {
         }
         if st.segments.is_empty() {
             st.active_len = 0;
+            st.allocated = 0;
         }
         drop(st);
         if removed {
