@@ -2,7 +2,7 @@
 //! manifest. The object becomes visible only at the commit; a failed PUT
 //! deletes the shards it wrote (in the background).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use s3s::dto::*;
 use s3s::S3Request;
 use tessera_types::manifest::MANIFEST_LAYOUT;
 use tessera_types::meta::{MetaCommand, MetaError, MetaReply, WriteCondition};
-use tessera_types::{ObjectData, ObjectManifest, Part};
+use tessera_types::{ObjectData, ObjectManifest, Part, Stripe, StripeId};
 
 use super::Tessera;
 use crate::checksum::{self, set_checksum, Algorithm, RequestChecksum};
@@ -176,6 +176,7 @@ pub(super) async fn commit_manifest(
         manifest.key.clone(),
         manifest.version_id.clone(),
     );
+    let ours: HashSet<StripeId> = manifest.stripes().map(|st| st.id).collect();
     let cmd = MetaCommand::PutObjectChecked {
         manifest,
         condition,
@@ -200,7 +201,7 @@ pub(super) async fn commit_manifest(
         Ok(reply) => {
             disarm(guard);
             if let MetaReply::Replaced(Some(old)) = reply {
-                gc::delete_later(&s.dp, &old);
+                gc::delete_stripes_later(&s.dp, superseded(&old, &ours));
             }
         }
         Err(e) => {
@@ -211,6 +212,17 @@ pub(super) async fn commit_manifest(
         }
     }
     Ok(())
+}
+
+/// The stripes of a replaced version that the new one does not use. The
+/// meta client retries a write whose answer was lost: if the first try
+/// was committed, the retry replaces our own manifest, and its stripes
+/// are the ones just written (meta's GC queue keeps them the same way).
+fn superseded<'a>(
+    old: &'a ObjectManifest,
+    ours: &'a HashSet<StripeId>,
+) -> impl Iterator<Item = &'a Stripe> {
+    old.stripes().filter(|st| !ours.contains(&st.id))
 }
 
 /// Whether the current version of `bucket/key` is `version` (when in
@@ -330,6 +342,55 @@ mod tests {
         assert!(!h.contains_key("content-encoding"));
         let h = standard_headers(None, None, Some("gzip, aws-chunked".into()), None, None);
         assert_eq!(h.get("content-encoding").map(String::as_str), Some("gzip"));
+    }
+
+    fn manifest(version: &str, stripes: Vec<Stripe>) -> ObjectManifest {
+        ObjectManifest {
+            layout: MANIFEST_LAYOUT,
+            bucket: "b".into(),
+            key: "k".into(),
+            version_id: version.into(),
+            size: 1,
+            etag: String::new(),
+            content_type: None,
+            headers: BTreeMap::new(),
+            user_metadata: BTreeMap::new(),
+            checksums: BTreeMap::new(),
+            created: 0,
+            data: ObjectData::Parts(vec![Part {
+                number: 1,
+                size: 1,
+                etag: String::new(),
+                checksums: BTreeMap::new(),
+                stripes,
+            }]),
+        }
+    }
+
+    fn stripe() -> Stripe {
+        Stripe {
+            id: StripeId::random(),
+            len: 4,
+            shard_len: 1,
+            class: tessera_types::StorageClass::rs(4, 2, 64),
+            shards: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_retried_commit_never_deletes_its_own_stripes() {
+        let (a, b) = (stripe(), stripe());
+        let ids = |m: &ObjectManifest| m.stripes().map(|st| st.id).collect::<HashSet<_>>();
+        // The retry of a committed write "replaces" the same manifest.
+        let ours = manifest("v1", vec![a.clone(), b.clone()]);
+        assert_eq!(superseded(&ours, &ids(&ours)).count(), 0);
+        // A real replacement gives back every stripe of the old version.
+        let old = manifest("v0", vec![stripe(), stripe()]);
+        let gone: HashSet<StripeId> = superseded(&old, &ids(&ours)).map(|st| st.id).collect();
+        assert_eq!(gone, ids(&old));
+        // Shared stripes stay.
+        let mixed = manifest("v0", vec![a, stripe()]);
+        assert_eq!(superseded(&mixed, &ids(&ours)).count(), 1);
     }
 
     #[test]
