@@ -218,3 +218,45 @@ def test_crash_at_failpoint_loses_nothing_and_leaves_nothing(failpoint):
         c.close()
         if not os.environ.get("TESSERA_KEEP_DATA"):
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_commit_retried_after_a_lost_answer_keeps_its_shards():
+    """The meta client retries a write whose answer was lost. When the
+    first try was committed, the retry replaces the manifest with itself:
+    the gateway must not schedule the stripes of that 'old' version (its
+    own) for deletion. Switch `gateway.commit.lose_answer` sends every
+    commit twice; the GC grace is cut to half a second."""
+    data_dir = tempfile.mkdtemp(prefix="tessera-lost-answer-")
+    c = ArmedCluster(data_dir, free_port_base(start=21000), storage_nodes=6, zones=3)
+    try:
+        info = c.start()
+        s3 = client(info, retries=5)
+        s3.create_bucket(Bucket="crash")
+        conf = os.path.join(data_dir, "gateway-gc.toml")
+        with open(conf, "w") as f:
+            f.write("gc-grace-ms = 500\n")
+        restart(c, [c.gateway()], {"TESSERA_FAILPOINTS": "gateway.commit.lose_answer=on"},
+                {"--config": conf})
+        body = os.urandom(3 * 1024 * 1024 + 7)
+        s3.put_object(Bucket="crash", Key="retried", Body=body)
+        written, _ = shard_files(c)
+        assert written, "no shard files written"
+        # Well past the grace: deletes it scheduled have run.
+        time.sleep(4)
+        kept, _ = shard_files(c)
+        assert kept == written, f"{len(written - kept)} of {len(written)} shard files deleted"
+        assert s3.get_object(Bucket="crash", Key="retried")["Body"].read() == body
+        # An overwrite still hands the replaced version's shards to GC.
+        s3.put_object(Bucket="crash", Key="retried", Body=body[:2 * 1024 * 1024])
+        deadline = time.time() + 20
+        while True:
+            now, _ = shard_files(c)
+            if not now & written:
+                break
+            assert time.time() < deadline, f"{len(now & written)} replaced shard files left"
+            time.sleep(0.5)
+        assert s3.get_object(Bucket="crash", Key="retried")["Body"].read() == body[:2 * 1024 * 1024]
+    finally:
+        c.close()
+        if not os.environ.get("TESSERA_KEEP_DATA"):
+            shutil.rmtree(data_dir, ignore_errors=True)

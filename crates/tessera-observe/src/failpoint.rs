@@ -3,7 +3,9 @@
 //! `TESSERA_FAILPOINTS=name=action,...` (read once per process) makes
 //! [`hit`]`(name)` act at that point of the code: `abort` kills the process
 //! on the spot (no destructors, no flushes: a crash), `exit` exits with
-//! status 75. Unset, a failpoint costs one atomic load. Names are
+//! status 75. A few points are switches instead: armed with `on`, [`is_on`]
+//! tells the code to take a path that simulates a fault (e.g. a lost
+//! answer). Unset, a failpoint costs one atomic load. Names are
 //! `<role>.<operation>.<point>`, e.g. `gateway.put.after_commit`; every
 //! name is listed in [`NAMES`] so tests can cover them all.
 
@@ -25,12 +27,17 @@ pub const NAMES: &[&str] = &[
     "gateway.put.after_commit",
     // Gateway, multipart: a part's shards durable, the part not recorded.
     "gateway.part.after_shards",
+    // A switch (`on`): the gateway sends each manifest commit twice and
+    // drops the first answer, as the meta client's retry after a lost
+    // answer does.
+    "gateway.commit.lose_answer",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
     Abort,
     Exit,
+    On,
 }
 
 fn armed() -> &'static HashMap<String, Action> {
@@ -45,6 +52,7 @@ fn parse(spec: &str) -> HashMap<String, Action> {
             let action = match action.trim() {
                 "abort" => Action::Abort,
                 "exit" => Action::Exit,
+                "on" => Action::On,
                 _ => return None,
             };
             Some((name.trim().to_string(), action))
@@ -67,8 +75,14 @@ pub fn hit(name: &str) {
             eprintln!("failpoint {name}: exit");
             std::process::exit(75);
         }
-        None => {}
+        Some(Action::On) | None => {}
     }
+}
+
+/// Whether the switch `name` is armed (`name=on`) in this process.
+pub fn is_on(name: &str) -> bool {
+    let armed = armed();
+    !armed.is_empty() && armed.get(name) == Some(&Action::On)
 }
 
 #[cfg(test)]
@@ -77,8 +91,11 @@ mod tests {
 
     #[test]
     fn parses_names_and_actions() {
-        let m = parse("gateway.put.after_commit=abort, storage.put.before_fsync = exit,bad,x=nope");
-        assert_eq!(m.len(), 2);
+        let m = parse(
+            "gateway.put.after_commit=abort, storage.put.before_fsync = exit,bad,x=nope,y=on",
+        );
+        assert_eq!(m.len(), 3);
+        assert_eq!(m["y"], Action::On);
         assert_eq!(m["gateway.put.after_commit"], Action::Abort);
         assert_eq!(m["storage.put.before_fsync"], Action::Exit);
         assert!(parse("").is_empty());
@@ -87,5 +104,6 @@ mod tests {
     #[test]
     fn unarmed_points_do_nothing() {
         hit("gateway.put.after_commit");
+        assert!(!is_on("gateway.commit.lose_answer"));
     }
 }

@@ -182,6 +182,11 @@ pub(super) async fn commit_manifest(
         condition,
         access_key: caller.to_string(),
     };
+    if tessera_observe::failpoint::is_on("gateway.commit.lose_answer") {
+        // A first try whose answer is lost (tests): what follows is the
+        // meta client's retry.
+        let _ = s.meta.write(&cmd).await;
+    }
     match s.meta.write(&cmd).await {
         Ok(MetaReply::Err(e)) => {
             // The meta client retries a write whose answer was lost, so a
