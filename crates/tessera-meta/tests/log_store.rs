@@ -83,6 +83,11 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The index a segment file is named after (its first entry).
+fn first_index(path: &Path) -> u64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
 /// Small segments (many rolls), a small cache (reads from files) and a
 /// little preallocation (each segment is cut back when the next starts).
 fn small() -> LogOptions {
@@ -347,10 +352,7 @@ async fn segments_roll_and_purge_removes_whole_old_ones() {
     assert!(after.len() < before.len());
     // Each remaining segment is named by its first index; only the first
     // may start at or below the purge point.
-    let firsts: Vec<u64> = after
-        .iter()
-        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
-        .collect();
+    let firsts: Vec<u64> = after.iter().map(|p| first_index(p)).collect();
     assert!(firsts[0] <= 151, "{firsts:?}");
     assert!(firsts[1..].iter().all(|&f| f > 151), "{firsts:?}");
 
@@ -485,16 +487,7 @@ async fn truncate_across_segments() {
     check(&got[..49], 1..=49, 1);
     check(&got[49..], 50..=80, 2);
     // Truncating at the first entry of a segment removes the file.
-    let first_of_last: u64 = node
-        .segments()
-        .last()
-        .unwrap()
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let first_of_last = first_index(node.segments().last().unwrap());
     let n = node.segments().len();
     s.truncate(log_id(2, first_of_last)).await.unwrap();
     assert_eq!(node.segments().len(), n - 1);
@@ -519,13 +512,7 @@ async fn truncating_in_the_last_batch_of_a_segment_keeps_what_is_before_it() {
     append(&mut s, 1..=100, 1, 3).await;
     let segs = node.segments();
     assert!(segs.len() > 2, "{segs:?}");
-    let next: u64 = segs[2]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let next = first_index(&segs[2]);
     // Batches are 1..=3, 4..=6, ...: `next - 1` ends a batch, so the cut
     // at it is inside that batch.
     s.truncate(log_id(1, next - 1)).await.unwrap();
