@@ -839,8 +839,27 @@ async fn concurrent_writes_never_overshoot_the_capacity_limit() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert_eq!(ok, 5);
+    // At most the limit. A write that finished is counted in the used
+    // bytes a moment before its reservation goes (counted twice, never
+    // missed), so a concurrent write may be refused while one more would
+    // just fit: fewer than five can succeed in the burst.
+    assert!((1..=5).contains(&ok), "{ok} writes succeeded");
     assert!(store.shard_bytes() <= limit);
+    // Once quiet, the room left is exactly what the limit allows.
+    let mut more = 0;
+    loop {
+        let key = ShardKey {
+            stripe: StripeId::random(),
+            index: 0,
+        };
+        match put(&store, key, &random_bytes(shard as usize)).await {
+            Ok(()) => more += 1,
+            Err(StorageError::NoSpace(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok + more, 5);
+    assert_eq!(store.shard_bytes(), limit);
     assert!(temp_files(dir.path()).is_empty());
 }
 

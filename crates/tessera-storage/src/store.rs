@@ -448,22 +448,32 @@ impl ShardStore {
         let Some(limit) = self.capacity_limit else {
             return Ok(None);
         };
-        let before = self.reserved.fetch_add(bytes, Ordering::Relaxed);
-        let reservation = Reservation {
-            store: self.clone(),
-            bytes,
-        };
-        let used = self.shard_bytes();
-        if used.saturating_add(before).saturating_add(bytes) > limit {
-            drop(reservation);
-            return Err(StorageError::NoSpace(io::Error::new(
+        // Reserve only if it fits: adding first and taking it back on a
+        // refusal let concurrent refused writes crowd out one that fit
+        // (a spurious NoSpace while there was room). `used` is read after
+        // the reservations: a finished write adds its bytes to `used`
+        // before it releases its reservation (Release, see `Drop`), so a
+        // write is counted twice for a moment, never missed.
+        let mut used = 0;
+        let reserved = self
+            .reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |before| {
+                used = self.shard_bytes();
+                let total = used.saturating_add(before).saturating_add(bytes);
+                (total <= limit).then_some(before + bytes)
+            });
+        match reserved {
+            Ok(_) => Ok(Some(Reservation {
+                store: self.clone(),
+                bytes,
+            })),
+            Err(before) => Err(StorageError::NoSpace(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
                     "capacity-bytes limit of {limit} bytes reached ({used} used, {before} reserved, {bytes} asked)"
                 ),
-            )));
+            ))),
         }
-        Ok(Some(reservation))
     }
 
     /// Index of the data directory a stripe's shards are written to:
@@ -1375,7 +1385,9 @@ struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.store.reserved.fetch_sub(self.bytes, Ordering::Relaxed);
+        // Release: whoever sees the reservation gone sees the bytes the
+        // write added to `shard_bytes` before it.
+        self.store.reserved.fetch_sub(self.bytes, Ordering::Release);
     }
 }
 
