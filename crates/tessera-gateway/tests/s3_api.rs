@@ -536,6 +536,29 @@ async fn readiness(admin: &str, done: impl Fn(Option<u16>) -> bool) -> Option<u1
     status
 }
 
+/// A new gateway (Alice's client to it) that loads a map showing every
+/// node of `up` down (epoch `up.epoch + bump`), after which meta serves
+/// them up again (the next epoch).
+async fn gateway_with_an_all_down_map(
+    h: &Harness,
+    up: &tessera_types::ClusterMap,
+    bump: u64,
+) -> S3Client {
+    let mut down = up.clone();
+    down.epoch += bump;
+    for n in &mut down.nodes {
+        n.state = tessera_types::NodeState::Down;
+    }
+    *h.meta.map.lock().unwrap() = down;
+    let (addr, admin) = second_gateway(h).await;
+    let ready = readiness(&admin, |s| s == Some(200)).await;
+    assert_eq!(ready, Some(200), "a map (all down) loaded");
+    let mut back = up.clone();
+    back.epoch += bump + 1;
+    *h.meta.map.lock().unwrap() = back;
+    S3Client::new(&addr, Some(("ALICEKEY", "alice-secret")))
+}
+
 /// After a whole-cluster restart a gateway can load its first map while
 /// meta still shows every storage node down (or while meta has no leader
 /// and it loads nothing). A read must not fail by that stale map: the
@@ -565,39 +588,14 @@ async fn a_gateway_with_a_stale_map_reloads_it_to_read() {
 
     // Meta shows every node down while the gateway starts; they are up
     // again (a newer map) by the time a client reads.
-    let mut down = up.clone();
-    for n in &mut down.nodes {
-        n.state = tessera_types::NodeState::Down;
-    }
-    *h.meta.map.lock().unwrap() = down;
-    let (second, admin) = second_gateway(&h).await;
-    let ready = readiness(&admin, |s| s == Some(200)).await;
-    assert_eq!(ready, Some(200), "a map (all down) loaded");
-    let mut back = up.clone();
-    back.epoch += 1;
-    *h.meta.map.lock().unwrap() = back;
-    let c = S3Client::new(&second, Some(("ALICEKEY", "alice-secret")));
+    let c = gateway_with_an_all_down_map(&h, &up, 0).await;
     let r = c.get("/stale/k").await;
     assert_eq!(r.status, 200);
     assert!(r.body[..] == data[..], "read with the reloaded map");
 
     // The same for a write: a gateway whose map has every node down
     // reloads it rather than answer 503.
-    *h.meta.map.lock().unwrap() = {
-        let mut down = up.clone();
-        down.epoch += 2;
-        for n in &mut down.nodes {
-            n.state = tessera_types::NodeState::Down;
-        }
-        down
-    };
-    let (third, admin) = second_gateway(&h).await;
-    let ready = readiness(&admin, |s| s == Some(200)).await;
-    assert_eq!(ready, Some(200), "a map (all down) loaded");
-    let mut back = up.clone();
-    back.epoch += 3;
-    *h.meta.map.lock().unwrap() = back;
-    let c = S3Client::new(&third, Some(("ALICEKEY", "alice-secret")));
+    let c = gateway_with_an_all_down_map(&h, &up, 2).await;
     assert_eq!(
         c.put("/stale/w", data.clone()).await.status,
         200,
