@@ -15,7 +15,9 @@ use crate::store::SmTrees;
 
 /// How often the gauges are refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
-/// The durability figures scan the stripe index: refreshed less often.
+/// The durability figures scan the repair queue (as long as the repair
+/// backlog; the other figures are counts kept as writes commit): refreshed
+/// less often.
 const DURABILITY_EVERY: u64 = 10;
 
 struct MetaGauges {
@@ -148,7 +150,7 @@ pub(crate) fn start(
             let t = trees.clone();
             let counts = tokio::task::spawn_blocking(move || {
                 let nodes = t.all_nodes().ok()?;
-                Some((nodes, t.gc.len()))
+                Some((nodes, t.counts().gc_items))
             })
             .await;
             if let Ok(Some((nodes, gc))) = counts {

@@ -806,8 +806,18 @@ impl SmTrees {
 
     /// The figures of `tessera admin status`.
     pub fn durability_status(&self) -> Result<DurabilityStatus, MetaNodeError> {
+        // Counts kept as writes commit; only the repair queue (as long as
+        // the backlog, not the data) is scanned.
+        let counts = self.counts();
         let mut st = DurabilityStatus {
-            stripes: self.stripes.len() as u64,
+            stripes: counts.stripes,
+            gc_items: counts.gc_items,
+            gc_stripes: counts.gc_stripes,
+            shards_by_node: counts
+                .node_shards
+                .into_iter()
+                .map(|(k, n)| (NodeId(String::from_utf8_lossy(&k).into_owned()), n))
+                .collect(),
             config: self.repair_config()?,
             ..Default::default()
         };
@@ -833,22 +843,6 @@ impl SmTrees {
         let (n, b): (u64, u64) = Self::get(&self.meta, META_REPAIRED)?.unwrap_or((0, 0));
         st.repaired_stripes = n;
         st.repaired_bytes = b;
-        for entry in self.gc.iter() {
-            let (_, v) = entry?;
-            let item: GcItem = dec(&v)?;
-            st.gc_items += 1;
-            st.gc_stripes += item.stripes.len() as u64;
-        }
-        let mut per_node: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
-        for entry in self.node_shards.iter() {
-            let (k, _) = entry?;
-            let end = k.iter().position(|b| *b == 0).unwrap_or(k.len());
-            *per_node.entry(k[..end].to_vec()).or_default() += 1;
-        }
-        st.shards_by_node = per_node
-            .into_iter()
-            .map(|(k, n)| (NodeId(String::from_utf8_lossy(&k).into_owned()), n))
-            .collect();
         Ok(st)
     }
 

@@ -12,6 +12,7 @@
 //! Every value is written with [`tessera_types::codec`] (version byte +
 //! bincode), openraft's own types included.
 
+mod counts;
 pub mod durability;
 pub mod log;
 mod logfile;

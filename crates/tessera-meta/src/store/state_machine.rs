@@ -106,6 +106,7 @@ use tessera_types::{
     AccessKey, Bucket, NodeId, NodeInfo, NodeState, ObjectManifest, Stripe, UnixMillis,
 };
 
+use super::counts::{Counted, Counts, Tally};
 use super::durability::{object_owner, Effects};
 use super::redo::{self, TreeWrites};
 use super::{dec, enc, flush, RaftNodeId, StoreError, TypeConfig};
@@ -218,6 +219,9 @@ pub struct SmTrees {
     snapshot: sled::Tree,
     /// The redo record of the last group of writes (see `redo.rs`).
     redo: sled::Tree,
+    /// Entry counts of the stripe index, shard index and GC queue
+    /// (`counts.rs`).
+    counts: std::sync::Arc<Counts>,
 }
 
 /// Number of trees in the replicated state.
@@ -290,12 +294,27 @@ impl SmTrees {
             meta: db.open_tree("sm_meta")?,
             snapshot: db.open_tree("sm_snapshot")?,
             redo: db.open_tree("sm_redo")?,
+            counts: Default::default(),
             db,
         };
         // Completes the last group of writes, if a crash cut it short.
         let state: Vec<&sled::Tree> = trees.state_trees().iter().map(|(_, t)| *t).collect();
         redo::replay(&trees.redo, &state)?;
+        trees.recount()?;
         Ok(trees)
+    }
+
+    /// Counts the stripe index, shard index and GC queue afresh.
+    fn recount(&self) -> Result<(), sled::Error> {
+        let t = Tally::scan(&self.stripes, &self.node_shards, &self.gc)?;
+        self.counts.set(t);
+        Ok(())
+    }
+
+    /// Entry counts of the stripe index, the shard index (per node) and
+    /// the GC queue, kept as writes commit: no scan.
+    pub(crate) fn counts(&self) -> Tally {
+        self.counts.get()
     }
 
     /// The trees that make up the replicated state, by snapshot name.
@@ -452,16 +471,19 @@ impl SmTrees {
         self.redo.insert(redo::REDO_KEY, record)?;
         let trees = self.state_trees();
         let writes = parts.iter().flat_map(|part| {
-            trees
-                .iter()
-                .zip(part.iter())
-                .flat_map(|((_, tree), w)| w.iter().map(move |kv| (*tree, kv)))
+            trees.iter().zip(part.iter()).flat_map(|((name, tree), w)| {
+                let counted = Counted::of(name);
+                w.iter().map(move |kv| (*tree, counted, kv))
+            })
         });
-        for (tree, (k, v)) in writes.take(limit) {
-            match v {
+        for (tree, counted, (k, v)) in writes.take(limit) {
+            let old = match v {
                 Some(v) => tree.insert(k, v.clone())?,
                 None => tree.remove(k)?,
             };
+            if let Some(c) = counted {
+                self.counts.record(c, k, old.as_deref(), v.as_deref());
+            }
         }
         Ok(())
     }
@@ -489,7 +511,9 @@ impl SmTrees {
                 TransactionError::Abort(()) => {
                     sled::Error::ReportableBug("state machine transaction aborted".into())
                 }
-            })
+            })?;
+        // A whole new state (a snapshot): count it.
+        self.recount()
     }
 
     /// Why `access_key` may not write objects into `bucket`, if it may not
@@ -1436,6 +1460,112 @@ mod tests {
     fn open(dir: &std::path::Path) -> Result<StateMachineStore, MetaNodeError> {
         let db = sled::Config::new().path(dir).open()?;
         StateMachineStore::new(db, dir)
+    }
+
+    /// Random groups of writes to the counted trees: overwrites, removes
+    /// of absent keys, several writes to one key in a group, GC items of
+    /// different sizes.
+    fn random_counted_writes(seed: &mut u64, groups: usize) -> Vec<Writes> {
+        let mut next = move |n: u64| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed % n
+        };
+        let gc_item = |stripes: u64| GcItem {
+            at: 1,
+            bucket: "b".into(),
+            key: "k".into(),
+            version_id: "v".into(),
+            stripes: (0..stripes)
+                .map(|_| Stripe {
+                    id: tessera_types::StripeId::random(),
+                    len: 1,
+                    shard_len: 1,
+                    class: tessera_types::StorageClass::rs(2, 1, 10),
+                    shards: vec![],
+                })
+                .collect(),
+            lease: None,
+        };
+        (0..groups)
+            .map(|_| {
+                let mut w = Writes::default();
+                for _ in 0..next(12) {
+                    let key = next(16) as u8;
+                    let remove = next(3) == 0;
+                    match next(3) {
+                        0 if remove => w.stripes.remove(vec![key]),
+                        0 => w.stripes.insert(vec![key], b"owner".to_vec()),
+                        1 => {
+                            let node = [b"n1".as_slice(), b"n2", b"node-three"][next(3) as usize];
+                            let mut k = node.to_vec();
+                            k.extend_from_slice(&[0, key, key / 4]);
+                            if remove {
+                                w.node_shards.remove(k);
+                            } else {
+                                w.node_shards.insert(k, Vec::new());
+                            }
+                        }
+                        _ if remove => w.gc.remove(vec![key]),
+                        _ => w.gc.insert(vec![key], enc(&gc_item(next(4)))),
+                    }
+                }
+                w
+            })
+            .collect()
+    }
+
+    fn scanned(t: &SmTrees) -> Tally {
+        Tally::scan(&t.stripes, &t.node_shards, &t.gc).unwrap()
+    }
+
+    /// The counts the metrics report, kept as writes commit, always equal
+    /// a scan of the trees: after every group, after a group cut short by
+    /// a crash and completed at open, and after a snapshot replaced the
+    /// state.
+    #[test]
+    fn counts_kept_as_writes_commit_equal_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        {
+            let sm = open(dir.path()).unwrap();
+            assert_eq!(sm.trees.counts(), Tally::default());
+            for mut w in random_counted_writes(&mut seed, 200) {
+                sm.trees.commit_all(std::slice::from_mut(&mut w)).unwrap();
+                assert_eq!(sm.trees.counts(), scanned(&sm.trees));
+            }
+            let c = sm.trees.counts();
+            assert!(c.stripes > 0 && c.gc_items > 0 && c.gc_stripes > 0, "{c:?}");
+            assert!(c.node_shards.len() > 1, "{c:?}");
+            // Several groups at once, as a batch entry commits them.
+            let mut ws = random_counted_writes(&mut seed, 5);
+            sm.trees.commit_all(&mut ws).unwrap();
+            assert_eq!(sm.trees.counts(), scanned(&sm.trees));
+            // A group cut short: the counts follow what was written ...
+            let mut ws = random_counted_writes(&mut seed, 3);
+            sm.trees.commit_cut(&mut ws, 7).unwrap();
+            assert_eq!(sm.trees.counts(), scanned(&sm.trees));
+            sm.trees.db.flush().unwrap();
+        }
+        // ... and the open that completes it counts afresh.
+        let sm = open(dir.path()).unwrap();
+        assert_eq!(sm.trees.counts(), scanned(&sm.trees));
+        for mut w in random_counted_writes(&mut seed, 50) {
+            sm.trees.commit_all(std::slice::from_mut(&mut w)).unwrap();
+        }
+        assert_eq!(sm.trees.counts(), scanned(&sm.trees));
+
+        // A snapshot's state, written in one transaction, is counted too.
+        let mut w = Writes::default();
+        for (k, _) in sm.trees.stripes.iter().flatten().skip(1) {
+            w.stripes.remove(k);
+        }
+        w.node_shards.insert(b"n9\0ab".to_vec(), Vec::new());
+        sm.trees.commit_transaction(&mut w).unwrap();
+        let after = sm.trees.counts();
+        assert_eq!(after, scanned(&sm.trees));
+        assert!(after.stripes <= 1 && after.node_shards.contains_key(&b"n9"[..]));
     }
 
     /// A group of writes cut short by a crash (its redo record and some of
