@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 import boto3
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "chaos"))
-from cluster import Cluster, free_port_base  # noqa: E402
+from cluster import Cluster, free_port_base, tail  # noqa: E402
 
 FAILPOINTS = [
     "storage.put.before_fsync",
@@ -105,6 +105,23 @@ def read_after_restart(s3, key, attempts=5):
             time.sleep(1)
 
 
+def wait_serving(info, timeout=20):
+    """Waits until the gateway answers a bucket request; returns the
+    errors it gave before (empty when it served at once)."""
+    s3 = client(info, retries=1)
+    errors = []
+    deadline = time.time() + timeout
+    while True:
+        try:
+            s3.head_bucket(Bucket="crash")
+            return errors
+        except (BotoCoreError, ClientError) as e:
+            errors.append(repr(e))
+            if time.time() > deadline:
+                raise AssertionError(f"gateway not serving {timeout}s after a restart: {errors}")
+            time.sleep(0.2)
+
+
 def restart(c, nodes, env, flags=None):
     c.extra_env = env
     for node in nodes:
@@ -134,14 +151,24 @@ def test_crash_at_failpoint_loses_nothing_and_leaves_nothing(failpoint):
         restart(c, armed_nodes, {"TESSERA_FAILPOINTS": f"{failpoint}=abort"},
                 ORPHAN_FLAGS if role == "storage" else None)
 
+        # The armed nodes serve before the write that must crash them: an
+        # error of theirs would otherwise pass for the crash.
+        early = wait_serving(info)
+        if early:
+            print(f"\n[crash] {failpoint}: refused before serving: {early}")
+
         # The write that crashes.
         body = os.urandom(5 * 1024 * 1024 + 12345)
         crashed_key = "crashed"
-        with pytest.raises((BotoCoreError, ClientError)):
-            s3c = client(info, retries=1)
-            if failpoint == "gateway.part.after_shards":
-                up = s3c.create_multipart_upload(Bucket="crash", Key=crashed_key)
-                s3c.upload_part(Bucket="crash", Key=crashed_key, UploadId=up["UploadId"],
+        s3c = client(info, retries=1)
+        upload = None
+        if failpoint == "gateway.part.after_shards":
+            # Not the crashing call: it must succeed.
+            upload = client(info, retries=5).create_multipart_upload(
+                Bucket="crash", Key=crashed_key)["UploadId"]
+        with pytest.raises((BotoCoreError, ClientError)) as raised:
+            if upload is not None:
+                s3c.upload_part(Bucket="crash", Key=crashed_key, UploadId=upload,
                                 PartNumber=1, Body=body)
             else:
                 s3c.put_object(Bucket="crash", Key=crashed_key, Body=body)
@@ -149,7 +176,9 @@ def test_crash_at_failpoint_loses_nothing_and_leaves_nothing(failpoint):
         while time.time() < deadline and any(n.proc.poll() is None for n in armed_nodes):
             time.sleep(0.1)
         died = [n.name or n.role for n in armed_nodes if n.proc.poll() is not None]
-        assert died, f"no process crashed at {failpoint}"
+        assert died, (f"no process crashed at {failpoint}; the write failed with: "
+                      f"{raised.value!r}; last lines of {armed_nodes[0].log}:\n"
+                      f"{tail(armed_nodes[0].log)}")
         for n in armed_nodes:
             if n.proc.poll() is not None:
                 n.state = "killed"
