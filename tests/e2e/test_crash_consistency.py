@@ -12,6 +12,7 @@ absent or (crash after the commit) complete, and the shard files on disk
 converge to exactly the shards that meta places on each node.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -132,14 +133,27 @@ def restart(c, nodes, env, flags=None):
         c.restart(node)
 
 
-@pytest.mark.parametrize("failpoint", FAILPOINTS)
-def test_crash_at_failpoint_loses_nothing_and_leaves_nothing(failpoint):
-    data_dir = tempfile.mkdtemp(prefix="tessera-crash-")
+@contextlib.contextmanager
+def crash_cluster(prefix):
+    """A started 6-node cluster with bucket `crash`: (data dir, cluster,
+    its info, a retrying client). Closed on exit; its files are kept when
+    TESSERA_KEEP_DATA is set (a test sets it to keep the logs of a miss)."""
+    data_dir = tempfile.mkdtemp(prefix=prefix)
     c = ArmedCluster(data_dir, free_port_base(start=21000), storage_nodes=6, zones=3)
     try:
         info = c.start()
         s3 = client(info, retries=5)
         s3.create_bucket(Bucket="crash")
+        yield data_dir, c, info, s3
+    finally:
+        c.close()
+        if not os.environ.get("TESSERA_KEEP_DATA"):
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("failpoint", FAILPOINTS)
+def test_crash_at_failpoint_loses_nothing_and_leaves_nothing(failpoint):
+    with crash_cluster("tessera-crash-") as (data_dir, c, info, s3):
         acked = {}
         for i in range(4):
             body = os.urandom(300_000 * (i + 1))
@@ -243,10 +257,6 @@ def test_crash_at_failpoint_loses_nothing_and_leaves_nothing(failpoint):
         # And the cluster still takes writes.
         s3.put_object(Bucket="crash", Key="after", Body=b"x" * 1000)
         assert s3.get_object(Bucket="crash", Key="after")["Body"].read() == b"x" * 1000
-    finally:
-        c.close()
-        if not os.environ.get("TESSERA_KEEP_DATA"):
-            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_a_commit_retried_after_a_lost_answer_keeps_its_shards():
@@ -255,12 +265,7 @@ def test_a_commit_retried_after_a_lost_answer_keeps_its_shards():
     the gateway must not schedule the stripes of that 'old' version (its
     own) for deletion. Switch `gateway.commit.lose_answer` sends every
     commit twice; the GC grace is cut to half a second."""
-    data_dir = tempfile.mkdtemp(prefix="tessera-lost-answer-")
-    c = ArmedCluster(data_dir, free_port_base(start=21000), storage_nodes=6, zones=3)
-    try:
-        info = c.start()
-        s3 = client(info, retries=5)
-        s3.create_bucket(Bucket="crash")
+    with crash_cluster("tessera-lost-answer-") as (data_dir, c, info, s3):
         conf = os.path.join(data_dir, "gateway-gc.toml")
         with open(conf, "w") as f:
             f.write("gc-grace-ms = 500\n")
@@ -285,7 +290,3 @@ def test_a_commit_retried_after_a_lost_answer_keeps_its_shards():
             assert time.time() < deadline, f"{len(now & written)} replaced shard files left"
             time.sleep(0.5)
         assert s3.get_object(Bucket="crash", Key="retried")["Body"].read() == body[:2 * 1024 * 1024]
-    finally:
-        c.close()
-        if not os.environ.get("TESSERA_KEEP_DATA"):
-            shutil.rmtree(data_dir, ignore_errors=True)
