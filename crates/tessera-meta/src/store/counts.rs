@@ -90,11 +90,19 @@ impl Tally {
         match tree {
             Counted::Stripes => self.stripes = (self.stripes + is).saturating_sub(was),
             Counted::NodeShards => {
-                let end = key.iter().position(|b| *b == 0).unwrap_or(key.len());
-                let n = self.node_shards.entry(key[..end].to_vec()).or_default();
-                *n = (*n + is).saturating_sub(was);
-                if *n == 0 {
-                    self.node_shards.remove(&key[..end]);
+                let node = &key[..key.iter().position(|b| *b == 0).unwrap_or(key.len())];
+                // The node's id is copied only the first time it is counted.
+                match self.node_shards.get_mut(node) {
+                    Some(n) => {
+                        *n = (*n + is).saturating_sub(was);
+                        if *n == 0 {
+                            self.node_shards.remove(node);
+                        }
+                    }
+                    None if is > was => {
+                        self.node_shards.insert(node.to_vec(), 1);
+                    }
+                    None => {}
                 }
             }
             Counted::Gc => {
