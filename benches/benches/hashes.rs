@@ -41,6 +41,10 @@ fn md5_streams(c: &mut Criterion) {
         .expect("a tokio runtime");
     let best = Engine::global();
     let scalar: &'static Engine = Box::leak(Box::new(Engine::with_kernel(Kernel::scalar())));
+    // AVX2 next to AVX-512 where the CPU has both.
+    let avx2: Option<&'static Engine> = Kernel::avx2()
+        .filter(|k| *k != best.kernel())
+        .map(|k| &*Box::leak(Box::new(Engine::with_kernel(k))));
     for streams in [1usize, 4, 8, 16] {
         let mut g = c.benchmark_group(format!("md5-streams/{streams}x1MiB"));
         g.throughput(Throughput::Bytes((streams as u64) << 20));
@@ -53,6 +57,7 @@ fn md5_streams(c: &mut Criterion) {
         });
         // Without SIMD the best engine is the scalar one.
         let mut engines = vec![(best.kernel().name(), best)];
+        engines.extend(avx2.map(|e| ("avx2", e)));
         if best.kernel().is_simd() {
             engines.push(("scalar", scalar));
         }

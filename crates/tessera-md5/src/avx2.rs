@@ -38,9 +38,8 @@ pub(crate) type LaneWords = [[u32; LANES]; 4];
 #[target_feature(enable = "avx2")]
 pub(crate) fn compress(state: &mut LaneWords, blocks: [&[u8; 64]; LANES]) {
     let m = load_words(&blocks);
-    let [sa, sb, sc, sd] = &*state;
-    let (a0, b0, c0, d0) = (load(sa), load(sb), load(sc), load(sd));
-    let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
+    let start = load_state(state);
+    let [mut a, mut b, mut c, mut d] = start;
 
     macro_rules! rotl {
         ($x:expr, $s:expr) => {{
@@ -80,12 +79,24 @@ pub(crate) fn compress(state: &mut LaneWords, blocks: [&[u8; 64]; LANES]) {
         };
     }
     md5_steps!(step, a, b, c, d);
+    add_store(state, start, [a, b, c, d]);
+}
 
-    let [sa, sb, sc, sd] = state;
-    store(sa, _mm256_add_epi32(a, a0));
-    store(sb, _mm256_add_epi32(b, b0));
-    store(sc, _mm256_add_epi32(c, c0));
-    store(sd, _mm256_add_epi32(d, d0));
+/// The lanes' state words A, B, C, D.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn load_state(state: &LaneWords) -> [__m256i; 4] {
+    state.each_ref().map(|w| load(w))
+}
+
+/// Adds the words a block's steps ended with to the ones it started from
+/// (the end of the compression function) into `state`.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn add_store(state: &mut LaneWords, start: [__m256i; 4], end: [__m256i; 4]) {
+    for ((w, s), e) in state.iter_mut().zip(start).zip(end) {
+        store(w, _mm256_add_epi32(e, s));
+    }
 }
 
 #[target_feature(enable = "avx2")]
@@ -108,7 +119,7 @@ fn store(words: &mut [u32; LANES], v: __m256i) {
 /// `m[w]` holds word `w` of lanes 0..8.
 #[target_feature(enable = "avx2")]
 #[inline]
-fn load_words(blocks: &[&[u8; 64]; LANES]) -> [__m256i; 16] {
+pub(crate) fn load_words(blocks: &[&[u8; 64]; LANES]) -> [__m256i; 16] {
     let [q0, q1, q2, q3] = [
         quarter(blocks, 0),
         quarter(blocks, 16),

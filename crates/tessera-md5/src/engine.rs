@@ -16,15 +16,26 @@
 //! pure CPU and must not hold up the executor, and one long-lived thread
 //! is what lets jobs from different callers meet in the same step.
 //!
+//! A job is a list of buffers (a stream's chunks as they arrived, hashed
+//! in order), so a caller can hand over whatever it received while its
+//! previous job ran, without copying it into one buffer. Callers that hash
+//! a stream as it arrives, rather than a whole stripe at the end, are what
+//! keeps several lanes busy at once: with a job per finished stripe, the
+//! stripes of concurrent writes seldom meet in the queue.
+//!
 //! The queue is unbounded, but it cannot grow past the number of callers:
-//! each [`Engine::update`] call has at most one job queued and holds its
-//! buffer anyway (a `Bytes` is shared, not copied). A caller that goes away
-//! (its future dropped) has its job skipped, or stopped within a few
+//! each caller has at most one job queued ([`Engine::submit`] hands the
+//! state back only with the job's answer) and holds its buffers anyway (a
+//! `Bytes` is shared, not copied). A caller that goes away (drops its
+//! [`Pending`]) has its job skipped, or stopped within a few
 //! microseconds.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -60,10 +71,11 @@ struct Counters {
     scalar_blocks: AtomicU64,
 }
 
-/// A buffer to absorb into a state, and where to send the state after.
+/// Buffers to absorb into a state, in order, and where to send the state
+/// after.
 struct Job {
     state: Md5State,
-    data: Bytes,
+    data: Vec<Bytes>,
     reply: oneshot::Sender<Md5State>,
 }
 
@@ -139,23 +151,65 @@ impl Engine {
     /// Returns `state` after absorbing `data`, hashed on the engine's
     /// thread together with other callers' buffers. Data that completes
     /// no block is absorbed here instead (not worth a thread hop).
-    pub async fn update(&self, mut state: Md5State, data: Bytes) -> Result<Md5State, EngineError> {
-        if state.tail_len + data.len() < 64 {
-            state.update(&data);
-            return Ok(state);
+    pub async fn update(&self, state: Md5State, data: Bytes) -> Result<Md5State, EngineError> {
+        self.submit(state, vec![data]).await
+    }
+
+    /// Queues a job at once (not when first polled): `state` after
+    /// absorbing `data`, buffer after buffer. The returned [`Pending`]
+    /// answers with the state; dropping it abandons the job. Data that
+    /// completes no block is absorbed here instead (not worth a thread
+    /// hop), and answered without waiting.
+    pub fn submit(&self, mut state: Md5State, data: Vec<Bytes>) -> Pending {
+        let len: usize = data.iter().map(Bytes::len).sum();
+        if state.tail_len + len < 64 {
+            for d in &data {
+                state.update(d);
+            }
+            return Pending(PendingKind::Ready(Some(Ok(state))));
         }
-        let jobs = self.jobs.as_ref().ok_or(EngineError::Stopped)?;
+        let Some(jobs) = self.jobs.as_ref() else {
+            return Pending(PendingKind::Ready(Some(Err(EngineError::Stopped))));
+        };
         let (reply, answer) = oneshot::channel();
-        jobs.send(Job { state, data, reply })
-            .map_err(|_| EngineError::Stopped)?;
-        answer.await.map_err(|_| EngineError::Stopped)
+        match jobs.send(Job { state, data, reply }) {
+            Ok(()) => Pending(PendingKind::Queued(answer)),
+            Err(_) => Pending(PendingKind::Ready(Some(Err(EngineError::Stopped)))),
+        }
     }
 }
 
-/// A job in a lane: its full blocks `job.data[at..end]` are still to be
-/// compressed (its compression state is in the worker's `LaneStates`).
+/// The answer to a job queued by [`Engine::submit`]: the state after the
+/// job's buffers.
+#[derive(Debug)]
+pub struct Pending(PendingKind);
+
+#[derive(Debug)]
+enum PendingKind {
+    /// Answered without the engine's thread (`None` once taken).
+    Ready(Option<Result<Md5State, EngineError>>),
+    Queued(oneshot::Receiver<Md5State>),
+}
+
+impl Future for Pending {
+    type Output = Result<Md5State, EngineError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            PendingKind::Ready(r) => Poll::Ready(r.take().unwrap_or(Err(EngineError::Stopped))),
+            PendingKind::Queued(answer) => Pin::new(answer)
+                .poll(cx)
+                .map(|r| r.map_err(|_| EngineError::Stopped)),
+        }
+    }
+}
+
+/// A job in a lane: the full blocks `job.data[chunk][at..end]` are next
+/// to be compressed (its compression state is in the worker's
+/// `LaneStates`), then the buffers after `chunk`.
 struct Lane {
     job: Job,
+    chunk: usize,
     at: usize,
     end: usize,
 }
@@ -214,21 +268,58 @@ impl Worker {
 
     /// Puts `job` in a free lane, or answers it at once if it has no full
     /// block.
-    fn admit(&mut self, mut job: Job) {
+    fn admit(&mut self, job: Job) {
         let Some(lane) = self.lanes.iter().position(Option::is_none) else {
             return;
         };
         if job.reply.is_closed() {
             return;
         }
-        let at = job.state.begin(&job.data);
-        let end = at + (job.data.len() - at) / 64 * 64;
         self.states.set(lane, job.state.state);
-        self.lanes[lane] = Some(Lane { job, at, end });
+        self.lanes[lane] = Some(Lane {
+            job,
+            chunk: 0,
+            at: 0,
+            end: 0,
+        });
         self.active += 1;
-        if at == end {
-            self.retire(lane);
+        self.next_blocks(lane);
+    }
+
+    /// Moves lane `lane`, whose current buffer has no full block left, on
+    /// to the next buffer that has one (keeping what is between as the
+    /// partial block), or answers its job when none is left. The first
+    /// call for a job starts its first buffer.
+    fn next_blocks(&mut self, lane: usize) {
+        let Some(l) = &mut self.lanes[lane] else {
+            return;
+        };
+        let started = l.at != 0 || l.end != 0 || l.chunk != 0;
+        let mut state = l.job.state.clone();
+        state.state = self.states.get(lane);
+        if started {
+            state.end(&l.job.data[l.chunk][l.end..]);
+            l.chunk += 1;
         }
+        while let Some(data) = l.job.data.get(l.chunk) {
+            let at = state.begin(data);
+            let end = at + (data.len() - at) / 64 * 64;
+            if at < end {
+                (l.at, l.end) = (at, end);
+                l.job.state = state;
+                self.states.set(lane, l.job.state.state);
+                return;
+            }
+            state.end(&data[end..]);
+            l.chunk += 1;
+        }
+        // Every buffer absorbed: answer with the state.
+        let Some(Lane { job, .. }) = self.lanes[lane].take() else {
+            return;
+        };
+        self.active -= 1;
+        // The caller may have gone meanwhile: nobody to answer then.
+        let _ = job.reply.send(state);
     }
 
     /// SIMD steps, each a block of every active lane, until a lane runs
@@ -244,7 +335,7 @@ impl Worker {
         } = self;
         // The blocks left in each lane (none in idle lanes).
         let left: [&[u8]; LANES] = std::array::from_fn(|i| match &lanes[i] {
-            Some(l) => &l.job.data[l.at..l.end],
+            Some(l) => &l.job.data[l.chunk][l.at..l.end],
             None => &[],
         });
         let n = left
@@ -277,7 +368,7 @@ impl Worker {
         let Some(l) = &self.lanes[lane] else { return };
         let n = ((l.end - l.at) / 64).min(SOLO_BLOCKS);
         let mut state = self.states.get(lane);
-        scalar::compress_blocks(&mut state, &l.job.data[l.at..l.at + 64 * n]);
+        scalar::compress_blocks(&mut state, &l.job.data[l.chunk][l.at..l.at + 64 * n]);
         self.states.set(lane, state);
         self.counters
             .scalar_blocks
@@ -285,31 +376,20 @@ impl Worker {
         self.advance(lane, n);
     }
 
-    /// Notes that `blocks` blocks of lane `lane` are compressed; answers
-    /// the job if it has none left, drops it if its caller has gone.
+    /// Notes that `blocks` blocks of lane `lane` are compressed; moves on
+    /// to its next buffer, or answers the job, if its buffer has none
+    /// left; drops it if its caller has gone.
     fn advance(&mut self, lane: usize, blocks: usize) {
         let Some(l) = &mut self.lanes[lane] else {
             return;
         };
         l.at += 64 * blocks;
-        if l.at == l.end {
-            self.retire(lane);
-        } else if l.job.reply.is_closed() {
+        if l.job.reply.is_closed() {
             self.lanes[lane] = None;
             self.active -= 1;
+        } else if l.at == l.end {
+            self.next_blocks(lane);
         }
-    }
-
-    /// Answers the job in lane `lane`, freeing the lane.
-    fn retire(&mut self, lane: usize) {
-        let Some(Lane { mut job, end, .. }) = self.lanes[lane].take() else {
-            return;
-        };
-        self.active -= 1;
-        job.state.state = self.states.get(lane);
-        job.state.end(&job.data[end..]);
-        // The caller may have gone meanwhile: nobody to answer then.
-        let _ = job.reply.send(job.state);
     }
 }
 

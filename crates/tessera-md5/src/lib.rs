@@ -16,10 +16,12 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod engine;
 mod scalar;
 
-pub use engine::{Engine, EngineError, EngineStats};
+pub use engine::{Engine, EngineError, EngineStats, Pending};
 
 /// Streams a [`Kernel`] compresses per call.
 pub const LANES: usize = 8;
@@ -59,12 +61,31 @@ enum KernelKind {
     /// Only constructed after `is_x86_feature_detected!("avx2")`.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// Only constructed after `is_x86_feature_detected!` of "avx512f",
+    /// "avx512vl" and "avx2".
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernel {
-    /// AVX2 if this CPU has it, else scalar.
+    /// AVX-512 if this CPU has it, else AVX2 if it has that, else scalar.
     pub fn detect() -> Kernel {
-        Kernel::avx2().unwrap_or(Kernel::scalar())
+        Kernel::avx512()
+            .or_else(Kernel::avx2)
+            .unwrap_or(Kernel::scalar())
+    }
+
+    /// The 8-lane AVX-512 kernel (AVX-512F and VL: rotates and
+    /// three-input logic), if this CPU has it.
+    pub fn avx512() -> Option<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx2")
+        {
+            return Some(Kernel(KernelKind::Avx512));
+        }
+        None
     }
 
     /// One block at a time, lane after lane: any CPU.
@@ -88,12 +109,14 @@ impl Kernel {
         self.0 != KernelKind::Scalar
     }
 
-    /// `"avx2"` or `"scalar"`.
+    /// `"avx512"`, `"avx2"` or `"scalar"`.
     pub fn name(self) -> &'static str {
         match self.0 {
             KernelKind::Scalar => "scalar",
             #[cfg(target_arch = "x86_64")]
             KernelKind::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx512 => "avx512",
         }
     }
 
@@ -113,6 +136,11 @@ impl Kernel {
             // SAFETY: `KernelKind::Avx2` is only constructed once
             // `is_x86_feature_detected!("avx2")` has returned true.
             KernelKind::Avx2 => unsafe { avx2::compress(&mut states.words, blocks) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `KernelKind::Avx512` is only constructed once
+            // `is_x86_feature_detected!` has returned true for "avx512f",
+            // "avx512vl" and "avx2".
+            KernelKind::Avx512 => unsafe { avx512::compress(&mut states.words, blocks) },
         }
     }
 }
@@ -266,8 +294,17 @@ mod tests {
 
     #[test]
     fn avx2_kernel_matches_scalar_with_different_data_per_lane() {
-        let Some(avx2) = Kernel::avx2() else {
-            eprintln!("no AVX2 on this CPU: only the scalar kernel is tested");
+        simd_kernel_matches_scalar(Kernel::avx2(), "AVX2");
+    }
+
+    #[test]
+    fn avx512_kernel_matches_scalar_with_different_data_per_lane() {
+        simd_kernel_matches_scalar(Kernel::avx512(), "AVX-512");
+    }
+
+    fn simd_kernel_matches_scalar(kernel: Option<Kernel>, name: &str) {
+        let Some(simd) = kernel else {
+            eprintln!("no {name} on this CPU: that kernel is not tested");
             return;
         };
         let blocks: Vec<[u8; 64]> = (0..LANES)
@@ -293,7 +330,7 @@ mod tests {
         let mut expect = states;
         Kernel::scalar().compress(&mut expect, refs);
         let mut got = states;
-        avx2.compress(&mut got, refs);
+        simd.compress(&mut got, refs);
         assert_eq!(got, expect);
         // And the scalar kernel agrees with the streaming hasher.
         for (lane, block) in blocks.iter().enumerate() {

@@ -46,6 +46,20 @@ impl Stream {
     }
 }
 
+/// A stream cut into many pieces, some shorter than a block and some
+/// empty, for jobs of several buffers.
+fn chopped_stream() -> impl Strategy<Value = Stream> {
+    (stream(), prop::collection::vec(any::<u16>(), 0..24)).prop_map(|(mut s, more)| {
+        s.cuts.extend(more);
+        // Repeated cuts make empty pieces; cuts close together, pieces
+        // shorter than a block.
+        if let Some(&c) = s.cuts.first() {
+            s.cuts.extend([c, c.saturating_add(1), c.saturating_add(3)]);
+        }
+        s
+    })
+}
+
 fn stream() -> impl Strategy<Value = Stream> {
     let len = prop_oneof![
         prop::sample::select(EDGES.to_vec()),
@@ -57,9 +71,15 @@ fn stream() -> impl Strategy<Value = Stream> {
         .prop_map(|(len, seed, cuts)| Stream { len, seed, cuts })
 }
 
-/// Hashes every stream concurrently through `engine`; returns the
-/// digests, in order.
+/// Hashes every stream concurrently through `engine`, a piece per job;
+/// returns the digests, in order.
 fn hash_all(engine: &'static Engine, streams: &[Stream]) -> Vec<[u8; 16]> {
+    hash_grouped(engine, streams, 1)
+}
+
+/// [`hash_all`], with up to `group` consecutive pieces in one job (a
+/// caller handing over what arrived while its last job ran).
+fn hash_grouped(engine: &'static Engine, streams: &[Stream], group: usize) -> Vec<[u8; 16]> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -69,10 +89,23 @@ fn hash_all(engine: &'static Engine, streams: &[Stream]) -> Vec<[u8; 16]> {
             .iter()
             .map(|s| {
                 let pieces = s.pieces(&s.bytes());
+                let seed = s.seed;
                 tokio::spawn(async move {
                     let mut state = Md5State::new();
-                    for p in pieces {
-                        state = engine.update(state, p).await.unwrap();
+                    if group == 1 {
+                        for p in pieces {
+                            state = engine.update(state, p).await.unwrap();
+                        }
+                        return state.finalize();
+                    }
+                    // Jobs of 1..=group pieces, cut by the stream's seed.
+                    let mut pieces = pieces.into_iter().peekable();
+                    let mut n = seed as usize;
+                    while pieces.peek().is_some() {
+                        let take = 1 + n % group;
+                        n = n / group + 7;
+                        let job: Vec<Bytes> = pieces.by_ref().take(take).collect();
+                        state = engine.submit(state, job).await.unwrap();
                     }
                     state.finalize()
                 })
@@ -93,6 +126,13 @@ fn expected(streams: &[Stream]) -> Vec<[u8; 16]> {
         .collect()
 }
 
+/// The AVX2 engine where the CPU has AVX2 (the best one may be AVX-512).
+fn avx2_engine() -> Option<&'static Engine> {
+    static E: std::sync::OnceLock<Option<Engine>> = std::sync::OnceLock::new();
+    E.get_or_init(|| Kernel::avx2().map(Engine::with_kernel))
+        .as_ref()
+}
+
 fn scalar_engine() -> &'static Engine {
     static E: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
     E.get_or_init(|| Engine::with_kernel(Kernel::scalar()))
@@ -104,12 +144,51 @@ proptest! {
     #[test]
     fn engine_matches_md5_crate(streams in prop::collection::vec(stream(), 1..20)) {
         prop_assert_eq!(hash_all(Engine::global(), &streams), expected(&streams));
+        if let Some(avx2) = avx2_engine() {
+            prop_assert_eq!(hash_all(avx2, &streams), expected(&streams));
+        }
     }
 
     #[test]
     fn scalar_engine_matches_md5_crate(streams in prop::collection::vec(stream(), 1..20)) {
         prop_assert_eq!(hash_all(scalar_engine(), &streams), expected(&streams));
     }
+
+    /// Jobs of several buffers: each buffer continues where the one
+    /// before it left off, partial blocks included.
+    #[test]
+    fn jobs_of_several_buffers_match_md5_crate(
+        streams in prop::collection::vec(chopped_stream(), 1..20),
+        group in 2usize..6,
+    ) {
+        let want = expected(&streams);
+        prop_assert_eq!(hash_grouped(Engine::global(), &streams, group), want.clone());
+        prop_assert_eq!(hash_grouped(scalar_engine(), &streams, group), want);
+    }
+}
+
+/// A job is queued when submitted, not when first polled: the engine
+/// hashes it while the caller does other work.
+#[test]
+fn a_submitted_job_runs_before_it_is_awaited() {
+    let engine: &'static Engine = Box::leak(Box::new(Engine::new()));
+    let data = Bytes::from(vec![5u8; 1 << 20]);
+    let pending = engine.submit(
+        Md5State::new(),
+        vec![data.slice(..1000), data.slice(1000..)],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // All blocks but the one that straddles the two buffers (completed
+    // from the partial block, outside the counted kernel calls).
+    while engine.stats().scalar_blocks < (1 << 20) / 64 - 1 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", engine.stats());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let state = rt.block_on(pending).unwrap();
+    assert_eq!(state.finalize(), <[u8; 16]>::from(Md5::digest(&data)));
 }
 
 /// Sixteen streams queued at once: more jobs than lanes, so lanes are
