@@ -283,21 +283,21 @@ impl Worker {
             end: 0,
         });
         self.active += 1;
-        self.next_blocks(lane);
+        self.next_blocks(lane, false);
     }
 
-    /// Moves lane `lane`, whose current buffer has no full block left, on
-    /// to the next buffer that has one (keeping what is between as the
-    /// partial block), or answers its job when none is left. The first
-    /// call for a job starts its first buffer.
-    fn next_blocks(&mut self, lane: usize) {
+    /// Moves lane `lane` on to the next buffer of its job that has a full
+    /// block (keeping the bytes between as the partial block), or answers
+    /// the job when none is left. `done_with_current`: the lane has
+    /// compressed the full blocks of its current buffer (else it starts at
+    /// the job's first buffer).
+    fn next_blocks(&mut self, lane: usize, done_with_current: bool) {
         let Some(l) = &mut self.lanes[lane] else {
             return;
         };
-        let started = l.at != 0 || l.end != 0 || l.chunk != 0;
-        let mut state = l.job.state.clone();
+        let state = &mut l.job.state;
         state.state = self.states.get(lane);
-        if started {
+        if done_with_current {
             state.end(&l.job.data[l.chunk][l.end..]);
             l.chunk += 1;
         }
@@ -306,8 +306,7 @@ impl Worker {
             let end = at + (data.len() - at) / 64 * 64;
             if at < end {
                 (l.at, l.end) = (at, end);
-                l.job.state = state;
-                self.states.set(lane, l.job.state.state);
+                self.states.set(lane, state.state);
                 return;
             }
             state.end(&data[end..]);
@@ -319,7 +318,7 @@ impl Worker {
         };
         self.active -= 1;
         // The caller may have gone meanwhile: nobody to answer then.
-        let _ = job.reply.send(state);
+        let _ = job.reply.send(job.state);
     }
 
     /// SIMD steps, each a block of every active lane, until a lane runs
@@ -388,7 +387,7 @@ impl Worker {
             self.lanes[lane] = None;
             self.active -= 1;
         } else if l.at == l.end {
-            self.next_blocks(lane);
+            self.next_blocks(lane, true);
         }
     }
 }
