@@ -65,6 +65,21 @@ def log(msg):
     print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def shard_data_span(path):
+    """[start, end) of the shard bytes in a shard file (format 1: right
+    after the 48-byte header; format 2: after a 4096-byte header block,
+    then zero padding), or None if it has no readable header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(48)
+    except OSError:
+        return None
+    if len(head) < 48 or head[:4] != b"TSHD" or head[4] not in (1, 2):
+        return None
+    start = 48 if head[4] == 1 else 4096
+    return start, start + int.from_bytes(head[8:16], "little")
+
+
 def make_schedule(seed, prof, duration, kinds):
     """[(t, kind, duration, pick)]: the seeded fault schedule. `pick` (0..1)
     chooses the target among the eligible ones when the fault starts."""
@@ -315,8 +330,9 @@ class Chaos:
                 st = os.stat(p)
             except OSError:
                 continue
-            if st.st_size <= 48:
-                continue  # header only
+            span = shard_data_span(p)
+            if span is None or span[0] == span[1]:
+                continue  # header only, or not a shard file
             # Never more than m unusable shards in one stripe (the fault
             # model); later outages are checked against this damage too.
             if len(self.lost_nodes(stripe, imp) | {node.name}) > self.args.m:
@@ -324,7 +340,7 @@ class Chaos:
             if kind == "corrupt_shards":
                 with open(p, "r+b") as f:
                     for _ in range(self.rng.randint(1, 8)):
-                        off = self.rng.randrange(48, st.st_size)
+                        off = self.rng.randrange(*span)
                         f.seek(off)
                         b = f.read(1)
                         f.seek(off)

@@ -26,7 +26,7 @@ use crate::meta_api::NodeMeta;
 use crate::metrics::StorageMetrics;
 use crate::orphans::{OrphanScan, BATCH};
 use crate::scrub::Scrubber;
-use crate::store::HEADER_LEN;
+use crate::store::{file_len, ShardFormat, ShardHeader, DATA_OFFSET, HEADER_LEN};
 use crate::throttle::Rate;
 use crate::{serve, ShardStore, StorageConfig, StorageError, StorageService, StoreOptions};
 
@@ -244,12 +244,15 @@ async fn scrubber_finds_a_flipped_byte_quarantines_and_reports_it() {
     let (flipped, _) = shards[1];
     let (truncated, _) = shards[2];
     let (bad_header, _) = shards[3];
-    flip_byte(&shard_path(dir.path(), flipped), HEADER_LEN as u64 + 77_777);
+    flip_byte(
+        &shard_path(dir.path(), flipped),
+        DATA_OFFSET as u64 + 77_777,
+    );
     let f = std::fs::File::options()
         .write(true)
         .open(shard_path(dir.path(), truncated))
         .unwrap();
-    f.set_len(HEADER_LEN as u64 + 50_000).unwrap();
+    f.set_len(DATA_OFFSET as u64 + 50_000).unwrap();
     drop(f);
     flip_byte(&shard_path(dir.path(), bad_header), 1);
 
@@ -325,7 +328,7 @@ async fn scrub_reports_are_kept_and_retried_while_meta_is_away() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path(), None).await;
     let shards = put_many(&store, 3, 4096).await;
-    flip_byte(&shard_path(dir.path(), shards[0].0), HEADER_LEN as u64);
+    flip_byte(&shard_path(dir.path(), shards[0].0), DATA_OFFSET as u64);
 
     let meta = FakeNodeMeta::default();
     *meta.fail_reports.lock().unwrap() = true;
@@ -349,7 +352,7 @@ async fn a_report_lost_in_a_crash_is_sent_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path(), None).await;
     let shards = put_many(&store, 2, 4096).await;
-    flip_byte(&shard_path(dir.path(), shards[1].0), HEADER_LEN as u64 + 9);
+    flip_byte(&shard_path(dir.path(), shards[1].0), DATA_OFFSET as u64 + 9);
     let quarantined = || files_in(&dir.path().join("quarantine"));
 
     // Meta is away, and the node dies before it could report.
@@ -388,6 +391,50 @@ async fn a_report_lost_in_a_crash_is_sent_after_the_restart() {
     assert_eq!(s.pending_reports(), 0);
 }
 
+/// Shard files of format 1 (the shard bytes right after the header) are
+/// checked as well as those of format 2, and a bad one is found.
+#[tokio::test]
+async fn scrubber_checks_version_1_files_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), None).await;
+    put_many(&store, 2, 70_000).await;
+    let mut v1 = Vec::new();
+    for _ in 0..3 {
+        let key = ShardKey {
+            stripe: StripeId::random(),
+            index: 1,
+        };
+        let data = random_bytes(90_000);
+        let header = ShardHeader {
+            length: data.len() as u64,
+            blake3: hash(&data),
+        };
+        let mut file = header.encode_as(ShardFormat::V1).to_vec();
+        file.extend_from_slice(&data);
+        std::fs::write(shard_path(dir.path(), key), file).unwrap();
+        v1.push(key);
+    }
+    flip_byte(&shard_path(dir.path(), v1[1]), HEADER_LEN as u64 + 89_999);
+    // One block short, as a format 2 file of that length would not be.
+    let f = std::fs::File::options()
+        .write(true)
+        .open(shard_path(dir.path(), v1[2]))
+        .unwrap();
+    f.set_len(HEADER_LEN as u64 + 90_000 - 4096).unwrap();
+    drop(f);
+
+    let meta = FakeNodeMeta::default();
+    let (mut s, _) = scrubber(&store, &meta, FAST);
+    let summary = s.pass(&CancellationToken::new()).await.unwrap();
+    assert_eq!((summary.shards, summary.corrupt, summary.errors), (5, 2, 0));
+    let mut reported: Vec<StripeId> = meta.reported().iter().map(|p| p.stripe).collect();
+    reported.sort();
+    let mut expected = vec![v1[1].stripe, v1[2].stripe];
+    expected.sort();
+    assert_eq!(reported, expected);
+    assert!(shard_path(dir.path(), v1[0]).exists());
+}
+
 #[tokio::test]
 async fn scrubber_keeps_to_its_rate() {
     let dir = tempfile::tempdir().unwrap();
@@ -396,7 +443,8 @@ async fn scrubber_keeps_to_its_rate() {
     let mut total = 0u64;
     for len in [1 << 20, 1 << 20, 512 << 10, 512 << 10, 256 << 10, 768 << 10] {
         put_many(&store, 1, len).await;
-        total += (len + HEADER_LEN) as u64;
+        // What the scrubber reads: the header and the shard bytes.
+        total += (HEADER_LEN + len) as u64;
     }
     let rate = 2u64 << 20;
     let meta = FakeNodeMeta::default();
@@ -431,7 +479,7 @@ async fn scrubber_skips_files_deleted_while_it_runs() {
     stripe.0[0] = 0;
     let big = ShardKey { stripe, index: 0 };
     put(&store, big, &random_bytes(3 << 20)).await.unwrap();
-    flip_byte(&shard_path(dir.path(), big), HEADER_LEN as u64 + (2 << 20));
+    flip_byte(&shard_path(dir.path(), big), DATA_OFFSET as u64 + (2 << 20));
     let mut small = Vec::new();
     while small.len() < 60 {
         let (k, d) = put_many(&store, 1, 16 << 10).await.remove(0);
@@ -773,7 +821,7 @@ async fn full_disk_mid_write_is_resource_exhausted_and_leaves_no_trace() {
 async fn capacity_limit_refuses_writes_as_a_full_disk() {
     let dir = tempfile::tempdir().unwrap();
     let shard = 100_000u64;
-    let limit = 3 * (shard + HEADER_LEN as u64) + 10;
+    let limit = 3 * file_len(shard) + 10;
     let store = open_store(dir.path(), Some(limit)).await;
     let (addr, stop) = serve_store(store.clone()).await;
     let pool = StoragePool::new();
@@ -799,7 +847,7 @@ async fn capacity_limit_refuses_writes_as_a_full_disk() {
     // The node reports the limit as its capacity.
     let info = pool.node_info(&addr).await.unwrap();
     assert_eq!(info.capacity_bytes, limit);
-    assert_eq!(info.used_bytes, 3 * (shard + HEADER_LEN as u64));
+    assert_eq!(info.used_bytes, 3 * file_len(shard));
 
     // Freeing a shard makes room for exactly one more.
     pool.delete_shard(&addr, stored[0].0, 0).await.unwrap();
@@ -818,7 +866,7 @@ async fn capacity_limit_refuses_writes_as_a_full_disk() {
 async fn concurrent_writes_never_overshoot_the_capacity_limit() {
     let dir = tempfile::tempdir().unwrap();
     let shard = 50_000u64;
-    let limit = 5 * (shard + HEADER_LEN as u64);
+    let limit = 5 * file_len(shard);
     let store = open_store(dir.path(), Some(limit)).await;
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -968,7 +1016,7 @@ async fn a_serving_node_scrubs_reports_and_collects_orphans_through_meta() {
     *meta.node.lock().unwrap() = Some(node_id.clone());
     let shards = put_many(&store, 3, 10_000).await;
     let (corrupt, orphan, young) = (shards[0].0, shards[1].0, shards[2].0);
-    flip_byte(&shard_path(dir.path(), corrupt), HEADER_LEN as u64 + 5);
+    flip_byte(&shard_path(dir.path(), corrupt), DATA_OFFSET as u64 + 5);
     set_age(&shard_path(dir.path(), orphan), OLD);
     drop(store);
 

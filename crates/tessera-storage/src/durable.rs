@@ -19,13 +19,11 @@
 //! share of a storage node's CPU on a put) that would then push hot data
 //! out of the cache. Every direct write must start at a file offset, from
 //! a buffer address, and have a length that are multiples of
-//! [`DIRECT_ALIGN`] ([`AlignedBuf`], [`TempFile::write_blocks`]); the
-//! bytes after the last whole block go through the page cache
-//! ([`TempFile::write_tail`]), so the file has its exact length without a
-//! truncate, and the commit's `fdatasync` covers them. A file system that
-//! refuses `O_DIRECT` (`EINVAL` at open, or at a write) gets a buffered
-//! file instead: [`TempFile::is_direct`] tells the caller, which stops
-//! asking for that directory.
+//! [`DIRECT_ALIGN`] ([`AlignedBuf`], [`TempFile::write_blocks`]); shard
+//! files are laid out in whole blocks for that (`store.rs`). A file
+//! system that refuses `O_DIRECT` (`EINVAL` at open, or at a write) gets
+//! a buffered file instead: [`TempFile::is_direct`] tells the caller,
+//! which stops asking for that directory.
 
 use std::alloc::Layout;
 use std::ffi::CString;
@@ -229,16 +227,6 @@ impl TempFile {
         }
         self.direct = false;
         Ok(())
-    }
-
-    /// Writes the last bytes of the file, less than a whole block, through
-    /// the page cache (dropping `O_DIRECT` first): the file then ends where
-    /// they do, and the commit's sync writes them out with the size.
-    pub(crate) fn write_tail(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.direct {
-            self.set_buffered()?;
-        }
-        self.file()?.write_all(buf)
     }
 
     pub(crate) fn file(&mut self) -> io::Result<&mut File> {
@@ -574,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn direct_file_takes_aligned_blocks_then_a_buffered_tail() {
+    fn direct_file_takes_aligned_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("s");
         let mut tmp = TempFile::create_anonymous(dir.path(), "s", Direct::On).unwrap();
@@ -586,14 +574,14 @@ mod tests {
             *b = (i % 251) as u8;
         }
         assert!(!tmp.write_blocks(&buf).unwrap(), "fell back to buffered");
-        tmp.write_tail(&buf[..808]).unwrap();
-        assert!(!tmp.is_direct());
-        assert!(!fd_has_o_direct(&mut tmp));
+        assert!(!tmp.write_blocks(&buf[..DIRECT_ALIGN]).unwrap());
+        assert!(tmp.is_direct());
+        assert!(fd_has_o_direct(&mut tmp));
         tmp.commit_new(&target, None).unwrap();
         let mut want = buf.to_vec();
-        want.extend_from_slice(&buf[..808]);
+        want.extend_from_slice(&buf[..DIRECT_ALIGN]);
         assert_eq!(fs::read(&target).unwrap(), want);
-        assert_eq!(fs::metadata(&target).unwrap().len(), 2 * 4096 + 808);
+        assert_eq!(fs::metadata(&target).unwrap().len(), 3 * 4096);
     }
 
     #[test]

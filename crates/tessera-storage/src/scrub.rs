@@ -24,7 +24,7 @@
 //! the name still holds the inode that was found bad before moving it.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -665,13 +665,12 @@ fn open(path: &std::path::Path) -> Opened {
             Err(e) => return Opened::Error(e),
         }
     }
-    let header = match ShardHeader::decode(&head[..got]) {
-        Ok(h) => h,
+    let (header, format) = match ShardHeader::parse_sized(&head[..got], size) {
+        Ok(parsed) => parsed,
         Err(reason) => return Opened::Bad(file, reason),
     };
-    if header.length.checked_add(HEADER_LEN as u64) != Some(size) {
-        let reason = format!("header says {} bytes, file is {size} bytes", header.length);
-        return Opened::Bad(file, reason);
+    if let Err(e) = file.seek(SeekFrom::Start(format.data_offset())) {
+        return Opened::Error(e);
     }
     Opened::Ready(Box::new(Cursor {
         file,

@@ -10,15 +10,26 @@
 //! <dir>/quarantine/<stripe>.<idx>.<unix-millis>[.unreported]
 //! ```
 //!
-//! A shard file is a [`HEADER_LEN`]-byte header followed by the shard bytes:
+//! A shard file is a [`HEADER_LEN`]-byte header in a block of its own
+//! ([`DATA_OFFSET`] bytes), then the shard bytes, zero-padded to a whole
+//! block:
 //!
 //! ```text
-//! 0..4    magic "TSHD"
-//! 4       format version (1)
-//! 5..8    reserved, zero
-//! 8..16   shard length, u64 little endian
-//! 16..48  BLAKE3 of the shard bytes
+//! 0..4        magic "TSHD"
+//! 4           format version (2)
+//! 5..8        reserved, zero
+//! 8..16       shard length, u64 little endian
+//! 16..48      BLAKE3 of the shard bytes
+//! 48..4096    zero
+//! 4096..      the shard bytes, then zeros up to a multiple of 4096
 //! ```
+//!
+//! So every byte of the file is written in whole aligned blocks (see
+//! below). The file system allocates whole blocks anyway: the layout
+//! costs at most one block more than header and bytes packed together.
+//! Version 1 files (written before version 2) are still read: the same
+//! header, the shard bytes right after it at offset 48, no padding
+//! ([`ShardFormat`]).
 //!
 //! Paths are built only from the 16-byte stripe id and the shard index, so
 //! no request can name a file outside the store. Every blocking operation
@@ -42,23 +53,28 @@
 //! more kernel CPU per byte than anything else on a put; the pages would
 //! also push hot data out of the cache. Direct writes must be aligned to
 //! [`durable::DIRECT_ALIGN`] (4096) in buffer address, file offset and
-//! length, so a spill copies the header and frames (hashing them as it
-//! goes) into an aligned buffer from a small pool kept by the store and
-//! writes whole blocks only; the bytes past the last whole block (under
-//! 4 KiB) are carried over to the next spill. At the last spill they are
-//! written through the page cache (`O_DIRECT` is dropped from the
-//! descriptor for that one write), so the file never holds more than
-//! `HEADER_LEN + length` bytes and the commit's `fdatasync` covers it
-//! all, tail page and size included. (Padding the last block and cutting
-//! the file back with `ftruncate` was measured: on ext4 the truncate
-//! cost as much kernel CPU as direct I/O saved.) Reads stay buffered: the
-//! first read of a shard comes from the disk, later ones from the cache.
+//! length, so a spill copies the header block and frames (hashing them as
+//! it goes) into an aligned buffer from a small pool kept by the store
+//! and writes whole blocks only; the bytes past the last whole block
+//! (under 4 KiB) are carried over to the next spill, and the last spill
+//! pads them with zeros to a whole block. No byte of a shard file goes
+//! through the page cache, so the commit's `fdatasync` has no dirty page
+//! to write back: it only makes the size and block map durable.
+//! (Version 1 files ended right after the shard bytes, so their last
+//! partial block went through the page cache: one buffered write and its
+//! writeback in the `fdatasync`, per shard; about 7% of a storage node's
+//! CPU samples under 1 MiB PUTs.
+//! Padding that block and cutting the file back with `ftruncate` was
+//! measured too: on ext4 the truncate cost as much kernel CPU as direct
+//! I/O saved.) Reads stay buffered: the first read of a shard comes from
+//! the disk, later ones from the cache.
 //!
 //! A file system that refuses `O_DIRECT` (`EINVAL` when the file is
 //! opened, or at its first write) gets buffered writes instead: the put
 //! goes on, and the data directory is written buffered from then on
-//! (logged once). Buffered files are written as before direct I/O: one
-//! `writev` of the header and the frames per spill.
+//! (logged once). Buffered files have the same layout, written with one
+//! `writev` of the header block (first time), the frames and the padding
+//! (last time) per spill.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -78,10 +94,13 @@ use crate::error::{ShardKey, StorageError};
 
 /// Magic bytes opening every shard file.
 pub const MAGIC: [u8; 4] = *b"TSHD";
-/// Version of the shard file header.
-pub const SHARD_FORMAT_VERSION: u8 = 1;
-/// Size of the shard file header.
+/// Version of the shard file format written (version 1 is still read).
+pub const SHARD_FORMAT_VERSION: u8 = 2;
+/// Size of the encoded shard file header.
 pub const HEADER_LEN: usize = 48;
+/// Where the shard bytes start in a file of the current format: the
+/// header has a block to itself, so the bytes are block-aligned.
+pub const DATA_OFFSET: usize = DIRECT_ALIGN;
 /// Version of the data directory layout, kept in `<dir>/format`.
 pub const DIR_FORMAT_VERSION: u32 = 1;
 
@@ -103,10 +122,10 @@ const READ_CHUNK: usize = 64 << 10;
 /// Largest shard [`ShardStore::read_cached`] reads on the executor: a copy
 /// of 1 MiB from the page cache takes about 0.1 ms. Larger ones go to the
 /// blocking pool, where a hand-off costs little next to the read.
-const CACHED_READ_MAX: u64 = (1 << 20) + HEADER_LEN as u64;
+const CACHED_READ_MAX: u64 = (1 << 20) + DATA_OFFSET as u64;
 /// The same when the node hashes the shard too (BLAKE3 of 256 KiB is
 /// about 50 us; of 1 MiB, too long to hold an executor thread).
-const CACHED_HASHED_READ_MAX: u64 = (256 << 10) + HEADER_LEN as u64;
+const CACHED_HASHED_READ_MAX: u64 = (256 << 10) + DATA_OFFSET as u64;
 
 type Result<T> = std::result::Result<T, StorageError>;
 
@@ -201,10 +220,15 @@ pub struct ShardHeader {
 }
 
 impl ShardHeader {
+    /// The header of a file of the current format.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
+        self.encode_as(ShardFormat::V2)
+    }
+
+    pub(crate) fn encode_as(&self, format: ShardFormat) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC);
-        h[4] = SHARD_FORMAT_VERSION;
+        h[4] = format as u8;
         h[8..16].copy_from_slice(&self.length.to_le_bytes());
         h[16..48].copy_from_slice(&self.blake3);
         h
@@ -212,24 +236,87 @@ impl ShardHeader {
 
     /// Parses a header; the error says why it is not one.
     pub fn decode(b: &[u8]) -> std::result::Result<ShardHeader, String> {
+        Self::parse(b).map(|(h, _)| h)
+    }
+
+    /// Parses a header and tells the file format it belongs to.
+    pub fn parse(b: &[u8]) -> std::result::Result<(ShardHeader, ShardFormat), String> {
         if b.len() < HEADER_LEN {
             return Err(format!("file too short for a header ({} bytes)", b.len()));
         }
         if b[0..4] != MAGIC {
             return Err("bad magic".into());
         }
-        if b[4] != SHARD_FORMAT_VERSION {
-            return Err(format!("unknown shard format version {}", b[4]));
-        }
+        let format = match b[4] {
+            1 => ShardFormat::V1,
+            2 => ShardFormat::V2,
+            v => return Err(format!("unknown shard format version {v}")),
+        };
         let mut len = [0u8; 8];
         len.copy_from_slice(&b[8..16]);
         let mut blake3 = [0u8; 32];
         blake3.copy_from_slice(&b[16..48]);
-        Ok(ShardHeader {
+        let header = ShardHeader {
             length: u64::from_le_bytes(len),
             blake3,
-        })
+        };
+        Ok((header, format))
     }
+
+    /// Parses the header at the start of a file of `size` bytes and checks
+    /// that the size is the one the header's format and length give.
+    pub(crate) fn parse_sized(
+        b: &[u8],
+        size: u64,
+    ) -> std::result::Result<(ShardHeader, ShardFormat), String> {
+        let (h, format) = Self::parse(b)?;
+        if format.file_len(h.length) != Some(size) {
+            return Err(format!(
+                "header says {} bytes, file is {size} bytes",
+                h.length
+            ));
+        }
+        Ok((h, format))
+    }
+}
+
+/// The layout of a shard file, from its header's version (see the module
+/// documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ShardFormat {
+    /// The shard bytes right after the header, no padding.
+    V1 = 1,
+    /// The header in a block of its own, the shard bytes padded to whole
+    /// blocks.
+    V2 = 2,
+}
+
+impl ShardFormat {
+    /// Where the shard bytes start.
+    pub fn data_offset(self) -> u64 {
+        match self {
+            ShardFormat::V1 => HEADER_LEN as u64,
+            ShardFormat::V2 => DATA_OFFSET as u64,
+        }
+    }
+
+    /// The size of a file holding `length` shard bytes (`None` past
+    /// `u64`).
+    pub fn file_len(self, length: u64) -> Option<u64> {
+        match self {
+            ShardFormat::V1 => length.checked_add(HEADER_LEN as u64),
+            ShardFormat::V2 => length
+                .checked_next_multiple_of(DIRECT_ALIGN as u64)?
+                .checked_add(DATA_OFFSET as u64),
+        }
+    }
+}
+
+/// The size of a shard file of the current format holding `length` bytes
+/// (saturating: larger than any file can be).
+pub(crate) fn file_len(length: u64) -> u64 {
+    ShardFormat::V2.file_len(length).unwrap_or(u64::MAX)
 }
 
 /// Disk usage summed over the data directories' file systems.
@@ -548,7 +635,7 @@ impl ShardStore {
                 self.max_shard_bytes
             )));
         }
-        let reservation = self.reserve(length.saturating_add(HEADER_LEN as u64))?;
+        let reservation = self.reserve(file_len(length))?;
         let header = ShardHeader { length, blake3 };
         // Nothing touches the disk yet: the frames are kept until the shard
         // is complete (or SPILL_BYTES of them are), then written, hashed,
@@ -752,52 +839,68 @@ impl ShardStore {
         // memory.
         let limit = self
             .max_shard_bytes
-            .max(tessera_proto::MAX_MESSAGE_BYTES as u64)
-            + HEADER_LEN as u64;
+            .max(tessera_proto::MAX_MESSAGE_BYTES as u64);
         // The size is known: read into a buffer of that size with one
         // read per chunk (read_to_end would start at 8 KiB reads), each
-        // chunk hashed while it is still in the CPU cache.
-        let want = len.min(limit + 1) as usize;
+        // chunk hashed while it is still in the CPU cache. The first
+        // chunk brings the header, which says where the bytes are.
+        let want = len.min(file_len(limit)) as usize;
         let mut buf = Vec::with_capacity(want);
-        let mut hasher = matches!(check, ReadCheck::Hash(_)).then(blake3::Hasher::new);
-        while buf.len() < want {
-            let from = buf.len().max(HEADER_LEN);
+        while buf.len() < HEADER_LEN.min(want) {
             let room = READ_CHUNK.min(want - buf.len());
-            let n = read_into_spare(file, &mut buf, room, nowait)?;
-            // Shorter than its size said: the header check reports it.
-            if n == 0 {
+            if read_into_spare(file, &mut buf, room, nowait)? == 0 {
                 break;
             }
-            if let Some(h) = hasher.as_mut() {
-                if buf.len() > from {
-                    h.update(&buf[from..]);
+        }
+        let (h, format) = match ShardHeader::parse_sized(&buf, len) {
+            Ok(parsed) => parsed,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        if h.length > limit {
+            return Ok(Err(format!(
+                "header says {} bytes, more than any shard",
+                h.length
+            )));
+        }
+        let start = format.data_offset() as usize;
+        let end = start + h.length as usize;
+        let mut hasher = matches!(check, ReadCheck::Hash(_)).then(blake3::Hasher::new);
+        let mut hashed = start;
+        loop {
+            if let Some(hasher) = hasher.as_mut() {
+                let upto = buf.len().min(end);
+                if upto > hashed {
+                    hasher.update(&buf[hashed..upto]);
+                    hashed = upto;
                 }
             }
-        }
-        let verdict = ShardHeader::decode(&buf).and_then(|h| {
-            let data = &buf[HEADER_LEN..];
-            if data.len() as u64 != h.length {
-                return Err(format!(
-                    "header says {} bytes, file holds {}",
-                    h.length,
-                    data.len()
-                ));
+            if buf.len() >= end {
+                break;
             }
-            let (Some(hasher), ReadCheck::Hash(expected)) = (hasher, check) else {
-                return Ok(());
-            };
+            let room = READ_CHUNK.min(end - buf.len());
+            if read_into_spare(file, &mut buf, room, nowait)? == 0 {
+                // Shorter than its size said (cut while being read).
+                return Ok(Err(format!(
+                    "file ended after {} of {} bytes",
+                    buf.len(),
+                    len
+                )));
+            }
+        }
+        if let (Some(hasher), ReadCheck::Hash(expected)) = (hasher, check) {
             let actual = hasher.finalize();
             if actual.as_bytes() != &h.blake3 {
-                return Err("BLAKE3 does not match the file header".into());
+                return Ok(Err("BLAKE3 does not match the file header".into()));
             }
             if let Some(e) = expected {
                 if actual.as_bytes() != &e {
-                    return Err("BLAKE3 does not match the expected hash".into());
+                    return Ok(Err("BLAKE3 does not match the expected hash".into()));
                 }
             }
-            Ok(())
-        });
-        Ok(verdict.map(|()| Bytes::from(buf).split_off(HEADER_LEN)))
+        }
+        let mut bytes = Bytes::from(buf).split_off(start);
+        bytes.truncate(h.length as usize);
+        Ok(Ok(bytes))
     }
 
     /// Moves a bad shard file out of the way (if `path` still names the
@@ -1018,16 +1121,7 @@ impl ShardStore {
                 .take(HEADER_LEN as u64)
                 .read_to_end(&mut buf)
                 .map_err(StorageError::io)?;
-            let verdict = ShardHeader::decode(&buf).and_then(|h| {
-                if h.length.checked_add(HEADER_LEN as u64) == Some(len) {
-                    Ok(h)
-                } else {
-                    Err(format!(
-                        "header says {} bytes, file is {len} bytes",
-                        h.length
-                    ))
-                }
-            });
+            let verdict = ShardHeader::parse_sized(&buf, len).map(|(h, _)| h);
             match verdict {
                 Ok(h) => Ok(Some(h)),
                 Err(reason) => {
@@ -1094,7 +1188,7 @@ impl ShardStore {
             .map_err(StorageError::io)?;
         self.shard_count.fetch_add(1, Ordering::Relaxed);
         self.shard_bytes
-            .fetch_add(header.length + HEADER_LEN as u64, Ordering::Relaxed);
+            .fetch_add(file_len(header.length), Ordering::Relaxed);
         Ok(())
     }
 
@@ -1112,9 +1206,10 @@ impl ShardStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Gone),
             Err(e) => return Err(StorageError::io(e)),
         };
-        let verdict = ShardHeader::decode(&buf).and_then(|h| {
-            let data = &buf[HEADER_LEN..];
-            if data.len() as u64 == h.length && blake3::hash(data).as_bytes() == &h.blake3 {
+        let verdict = ShardHeader::parse_sized(&buf, buf.len() as u64).and_then(|(h, format)| {
+            let start = format.data_offset() as usize;
+            let data = &buf[start..start + h.length as usize];
+            if blake3::hash(data).as_bytes() == &h.blake3 {
                 Ok(h)
             } else {
                 Err("stored copy fails its checksum".to_string())
@@ -1213,7 +1308,7 @@ impl WriterState {
             store.write_buffers.give(buf);
             result
         } else {
-            self.spill_buffered(header, fresh)
+            self.spill_buffered(header, fresh, last)
         }
     }
 
@@ -1241,24 +1336,29 @@ impl WriterState {
         Ok(())
     }
 
-    /// The buffered way: one `writev` of the header (first time) and the
-    /// pending frames.
-    fn spill_buffered(&mut self, header: &ShardHeader, fresh: bool) -> Result<()> {
+    /// The buffered way: one `writev` of the header block (first time),
+    /// the pending frames and the padding (last time).
+    fn spill_buffered(&mut self, header: &ShardHeader, fresh: bool, last: bool) -> Result<()> {
         let file = self
             .tmp
             .as_mut()
             .ok_or_else(|| StorageError::Task("no temp file".into()))?
             .file()
             .map_err(StorageError::io)?;
-        // The header goes first, in the same write as the first frames.
+        // The header block goes first, in the same write as the first
+        // frames.
         let head = fresh.then(|| header.encode());
-        let mut bufs: Vec<&[u8]> = Vec::with_capacity(self.pending.len() + 1);
+        let mut bufs: Vec<&[u8]> = Vec::with_capacity(self.pending.len() + 3);
         if let Some(h) = &head {
             bufs.push(h);
+            bufs.push(&ZEROS[..DATA_OFFSET - HEADER_LEN]);
         }
         for frame in &self.pending {
             self.hasher.update(frame);
             bufs.push(frame);
+        }
+        if last {
+            bufs.push(&ZEROS[..padding(header.length)]);
         }
         write_all_vectored(file, &bufs).map_err(StorageError::io)?;
         self.pending.clear();
@@ -1266,10 +1366,10 @@ impl WriterState {
         Ok(())
     }
 
-    /// The direct way: the carried tail, the header (first time) and the
-    /// pending frames are copied into `buf` (and the frames hashed), and
-    /// whole blocks are written; the rest is carried over or, at the
-    /// `last` spill, written through the page cache.
+    /// The direct way: the carried tail, the header block (first time)
+    /// and the pending frames are copied into `buf` (and the frames
+    /// hashed), and whole blocks are written; the rest is carried over or,
+    /// at the `last` spill, padded with zeros to a whole block.
     fn spill_aligned(
         &mut self,
         store: &ShardStore,
@@ -1288,8 +1388,11 @@ impl WriterState {
         buf[..filled].copy_from_slice(&self.tail);
         self.tail.clear();
         if fresh {
-            buf[filled..filled + HEADER_LEN].copy_from_slice(&header.encode());
-            filled += HEADER_LEN;
+            // A fresh file: no tail yet. The pool's buffers are reused, so
+            // the header block's zeros are written here.
+            buf[..HEADER_LEN].copy_from_slice(&header.encode());
+            buf[HEADER_LEN..DATA_OFFSET].fill(0);
+            filled = DATA_OFFSET;
         }
         let mut fell_back = false;
         for frame in &self.pending {
@@ -1307,18 +1410,18 @@ impl WriterState {
                 rest = more;
             }
         }
-        let end = filled - filled % DIRECT_ALIGN;
+        let mut end = filled - filled % DIRECT_ALIGN;
+        if last && end < filled {
+            // The last partial block, padded (the buffer has room: its size
+            // is a multiple of the block, `filled` is under it).
+            end += DIRECT_ALIGN;
+            buf[filled..end].fill(0);
+            filled = end;
+        }
         if end > 0 {
             fell_back |= tmp.write_blocks(&buf[..end]).map_err(StorageError::io)?;
         }
-        if last {
-            if end < filled {
-                tmp.write_tail(&buf[end..filled])
-                    .map_err(StorageError::io)?;
-            }
-        } else {
-            self.tail.extend_from_slice(&buf[end..filled]);
-        }
+        self.tail.extend_from_slice(&buf[end..filled]);
         if fell_back {
             store.direct_io_refused(self.dir, "write");
         }
@@ -1326,6 +1429,14 @@ impl WriterState {
         self.pending_len = 0;
         Ok(())
     }
+}
+
+/// Zeros for the header block and the padding of buffered files.
+static ZEROS: [u8; DATA_OFFSET] = [0; DATA_OFFSET];
+
+/// The zeros after `length` shard bytes, up to a whole block.
+fn padding(length: u64) -> usize {
+    (length.wrapping_neg() % DIRECT_ALIGN as u64) as usize
 }
 
 /// Writes every buffer, in order, with as few `writev` calls as it takes.

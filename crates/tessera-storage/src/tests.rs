@@ -20,7 +20,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
-use crate::store::{ShardHeader, HEADER_LEN, SPILL_BYTES};
+use crate::store::{
+    file_len, ReadCheck, ShardFormat, ShardHeader, DATA_OFFSET, HEADER_LEN, SPILL_BYTES,
+};
 use crate::{serve, ShardKey, ShardStore, StorageConfig, StorageError, StoreOptions};
 
 fn test_secret() -> ClusterSecret {
@@ -254,7 +256,7 @@ async fn put_get_roundtrip_various_sizes() {
             .unwrap();
         assert_eq!(got, data, "size {size}, verified by the caller");
         let on_disk = std::fs::read(shard_file(dir.path(), stripe, i as u8)).unwrap();
-        assert_eq!(on_disk.len(), HEADER_LEN + size);
+        assert_eq!(on_disk.len() as u64, file_len(size as u64));
         let header = ShardHeader::decode(&on_disk).unwrap();
         assert_eq!(header.length, size as u64);
         assert_eq!(header.blake3, h);
@@ -273,7 +275,7 @@ async fn put_get_roundtrip_various_sizes() {
 #[tokio::test]
 async fn a_caller_that_verifies_gets_the_bytes_unhashed() {
     let t = OneShard::put(1, 200_000).await;
-    let raw = t.flip(HEADER_LEN + 150_000, 0x80);
+    let raw = t.flip(DATA_OFFSET + 150_000, 0x80);
 
     // The flipped bit comes through: the caller's hash finds it.
     let got = t
@@ -287,7 +289,7 @@ async fn a_caller_that_verifies_gets_the_bytes_unhashed() {
     assert!(t.path().exists(), "no node-side verdict, no quarantine");
 
     // A file cut short is refused whoever verifies.
-    std::fs::write(t.path(), &raw[..HEADER_LEN + 1000]).unwrap();
+    std::fs::write(t.path(), &raw[..DATA_OFFSET + 1000]).unwrap();
     let err = t
         .pool
         .get_shard_unverified(&t.node.addr, t.stripe, 1)
@@ -302,7 +304,7 @@ async fn a_caller_that_verifies_gets_the_bytes_unhashed() {
 async fn flipped_byte_is_reported_corrupt_and_quarantined() {
     let t = OneShard::put(2, 100_000).await;
     let (pool, addr, stripe) = (&t.pool, &t.node.addr, t.stripe);
-    t.flip(HEADER_LEN + 5000, 0x01);
+    t.flip(DATA_OFFSET + 5000, 0x01);
 
     let err = pool
         .get_shard(addr, stripe, 2, Some(t.h))
@@ -429,7 +431,7 @@ async fn put_is_idempotent_and_refuses_different_bytes() {
 async fn put_replaces_a_corrupt_copy() {
     let t = OneShard::put(1, 5000).await;
     let (pool, addr, stripe) = (&t.pool, &t.node.addr, t.stripe);
-    t.flip(HEADER_LEN, 0x80);
+    t.flip(DATA_OFFSET, 0x80);
 
     pool.put_shard(addr, stripe, 1, t.data.clone(), t.h)
         .await
@@ -909,8 +911,92 @@ fn header_roundtrip_and_rejects() {
     bad[0] = b'X';
     assert!(ShardHeader::decode(&bad).is_err());
     let mut bad = enc;
-    bad[4] = 2;
+    bad[4] = 3;
     assert!(ShardHeader::decode(&bad).is_err());
+    // Both formats parse; each has its own layout.
+    assert_eq!(ShardHeader::parse(&enc).unwrap(), (h, ShardFormat::V2));
+    let v1 = h.encode_as(ShardFormat::V1);
+    assert_eq!(ShardHeader::parse(&v1).unwrap(), (h, ShardFormat::V1));
+    assert_eq!(ShardFormat::V1.data_offset(), 48);
+    assert_eq!(ShardFormat::V2.data_offset(), 4096);
+    for (length, v1_len, v2_len) in [
+        (0, 48, 4096),
+        (1, 49, 8192),
+        (4096, 4144, 8192),
+        (4097, 4145, 12288),
+        (123_456, 123_504, 4096 + 126_976),
+    ] {
+        assert_eq!(ShardFormat::V1.file_len(length), Some(v1_len));
+        assert_eq!(ShardFormat::V2.file_len(length), Some(v2_len));
+    }
+    assert_eq!(ShardFormat::V2.file_len(u64::MAX - 4000), None);
+    assert_eq!(ShardFormat::V1.file_len(u64::MAX - 40), None);
+    assert!(ShardHeader::parse_sized(&enc, 4096 + 126_976).is_ok());
+    assert!(ShardHeader::parse_sized(&enc, 4096 + 123_456).is_err());
+    assert!(ShardHeader::parse_sized(&v1, 48 + 123_456).is_ok());
+}
+
+/// Writes a shard file as version 1 wrote it: the header, then the bytes.
+fn write_v1_file(dir: &Path, key: ShardKey, data: &[u8]) -> PathBuf {
+    let header = ShardHeader {
+        length: data.len() as u64,
+        blake3: hash(data),
+    };
+    let mut file = header.encode_as(ShardFormat::V1).to_vec();
+    file.extend_from_slice(data);
+    let path = shard_file(dir, key.stripe, key.index);
+    std::fs::write(&path, file).unwrap();
+    path
+}
+
+/// Shard files of format 1 (written before format 2) are read, stat'ed,
+/// counted, found equal to a retried put, and checked as before.
+#[tokio::test]
+async fn version_1_shard_files_are_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), true).await;
+    let mut keys = Vec::new();
+    for len in [0, 1, 4048, 100_000, (256 << 10) + 5, SPILL_BYTES + 3] {
+        let key = ShardKey {
+            stripe: StripeId::random(),
+            index: 2,
+        };
+        let data = random_bytes(len);
+        write_v1_file(dir.path(), key, &data);
+        keys.push((key, data));
+    }
+    drop(store);
+    let store = open_store(dir.path(), true).await;
+    assert_eq!(store.shard_count(), keys.len() as u64);
+    for (key, data) in &keys {
+        let h = hash(data);
+        let header = store.stat(*key).await.unwrap().unwrap();
+        assert_eq!((header.length, header.blake3), (data.len() as u64, h));
+        for check in [ReadCheck::Hash(Some(h)), ReadCheck::CallerVerifies] {
+            let got = store.read(*key, check).await.unwrap();
+            assert!(got.bytes == *data, "{} bytes, {check:?}", data.len());
+        }
+        // A retried put of the same bytes finds the stored copy.
+        put_frames(&store, *key, data, 1 << 20, h).await.unwrap();
+        let path = shard_file(dir.path(), key.stripe, key.index);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            data.len() as u64 + 48
+        );
+    }
+    // A flipped byte in a version 1 file is found and quarantined.
+    let (key, data) = &keys[3];
+    let path = shard_file(dir.path(), key.stripe, key.index);
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[48 + 777] ^= 1;
+    std::fs::write(&path, raw).unwrap();
+    let err = store
+        .get(*key, Some(hash(data)))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+    assert!(!path.exists());
 }
 
 #[test]
@@ -1183,9 +1269,47 @@ async fn put_frames(
     w.finish().await
 }
 
+/// Pages of the file at `path` in the page cache (`mincore`).
+fn cached_pages(path: &Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    let page = 4096;
+    // SAFETY: a read-only shared mapping of an open file of `len` bytes,
+    // only passed to mincore and unmapped before return; `vec` has one
+    // byte per page of the mapping.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED);
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
+        libc::munmap(addr, len);
+        vec.iter().filter(|&&b| b & 1 == 1).count()
+    }
+}
+
+/// Whether `path` is on tmpfs, where every file is in the page cache.
+fn on_tmpfs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `statfs` is plain data, filled in by the call on a
+    // NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
+    st.f_type == libc::TMPFS_MAGIC
+}
+
 /// Puts and reads back a shard of every length in `lengths`, in 1 MiB
 /// frames and in odd ones (a spill then overflows the aligned buffer),
-/// and checks the file: exactly header + shard bytes.
+/// and checks the file: the header block, the shard bytes, zeros to a
+/// whole block; when written direct, none of it in the page cache.
 async fn check_round_trips(store: &Arc<ShardStore>, dir: &Path, lengths: &[usize]) {
     for &len in lengths {
         for frame in [1 << 20, 333_333] {
@@ -1200,13 +1324,24 @@ async fn check_round_trips(store: &Arc<ShardStore>, dir: &Path, lengths: &[usize
             let path = shard_file(dir, key.stripe, 3);
             assert_eq!(
                 std::fs::metadata(&path).unwrap().len(),
-                (HEADER_LEN + len) as u64,
+                file_len(len as u64),
                 "file length of a {len}-byte shard"
             );
+            if store.direct_io(0) && !on_tmpfs(dir) {
+                assert_eq!(
+                    cached_pages(&path),
+                    0,
+                    "{len}-byte shard went through the cache"
+                );
+            }
             let file = std::fs::read(&path).unwrap();
-            let header = ShardHeader::decode(&file).unwrap();
+            let (header, format) = ShardHeader::parse(&file).unwrap();
+            assert_eq!(format, ShardFormat::V2);
             assert_eq!(header.length, len as u64);
             assert_eq!(header.blake3, hash(&data));
+            assert!(file[HEADER_LEN..DATA_OFFSET].iter().all(|&b| b == 0));
+            assert!(file[DATA_OFFSET..DATA_OFFSET + len] == data[..]);
+            assert!(file[DATA_OFFSET + len..].iter().all(|&b| b == 0));
             assert_eq!(store.stat(key).await.unwrap(), Some(header));
             let got = store.get(key, Some(hash(&data))).await.unwrap();
             assert!(got.bytes == data, "{len}-byte shard read back differs");
@@ -1228,8 +1363,8 @@ async fn shard_round_trip_direct_and_buffered() {
             "direct {direct}: the test directory refused O_DIRECT"
         );
         assert_eq!(store.shard_count(), 2 * DIRECT_LENGTHS.len() as u64);
-        let total: usize = DIRECT_LENGTHS.iter().map(|l| 2 * (l + HEADER_LEN)).sum();
-        assert_eq!(store.shard_bytes(), total as u64);
+        let total: u64 = DIRECT_LENGTHS.iter().map(|&l| 2 * file_len(l as u64)).sum();
+        assert_eq!(store.shard_bytes(), total);
         // A retried identical put succeeds without writing; different
         // bytes under the same name are refused.
         let key = ShardKey {
@@ -1432,7 +1567,7 @@ async fn direct_io_is_on_by_default_and_can_be_turned_off() {
         std::fs::metadata(shard_file(dir.path(), stripe, 2))
             .unwrap()
             .len(),
-        (HEADER_LEN + data.len()) as u64
+        file_len(data.len() as u64)
     );
     node.stop().await;
 }
@@ -1540,7 +1675,7 @@ async fn cached_reads_skip_the_blocking_pool_and_never_serve_a_bad_copy() {
 
     let path = shard_file(dir.path(), key.stripe, 1);
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(&[0x55], (HEADER_LEN + 777) as u64).unwrap();
+    f.write_all_at(&[0x55], (DATA_OFFSET + 777) as u64).unwrap();
     drop(f);
     let err = store.get(key, None).await.map(|_| ()).unwrap_err();
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
