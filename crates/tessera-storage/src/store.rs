@@ -225,7 +225,8 @@ impl ShardHeader {
         self.encode_as(ShardFormat::V2)
     }
 
-    pub(crate) fn encode_as(&self, format: ShardFormat) -> [u8; HEADER_LEN] {
+    /// The header of a file of `format`.
+    pub fn encode_as(&self, format: ShardFormat) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC);
         h[4] = format as u8;
@@ -265,7 +266,7 @@ impl ShardHeader {
 
     /// Parses the header at the start of a file of `size` bytes and checks
     /// that the size is the one the header's format and length give.
-    pub(crate) fn parse_sized(
+    pub fn parse_sized(
         b: &[u8],
         size: u64,
     ) -> std::result::Result<(ShardHeader, ShardFormat), String> {
