@@ -26,7 +26,7 @@ use crate::meta_api::NodeMeta;
 use crate::metrics::StorageMetrics;
 use crate::orphans::{OrphanScan, BATCH};
 use crate::scrub::Scrubber;
-use crate::store::{file_len, ShardFormat, ShardHeader, DATA_OFFSET, HEADER_LEN};
+use crate::store::{file_len, format_1_file, DATA_OFFSET, HEADER_LEN};
 use crate::throttle::Rate;
 use crate::{serve, ShardStore, StorageConfig, StorageError, StorageService, StoreOptions};
 
@@ -405,13 +405,7 @@ async fn scrubber_checks_version_1_files_too() {
             index: 1,
         };
         let data = random_bytes(90_000);
-        let header = ShardHeader {
-            length: data.len() as u64,
-            blake3: hash(&data),
-        };
-        let mut file = header.encode_as(ShardFormat::V1).to_vec();
-        file.extend_from_slice(&data);
-        std::fs::write(shard_path(dir.path(), key), file).unwrap();
+        std::fs::write(shard_path(dir.path(), key), format_1_file(&data)).unwrap();
         v1.push(key);
     }
     flip_byte(&shard_path(dir.path(), v1[1]), HEADER_LEN as u64 + 89_999);

@@ -314,6 +314,19 @@ impl ShardFormat {
     }
 }
 
+/// A whole shard file of format 1 holding `data`, as that format was
+/// written (tests of the reading side).
+#[cfg(test)]
+pub(crate) fn format_1_file(data: &[u8]) -> Vec<u8> {
+    let header = ShardHeader {
+        length: data.len() as u64,
+        blake3: *blake3::hash(data).as_bytes(),
+    };
+    let mut file = header.encode_as(ShardFormat::V1).to_vec();
+    file.extend_from_slice(data);
+    file
+}
+
 /// The size of a shard file of the current format holding `length` bytes
 /// (saturating: larger than any file can be).
 pub(crate) fn file_len(length: u64) -> u64 {

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
 use crate::store::{
-    file_len, ReadCheck, ShardFormat, ShardHeader, DATA_OFFSET, HEADER_LEN, SPILL_BYTES,
+    file_len, format_1_file, ReadCheck, ShardFormat, ShardHeader, DATA_OFFSET, HEADER_LEN,
+    SPILL_BYTES,
 };
 use crate::{serve, ShardKey, ShardStore, StorageConfig, StorageError, StoreOptions};
 
@@ -938,14 +939,8 @@ fn header_roundtrip_and_rejects() {
 
 /// Writes a shard file as version 1 wrote it: the header, then the bytes.
 fn write_v1_file(dir: &Path, key: ShardKey, data: &[u8]) -> PathBuf {
-    let header = ShardHeader {
-        length: data.len() as u64,
-        blake3: hash(data),
-    };
-    let mut file = header.encode_as(ShardFormat::V1).to_vec();
-    file.extend_from_slice(data);
     let path = shard_file(dir, key.stripe, key.index);
-    std::fs::write(&path, file).unwrap();
+    std::fs::write(&path, format_1_file(data)).unwrap();
     path
 }
 
