@@ -21,7 +21,7 @@ mod avx512;
 mod engine;
 mod scalar;
 
-pub use engine::{Engine, EngineError, EngineStats, Pending};
+pub use engine::{Engine, EngineError, EngineStats, Gather, Pending, Urgency};
 
 /// Streams a [`Kernel`] compresses per call.
 pub const LANES: usize = 8;

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
-use tessera_md5::{Engine, Kernel, Md5State};
+use std::time::Duration;
+
+use tessera_md5::{Engine, Gather, Kernel, Md5State, Pending};
 
 /// Lengths next to the block and padding edges (55/56: the length field
 /// fits or not; 63/64/65: a block boundary), and a few blocks over.
@@ -119,6 +121,44 @@ fn hash_grouped(engine: &'static Engine, streams: &[Stream], group: usize) -> Ve
     })
 }
 
+/// Hashes every stream concurrently through `engine` with lazy jobs of
+/// one piece, each stream with its own urgency; a stream hurries before
+/// awaiting a job only where its seed says so (the others are answered
+/// when lanes fill, an eager or hurried job runs, or the wait is over).
+fn hash_lazy(engine: &'static Engine, streams: &[Stream]) -> Vec<[u8; 16]> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = streams
+            .iter()
+            .map(|s| {
+                let pieces = s.pieces(&s.bytes());
+                let seed = s.seed;
+                tokio::spawn(async move {
+                    let urgency = engine.urgency();
+                    let mut state = Md5State::new();
+                    for (i, p) in pieces.into_iter().enumerate() {
+                        let job = engine.submit_lazy(state, vec![p], &urgency);
+                        if seed >> (i % 64) & 1 == 1 {
+                            urgency.hurry();
+                        }
+                        state = job.await.unwrap();
+                        urgency.relax();
+                    }
+                    state.finalize()
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    })
+}
+
 fn expected(streams: &[Stream]) -> Vec<[u8; 16]> {
     streams
         .iter()
@@ -152,6 +192,20 @@ proptest! {
     #[test]
     fn scalar_engine_matches_md5_crate(streams in prop::collection::vec(stream(), 1..20)) {
         prop_assert_eq!(hash_all(scalar_engine(), &streams), expected(&streams));
+    }
+
+    /// Lazy jobs, some hurried and some not, through an engine that
+    /// gathers three lanes or waits 5 ms.
+    #[test]
+    fn lazy_jobs_match_md5_crate(streams in prop::collection::vec(stream(), 1..20)) {
+        static E: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+        let engine = E.get_or_init(|| {
+            Engine::with_gather(
+                Kernel::detect(),
+                Gather { lanes: 3, wait: Duration::from_millis(5) },
+            )
+        });
+        prop_assert_eq!(hash_lazy(engine, &streams), expected(&streams));
     }
 
     /// Jobs of several buffers: each buffer continues where the one
@@ -274,5 +328,142 @@ fn engines_are_independent() {
             .block_on(engine.update(Md5State::new(), data.clone()))
             .unwrap();
         assert_eq!(s.finalize(), <[u8; 16]>::from(Md5::digest(&data)));
+    }
+}
+
+/// An engine that gathers `lanes` lanes or waits `wait`, for one test.
+fn gathering_engine(lanes: usize, wait: Duration) -> &'static Engine {
+    Box::leak(Box::new(Engine::with_gather(
+        Kernel::detect(),
+        Gather { lanes, wait },
+    )))
+}
+
+/// `n` equal buffers of 256 KiB, different bytes each.
+fn buffers(n: usize) -> Vec<Bytes> {
+    (0..n)
+        .map(|i| Bytes::from(vec![i as u8 + 1; 256 << 10]))
+        .collect()
+}
+
+fn digests_of(rt: &tokio::runtime::Runtime, jobs: Vec<Pending>) -> Vec<[u8; 16]> {
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for job in jobs {
+            let s = tokio::time::timeout(Duration::from_secs(20), job)
+                .await
+                .expect("a lazy job was never answered")
+                .unwrap();
+            out.push(s.finalize());
+        }
+        out
+    })
+}
+
+fn md5s(data: &[Bytes]) -> Vec<[u8; 16]> {
+    data.iter().map(|d| Md5::digest(d).into()).collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+/// Lazy jobs wait for company: nothing is hashed until one is hurried;
+/// then the hurried one runs, and the others in the same SIMD steps.
+#[test]
+fn lazy_jobs_wait_until_hurried_then_run_together() {
+    let engine = gathering_engine(8, Duration::from_secs(60));
+    let rt = runtime();
+    let data = buffers(3);
+    let urgencies: Vec<_> = data.iter().map(|_| engine.urgency()).collect();
+    let jobs: Vec<Pending> = data
+        .iter()
+        .zip(&urgencies)
+        .map(|(d, u)| engine.submit_lazy(Md5State::new(), vec![d.clone()], u))
+        .collect();
+    let simd = engine.kernel().is_simd();
+    if simd {
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            engine.stats(),
+            Default::default(),
+            "hashed before any hurry"
+        );
+    }
+    urgencies[1].hurry();
+    assert_eq!(digests_of(&rt, jobs), md5s(&data));
+    let stats = engine.stats();
+    if simd {
+        // Three equal buffers, in lockstep: one step per block, none alone.
+        assert_eq!(stats.simd_steps, (256 << 10) / 64, "{stats:?}");
+        assert_eq!(stats.scalar_blocks, 0, "{stats:?}");
+    }
+}
+
+/// Once as many lanes as the engine gathers are busy, lazy jobs run
+/// without a hurry.
+#[test]
+fn lazy_jobs_run_once_enough_lanes_are_busy() {
+    let engine = gathering_engine(4, Duration::from_secs(60));
+    let rt = runtime();
+    let data = buffers(4);
+    let urgency = engine.urgency();
+    let jobs = data
+        .iter()
+        .map(|d| engine.submit_lazy(Md5State::new(), vec![d.clone()], &urgency))
+        .collect();
+    assert_eq!(digests_of(&rt, jobs), md5s(&data));
+    assert!(!urgency.is_hurried());
+    let stats = engine.stats();
+    if engine.kernel().is_simd() {
+        assert_eq!(stats.simd_steps, (256 << 10) / 64, "{stats:?}");
+        assert_eq!(stats.scalar_blocks, 0, "{stats:?}");
+    }
+}
+
+/// A lazy job nobody joins or hurries runs once its wait is over (alone:
+/// with the scalar kernel).
+#[test]
+fn a_lone_lazy_job_runs_after_its_wait() {
+    let engine = gathering_engine(8, Duration::from_millis(100));
+    let rt = runtime();
+    let data = buffers(1);
+    let urgency = engine.urgency();
+    let job = engine.submit_lazy(Md5State::new(), data.clone(), &urgency);
+    assert_eq!(digests_of(&rt, vec![job]), md5s(&data));
+    let stats = engine.stats();
+    assert_eq!(stats.simd_steps, 0, "{stats:?}");
+    assert_eq!(stats.scalar_blocks, (256 << 10) / 64, "{stats:?}");
+}
+
+/// An eager job is never held back, and takes the waiting lazy jobs
+/// along in its steps.
+#[test]
+fn an_eager_job_takes_lazy_ones_along() {
+    let engine = gathering_engine(8, Duration::from_secs(60));
+    let rt = runtime();
+    let data = buffers(3);
+    let urgency = engine.urgency();
+    let mut jobs: Vec<Pending> = data[..2]
+        .iter()
+        .map(|d| engine.submit_lazy(Md5State::new(), vec![d.clone()], &urgency))
+        .collect();
+    if engine.kernel().is_simd() {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            engine.stats(),
+            Default::default(),
+            "hashed before any hurry"
+        );
+    }
+    jobs.push(engine.submit(Md5State::new(), vec![data[2].clone()]));
+    assert_eq!(digests_of(&rt, jobs), md5s(&data));
+    let stats = engine.stats();
+    if engine.kernel().is_simd() {
+        assert_eq!(stats.simd_steps, (256 << 10) / 64, "{stats:?}");
+        assert_eq!(stats.scalar_blocks, 0, "{stats:?}");
     }
 }

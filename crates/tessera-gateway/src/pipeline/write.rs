@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{Stream, StreamExt};
 use tessera_erasure::encode_stripe_bytes;
-use tessera_md5::{Engine, EngineError, Md5State, Pending};
+use tessera_md5::{Engine, EngineError, Md5State, Pending, Urgency};
 use tessera_types::{NodeId, ShardEntry, Stripe, StripeId};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -81,19 +81,32 @@ impl BodyHash {
 
 /// Bytes of a body received while the engine hashes the last chunks that
 /// may wait before the write waits for the engine (memory held besides the
-/// stripe buffer, per write).
-const MD5_BACKLOG: usize = 256 << 10;
+/// stripe buffer, per write: these chunks and the job's). From half of it
+/// on, the write hurries the job out (without waiting for it), so a large
+/// upload's MD5 runs while the next chunks arrive, and a 1 MiB upload's
+/// chunks wait for company until the write is done.
+const MD5_BACKLOG: usize = 2 << 20;
 
 /// The MD5 of a body, fed to the multi-buffer engine chunk by chunk as the
 /// body arrives: at most one job out at a time (the state comes back with
 /// its answer), the chunks received meanwhile handed over together as the
 /// next job. Chunks are `Bytes` shared with the request body: no copy.
+/// Jobs are lazy ([`Engine::submit_lazy`]): the engine holds them back to
+/// hash them in the same SIMD steps as other uploads' chunks, until this
+/// write needs them: when [`MD5_BACKLOG`] / 2 bytes are behind, or when
+/// its stripes are durable ([`write_body_with`] hurries the last jobs only
+/// then). Measured on 1 MiB PUTs at concurrency 8: MD5's share of the
+/// gateway's CPU samples 27% -> 19% (scalar kernel 12% -> 2.5%), gateway
+/// CPU 2.5-2.6 -> 2.2-2.5 ms/MiB with the data on tmpfs, and 3.0-3.6 ->
+/// 2.4-2.6 on a busy disk (slower writes, so fewer chunks met before).
 ///
 /// Without a SIMD engine (no AVX2) nothing is fed: the MD5 is hashed a
 /// stripe at a time with the other checksums ([`hash_stripe`]).
 struct Md5Feed {
     engine: &'static Engine,
     streaming: bool,
+    /// Whether this body's jobs may wait for company.
+    urgency: Urgency,
     /// The state, while no job is out.
     state: Option<Md5State>,
     /// The job out, the state it started from and its chunks (to hash them
@@ -110,6 +123,7 @@ impl Md5Feed {
         Md5Feed {
             engine,
             streaming: engine.kernel().is_simd(),
+            urgency: engine.urgency(),
             state: Some(Md5State::new()),
             job: None,
             waiting: Vec::new(),
@@ -133,15 +147,26 @@ impl Md5Feed {
         if let Some((job, _, _)) = &mut self.job {
             match futures::FutureExt::now_or_never(job) {
                 Some(r) => self.answered(r).await?,
-                None if self.waiting_len >= MD5_BACKLOG => self.wait().await?,
-                None => return Ok(()),
+                None if self.waiting_len >= MD5_BACKLOG => {
+                    self.urgency.hurry();
+                    self.wait().await?;
+                }
+                None => {
+                    if self.waiting_len >= MD5_BACKLOG / 2 {
+                        self.urgency.hurry();
+                    }
+                    return Ok(());
+                }
             }
+            // The next job may wait for company again.
+            self.urgency.relax();
         }
         self.hand_over();
         Ok(())
     }
 
-    /// The state after the whole body (every chunk fed).
+    /// The state after the whole body (every chunk fed). Lazy: the last
+    /// jobs wait for company until [`urgency`](Self::urgency) is hurried.
     async fn finish(mut self) -> Result<Md5State, ApiError> {
         self.wait().await?;
         self.hand_over();
@@ -161,7 +186,9 @@ impl Md5Feed {
         };
         let chunks = std::mem::take(&mut self.waiting);
         self.waiting_len = 0;
-        let job = self.engine.submit(state.clone(), chunks.clone());
+        let job = self
+            .engine
+            .submit_lazy(state.clone(), chunks.clone(), &self.urgency);
         self.job = Some((job, state, chunks));
     }
 
@@ -428,10 +455,27 @@ where
         hash = hash_stripe(hash, data.clone()).await?;
         inflight.push_back(spawn_stripe(dp, data, permit.take(), &guard));
     }
-    let md5 = hash.md5.finish().await?.finalize();
-    while let Some(r) = inflight.next().await {
-        stripes.push(stripe_result(r)?);
-    }
+    // The MD5 of the last chunks is computed while the last stripes are
+    // written, with other uploads' chunks where they meet in the engine;
+    // it is hurried once the stripes are durable (or the write failed).
+    let urgency = hash.md5.urgency.clone();
+    let drain = async {
+        let mut r = Ok(());
+        while let Some(s) = inflight.next().await {
+            match stripe_result(s) {
+                Ok(s) => stripes.push(s),
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+        urgency.hurry();
+        r
+    };
+    let (md5, drained) = futures::future::join(hash.md5.finish(), drain).await;
+    drained?;
+    let md5 = md5?.finalize();
     let checksums = hash.sums.finish();
     let outcome = WriteOutcome {
         size: total,
