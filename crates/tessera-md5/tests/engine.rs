@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
 
-use tessera_md5::{Engine, Gather, Kernel, Md5State, Pending};
+use tessera_md5::{Engine, Gather, Kernel, Md5State, Pending, Urgency};
 
 /// Lengths next to the block and padding edges (55/56: the length field
 /// fits or not; 63/64/65: a block boundary), and a few blocks over.
@@ -82,42 +82,24 @@ fn hash_all(engine: &'static Engine, streams: &[Stream]) -> Vec<[u8; 16]> {
 /// [`hash_all`], with up to `group` consecutive pieces in one job (a
 /// caller handing over what arrived while its last job ran).
 fn hash_grouped(engine: &'static Engine, streams: &[Stream], group: usize) -> Vec<[u8; 16]> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let tasks: Vec<_> = streams
-            .iter()
-            .map(|s| {
-                let pieces = s.pieces(&s.bytes());
-                let seed = s.seed;
-                tokio::spawn(async move {
-                    let mut state = Md5State::new();
-                    if group == 1 {
-                        for p in pieces {
-                            state = engine.update(state, p).await.unwrap();
-                        }
-                        return state.finalize();
-                    }
-                    // Jobs of 1..=group pieces, cut by the stream's seed.
-                    let mut pieces = pieces.into_iter().peekable();
-                    let mut n = seed as usize;
-                    while pieces.peek().is_some() {
-                        let take = 1 + n % group;
-                        n = n / group + 7;
-                        let job: Vec<Bytes> = pieces.by_ref().take(take).collect();
-                        state = engine.submit(state, job).await.unwrap();
-                    }
-                    state.finalize()
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap());
+    hash_concurrently(streams, move |pieces, seed| async move {
+        let mut state = Md5State::new();
+        if group == 1 {
+            for p in pieces {
+                state = engine.update(state, p).await.unwrap();
+            }
+            return state.finalize();
         }
-        out
+        // Jobs of 1..=group pieces, cut by the stream's seed.
+        let mut pieces = pieces.into_iter().peekable();
+        let mut n = seed as usize;
+        while pieces.peek().is_some() {
+            let take = 1 + n % group;
+            n = n / group + 7;
+            let job: Vec<Bytes> = pieces.by_ref().take(take).collect();
+            state = engine.submit(state, job).await.unwrap();
+        }
+        state.finalize()
     })
 }
 
@@ -126,6 +108,28 @@ fn hash_grouped(engine: &'static Engine, streams: &[Stream], group: usize) -> Ve
 /// awaiting a job only where its seed says so (the others are answered
 /// when lanes fill, an eager or hurried job runs, or the wait is over).
 fn hash_lazy(engine: &'static Engine, streams: &[Stream]) -> Vec<[u8; 16]> {
+    hash_concurrently(streams, move |pieces, seed| async move {
+        let urgency = engine.urgency();
+        let mut state = Md5State::new();
+        for (i, p) in pieces.into_iter().enumerate() {
+            let job = engine.submit_lazy(state, vec![p], &urgency);
+            if seed >> (i % 64) & 1 == 1 {
+                urgency.hurry();
+            }
+            state = job.await.unwrap();
+            urgency.relax();
+        }
+        state.finalize()
+    })
+}
+
+/// Runs `hash` on every stream's pieces (and seed) as concurrent tasks of
+/// a two-thread runtime; returns the digests, in order.
+fn hash_concurrently<F, Fut>(streams: &[Stream], hash: F) -> Vec<[u8; 16]>
+where
+    F: Fn(Vec<Bytes>, u64) -> Fut,
+    Fut: std::future::Future<Output = [u8; 16]> + Send + 'static,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -133,23 +137,7 @@ fn hash_lazy(engine: &'static Engine, streams: &[Stream]) -> Vec<[u8; 16]> {
     rt.block_on(async {
         let tasks: Vec<_> = streams
             .iter()
-            .map(|s| {
-                let pieces = s.pieces(&s.bytes());
-                let seed = s.seed;
-                tokio::spawn(async move {
-                    let urgency = engine.urgency();
-                    let mut state = Md5State::new();
-                    for (i, p) in pieces.into_iter().enumerate() {
-                        let job = engine.submit_lazy(state, vec![p], &urgency);
-                        if seed >> (i % 64) & 1 == 1 {
-                            urgency.hurry();
-                        }
-                        state = job.await.unwrap();
-                        urgency.relax();
-                    }
-                    state.finalize()
-                })
-            })
+            .map(|s| tokio::spawn(hash(s.pieces(&s.bytes()), s.seed)))
             .collect();
         let mut out = Vec::new();
         for t in tasks {
@@ -360,6 +348,36 @@ fn digests_of(rt: &tokio::runtime::Runtime, jobs: Vec<Pending>) -> Vec<[u8; 16]>
     })
 }
 
+/// A lazy job per buffer, all with `urgency`.
+fn lazy_jobs(engine: &Engine, data: &[Bytes], urgency: &Urgency) -> Vec<Pending> {
+    data.iter()
+        .map(|d| engine.submit_lazy(Md5State::new(), vec![d.clone()], urgency))
+        .collect()
+}
+
+/// With a SIMD kernel (where lazy jobs are lazy), nothing is hashed for
+/// `time`.
+fn assert_nothing_hashed_for(engine: &Engine, time: Duration) {
+    if engine.kernel().is_simd() {
+        std::thread::sleep(time);
+        assert_eq!(
+            engine.stats(),
+            Default::default(),
+            "hashed before any hurry"
+        );
+    }
+}
+
+/// With a SIMD kernel, the equal buffers of [`buffers`] went through the
+/// engine in lockstep: one step per block, no block alone.
+fn assert_in_lockstep(engine: &Engine) {
+    let stats = engine.stats();
+    if engine.kernel().is_simd() {
+        assert_eq!(stats.simd_steps, (256 << 10) / 64, "{stats:?}");
+        assert_eq!(stats.scalar_blocks, 0, "{stats:?}");
+    }
+}
+
 fn md5s(data: &[Bytes]) -> Vec<[u8; 16]> {
     data.iter().map(|d| Md5::digest(d).into()).collect()
 }
@@ -384,23 +402,10 @@ fn lazy_jobs_wait_until_hurried_then_run_together() {
         .zip(&urgencies)
         .map(|(d, u)| engine.submit_lazy(Md5State::new(), vec![d.clone()], u))
         .collect();
-    let simd = engine.kernel().is_simd();
-    if simd {
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(
-            engine.stats(),
-            Default::default(),
-            "hashed before any hurry"
-        );
-    }
+    assert_nothing_hashed_for(engine, Duration::from_millis(300));
     urgencies[1].hurry();
     assert_eq!(digests_of(&rt, jobs), md5s(&data));
-    let stats = engine.stats();
-    if simd {
-        // Three equal buffers, in lockstep: one step per block, none alone.
-        assert_eq!(stats.simd_steps, (256 << 10) / 64, "{stats:?}");
-        assert_eq!(stats.scalar_blocks, 0, "{stats:?}");
-    }
+    assert_in_lockstep(engine);
 }
 
 /// Once as many lanes as the engine gathers are busy, lazy jobs run
@@ -411,17 +416,10 @@ fn lazy_jobs_run_once_enough_lanes_are_busy() {
     let rt = runtime();
     let data = buffers(4);
     let urgency = engine.urgency();
-    let jobs = data
-        .iter()
-        .map(|d| engine.submit_lazy(Md5State::new(), vec![d.clone()], &urgency))
-        .collect();
+    let jobs = lazy_jobs(engine, &data, &urgency);
     assert_eq!(digests_of(&rt, jobs), md5s(&data));
     assert!(!urgency.is_hurried());
-    let stats = engine.stats();
-    if engine.kernel().is_simd() {
-        assert_eq!(stats.simd_steps, (256 << 10) / 64, "{stats:?}");
-        assert_eq!(stats.scalar_blocks, 0, "{stats:?}");
-    }
+    assert_in_lockstep(engine);
 }
 
 /// A lazy job nobody joins or hurries runs once its wait is over (alone:
@@ -447,23 +445,9 @@ fn an_eager_job_takes_lazy_ones_along() {
     let rt = runtime();
     let data = buffers(3);
     let urgency = engine.urgency();
-    let mut jobs: Vec<Pending> = data[..2]
-        .iter()
-        .map(|d| engine.submit_lazy(Md5State::new(), vec![d.clone()], &urgency))
-        .collect();
-    if engine.kernel().is_simd() {
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(
-            engine.stats(),
-            Default::default(),
-            "hashed before any hurry"
-        );
-    }
+    let mut jobs = lazy_jobs(engine, &data[..2], &urgency);
+    assert_nothing_hashed_for(engine, Duration::from_millis(100));
     jobs.push(engine.submit(Md5State::new(), vec![data[2].clone()]));
     assert_eq!(digests_of(&rt, jobs), md5s(&data));
-    let stats = engine.stats();
-    if engine.kernel().is_simd() {
-        assert_eq!(stats.simd_steps, (256 << 10) / 64, "{stats:?}");
-        assert_eq!(stats.scalar_blocks, 0, "{stats:?}");
-    }
+    assert_in_lockstep(engine);
 }
