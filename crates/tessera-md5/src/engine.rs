@@ -36,8 +36,10 @@
 //! eager job ([`Engine::submit`]) is among them, or the caller of one
 //! needs its answer ([`Urgency::hurry`]). A caller that hurries before it
 //! waits never waits for the gathering window; what a lazy job costs is
-//! memory, the chunks it holds while it waits. With the scalar kernel
-//! nothing is gathered (no step hashes more than one lane).
+//! memory, the chunks it holds while it waits. Nothing is gathered while
+//! one stream alone uses the engine (a lone upload's MD5 runs while its
+//! stripes are written, as before), nor with the scalar kernel (no step
+//! hashes more than one lane).
 //!
 //! The queue is unbounded, but it cannot grow past the number of callers:
 //! each caller has at most one job queued ([`Engine::submit`] hands the
@@ -364,6 +366,9 @@ struct Worker {
     /// Lanes in use.
     active: usize,
     states: LaneStates,
+    /// When a job was last admitted while another was in a lane: lazy
+    /// jobs wait for company only if some came lately.
+    company_at: Option<Instant>,
 }
 
 impl Worker {
@@ -375,6 +380,7 @@ impl Worker {
             lanes: Default::default(),
             active: 0,
             states: LaneStates::default(),
+            company_at: None,
         }
     }
 
@@ -433,8 +439,15 @@ impl Worker {
             }
             oldest = Some(oldest.map_or(lane.job.queued, |o| o.min(lane.job.queued)));
         }
+        let now = Instant::now();
+        // A lone stream (no two jobs in the lanes at once for a whole
+        // window) is not held back: nothing would join it, and its caller
+        // would wait for the hashing it could have had meanwhile.
+        if self.company_at? + self.gather.wait <= now {
+            return None;
+        }
         let until = oldest? + self.gather.wait;
-        (Instant::now() < until).then_some(until)
+        (now < until).then_some(until)
     }
 
     /// Puts `job` in a free lane, or answers it at once if it has no full
@@ -445,6 +458,11 @@ impl Worker {
         };
         if job.reply.is_closed() {
             return;
+        }
+        // Uploads one after the other are no company: only jobs in the
+        // lanes at once are (a caller has one job out at a time).
+        if self.active > 0 {
+            self.company_at = Some(job.queued);
         }
         self.states.set(lane, job.state.state);
         self.lanes[lane] = Some(Lane {

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
 
-use tessera_md5::{Engine, Gather, Kernel, Md5State, Pending, Urgency};
+use tessera_md5::{Engine, EngineStats, Gather, Kernel, Md5State, Pending, Urgency};
 
 /// Lengths next to the block and padding edges (55/56: the length field
 /// fits or not; 63/64/65: a block boundary), and a few blocks over.
@@ -319,12 +319,21 @@ fn engines_are_independent() {
     }
 }
 
-/// An engine that gathers `lanes` lanes or waits `wait`, for one test.
-fn gathering_engine(lanes: usize, wait: Duration) -> &'static Engine {
-    Box::leak(Box::new(Engine::with_gather(
+/// An engine that gathers `lanes` lanes or waits `wait`, for one test,
+/// and its stats once it has seen two streams at once (it holds lazy jobs
+/// back only then): a one-block job admitted while a 32 MiB one (about
+/// 50 ms of hashing) is in a lane.
+fn gathering_engine(lanes: usize, wait: Duration) -> (&'static Engine, EngineStats) {
+    let engine = Box::leak(Box::new(Engine::with_gather(
         Kernel::detect(),
         Gather { lanes, wait },
-    )))
+    )));
+    let long = engine.submit(Md5State::new(), vec![Bytes::from(vec![0u8; 32 << 20])]);
+    let short = engine.submit(Md5State::new(), vec![Bytes::from(vec![0u8; 64])]);
+    let rt = runtime();
+    rt.block_on(long).unwrap();
+    rt.block_on(short).unwrap();
+    (engine, engine.stats())
 }
 
 /// `n` equal buffers of 256 KiB, different bytes each.
@@ -348,33 +357,41 @@ fn digests_of(rt: &tokio::runtime::Runtime, jobs: Vec<Pending>) -> Vec<[u8; 16]>
     })
 }
 
-/// A lazy job per buffer, all with `urgency`.
-fn lazy_jobs(engine: &Engine, data: &[Bytes], urgency: &Urgency) -> Vec<Pending> {
+/// A lazy job per buffer, each of its own stream; returns the jobs and
+/// the streams' urgencies.
+fn lazy_jobs(engine: &Engine, data: &[Bytes]) -> (Vec<Pending>, Vec<Urgency>) {
     data.iter()
-        .map(|d| engine.submit_lazy(Md5State::new(), vec![d.clone()], urgency))
-        .collect()
+        .map(|d| {
+            let urgency = engine.urgency();
+            let job = engine.submit_lazy(Md5State::new(), vec![d.clone()], &urgency);
+            (job, urgency)
+        })
+        .unzip()
+}
+
+/// What `engine` hashed since `before`: SIMD steps and scalar blocks.
+fn since(engine: &Engine, before: EngineStats) -> (u64, u64) {
+    let now = engine.stats();
+    (
+        now.simd_steps - before.simd_steps,
+        now.scalar_blocks - before.scalar_blocks,
+    )
 }
 
 /// With a SIMD kernel (where lazy jobs are lazy), nothing is hashed for
 /// `time`.
-fn assert_nothing_hashed_for(engine: &Engine, time: Duration) {
+fn assert_nothing_hashed_for(engine: &Engine, before: EngineStats, time: Duration) {
     if engine.kernel().is_simd() {
         std::thread::sleep(time);
-        assert_eq!(
-            engine.stats(),
-            Default::default(),
-            "hashed before any hurry"
-        );
+        assert_eq!(since(engine, before), (0, 0), "hashed before any hurry");
     }
 }
 
 /// With a SIMD kernel, the equal buffers of [`buffers`] went through the
 /// engine in lockstep: one step per block, no block alone.
-fn assert_in_lockstep(engine: &Engine) {
-    let stats = engine.stats();
+fn assert_in_lockstep(engine: &Engine, before: EngineStats) {
     if engine.kernel().is_simd() {
-        assert_eq!(stats.simd_steps, (256 << 10) / 64, "{stats:?}");
-        assert_eq!(stats.scalar_blocks, 0, "{stats:?}");
+        assert_eq!(since(engine, before), ((256 << 10) / 64, 0));
     }
 }
 
@@ -393,61 +410,80 @@ fn runtime() -> tokio::runtime::Runtime {
 /// then the hurried one runs, and the others in the same SIMD steps.
 #[test]
 fn lazy_jobs_wait_until_hurried_then_run_together() {
-    let engine = gathering_engine(8, Duration::from_secs(60));
+    let (engine, before) = gathering_engine(8, Duration::from_secs(60));
     let rt = runtime();
     let data = buffers(3);
-    let urgencies: Vec<_> = data.iter().map(|_| engine.urgency()).collect();
-    let jobs: Vec<Pending> = data
-        .iter()
-        .zip(&urgencies)
-        .map(|(d, u)| engine.submit_lazy(Md5State::new(), vec![d.clone()], u))
-        .collect();
-    assert_nothing_hashed_for(engine, Duration::from_millis(300));
+    let (jobs, urgencies) = lazy_jobs(engine, &data);
+    assert_nothing_hashed_for(engine, before, Duration::from_millis(300));
     urgencies[1].hurry();
     assert_eq!(digests_of(&rt, jobs), md5s(&data));
-    assert_in_lockstep(engine);
+    assert_in_lockstep(engine, before);
 }
 
 /// Once as many lanes as the engine gathers are busy, lazy jobs run
 /// without a hurry.
 #[test]
 fn lazy_jobs_run_once_enough_lanes_are_busy() {
-    let engine = gathering_engine(4, Duration::from_secs(60));
+    let (engine, before) = gathering_engine(4, Duration::from_secs(60));
     let rt = runtime();
     let data = buffers(4);
-    let urgency = engine.urgency();
-    let jobs = lazy_jobs(engine, &data, &urgency);
+    let (jobs, urgencies) = lazy_jobs(engine, &data);
     assert_eq!(digests_of(&rt, jobs), md5s(&data));
-    assert!(!urgency.is_hurried());
-    assert_in_lockstep(engine);
+    assert!(urgencies.iter().all(|u| !u.is_hurried()));
+    assert_in_lockstep(engine, before);
 }
 
-/// A lazy job nobody joins or hurries runs once its wait is over (alone:
-/// with the scalar kernel).
+/// Lazy jobs nobody joins or hurries run once their wait is over.
 #[test]
-fn a_lone_lazy_job_runs_after_its_wait() {
-    let engine = gathering_engine(8, Duration::from_millis(100));
+fn lazy_jobs_run_after_their_wait() {
+    let (engine, before) = gathering_engine(8, Duration::from_millis(100));
     let rt = runtime();
-    let data = buffers(1);
-    let urgency = engine.urgency();
-    let job = engine.submit_lazy(Md5State::new(), data.clone(), &urgency);
-    assert_eq!(digests_of(&rt, vec![job]), md5s(&data));
-    let stats = engine.stats();
-    assert_eq!(stats.simd_steps, 0, "{stats:?}");
-    assert_eq!(stats.scalar_blocks, (256 << 10) / 64, "{stats:?}");
+    let data = buffers(2);
+    let (jobs, _urgencies) = lazy_jobs(engine, &data);
+    assert_eq!(digests_of(&rt, jobs), md5s(&data));
+    assert_in_lockstep(engine, before);
+}
+
+/// Streams one after the other (uploads of one client) are not held
+/// back: their jobs run as they come, with no hurry and however long the
+/// window.
+#[test]
+fn streams_one_after_another_are_not_held_back() {
+    let engine: &'static Engine = Box::leak(Box::new(Engine::with_gather(
+        Kernel::detect(),
+        Gather {
+            lanes: 8,
+            wait: Duration::from_secs(60),
+        },
+    )));
+    let rt = runtime();
+    let data = buffers(3);
+    let all: Vec<u8> = data.iter().flat_map(|d| d.iter().copied()).collect();
+    for _stream in 0..2 {
+        let urgency = engine.urgency();
+        let mut state = Md5State::new();
+        for d in &data {
+            let job = engine.submit_lazy(state, vec![d.clone()], &urgency);
+            let s = rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(20), job).await })
+                .expect("a lone stream's job was held back");
+            state = s.unwrap();
+        }
+        assert!(!urgency.is_hurried());
+        assert_eq!(state.finalize(), <[u8; 16]>::from(Md5::digest(&all)));
+    }
 }
 
 /// An eager job is never held back, and takes the waiting lazy jobs
 /// along in its steps.
 #[test]
 fn an_eager_job_takes_lazy_ones_along() {
-    let engine = gathering_engine(8, Duration::from_secs(60));
+    let (engine, before) = gathering_engine(8, Duration::from_secs(60));
     let rt = runtime();
     let data = buffers(3);
-    let urgency = engine.urgency();
-    let mut jobs = lazy_jobs(engine, &data[..2], &urgency);
-    assert_nothing_hashed_for(engine, Duration::from_millis(100));
+    let (mut jobs, _urgencies) = lazy_jobs(engine, &data[..2]);
+    assert_nothing_hashed_for(engine, before, Duration::from_millis(100));
     jobs.push(engine.submit(Md5State::new(), vec![data[2].clone()]));
     assert_eq!(digests_of(&rt, jobs), md5s(&data));
-    assert_in_lockstep(engine);
+    assert_in_lockstep(engine, before);
 }
