@@ -392,9 +392,11 @@ impl Worker {
             // Refill free lanes; block on the queue only when idle, or
             // while lazy jobs wait for company.
             while open && self.active < LANES {
+                let gathering = self.gathering();
+                let waited = gathering.is_some();
                 let next = if self.active == 0 {
                     queue.recv().map_err(|_| RecvTimeoutError::Disconnected)
-                } else if let Some(until) = self.gathering() {
+                } else if let Some(until) = gathering {
                     queue.recv_timeout(until.saturating_duration_since(Instant::now()))
                 } else {
                     queue.try_recv().map_err(|e| match e {
@@ -405,12 +407,11 @@ impl Worker {
                 match next {
                     Ok(Msg::Job(job)) => self.admit(job),
                     Ok(Msg::Hurry) => {}
+                    // A gathering wait ran out: look again (now stepping).
+                    Err(RecvTimeoutError::Timeout) if waited => {}
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => open = false,
                 }
-            }
-            if open && self.active < LANES && self.gathering().is_some() {
-                continue;
             }
             match self.active {
                 0 if !open => return,

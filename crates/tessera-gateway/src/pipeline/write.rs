@@ -460,16 +460,13 @@ where
     // it is hurried once the stripes are durable (or the write failed).
     let urgency = hash.md5.urgency.clone();
     let drain = async {
-        let mut r = Ok(());
-        while let Some(s) = inflight.next().await {
-            match stripe_result(s) {
-                Ok(s) => stripes.push(s),
-                Err(e) => {
-                    r = Err(e);
-                    break;
-                }
+        let r = async {
+            while let Some(s) = inflight.next().await {
+                stripes.push(stripe_result(s)?);
             }
+            Ok::<_, ApiError>(())
         }
+        .await;
         urgency.hurry();
         r
     };
