@@ -368,10 +368,17 @@ async fn the_gateway_repairs_a_down_node_when_meta_says_so() {
     c.stop(&victim);
     set_down(&meta, &victim).await;
 
-    // Several polls go by; nothing is repaired while paused.
+    // Several polls go by; nothing is repaired while paused. Every stripe
+    // with a shard on the victim is queued; on a loaded machine a stripe
+    // may be queued besides (a short write, a slow shard read reported),
+    // but only one of this object's.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let d = durability(&meta).await;
-    assert_eq!((d.queued, d.repaired_stripes), (on.len() as u64, 0));
+    assert_eq!(d.repaired_stripes, 0);
+    let queued: HashSet<StripeId> = queue(&meta).await.into_iter().map(|i| i.stripe).collect();
+    let ours: HashSet<StripeId> = m.stripes().map(|s| s.id).collect();
+    assert!(queued.is_superset(&on), "{queued:?} misses some of {on:?}");
+    assert!(queued.is_subset(&ours), "{queued:?} not all of {ours:?}");
 
     let go = MetaCommand::SetRepairConfig(RepairConfig {
         rate_bytes_per_sec: 64 << 20,
@@ -383,7 +390,12 @@ async fn the_gateway_repairs_a_down_node_when_meta_says_so() {
     loop {
         let d = durability(&meta).await;
         if d.queued == 0 && d.gc_items == 0 {
-            assert_eq!(d.repaired_stripes, on.len() as u64);
+            assert!(
+                (on.len()..=ours.len()).contains(&(d.repaired_stripes as usize)),
+                "repaired {} stripes, {} were on the victim",
+                d.repaired_stripes,
+                on.len()
+            );
             break;
         }
         assert!(Instant::now() < deadline, "not repaired: {d:?}");
