@@ -24,6 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tonic::body::Body;
+
+use crate::end_aware::EndAware;
 use tonic::Status;
 
 /// Metadata key of the signature.
@@ -173,7 +175,9 @@ impl tower::Service<http::Request<Body>> for AuthChannel {
         tower::Service::poll_ready(&mut self.inner, cx)
     }
 
-    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // The last DATA frame carries END_STREAM (see `end_aware`).
+        let mut req = req.map(|body| Body::new(EndAware::new(body)));
         if let Some(auth) = &self.auth {
             let value = auth.sign(req.uri().path(), unix_now());
             if let Ok(v) = http::HeaderValue::from_str(&value) {

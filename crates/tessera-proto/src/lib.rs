@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod channel;
+pub mod end_aware;
 pub mod error;
 pub mod meta_client;
 pub mod raw;
