@@ -24,9 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tonic::body::Body;
+use tonic::Status;
 
 use crate::end_aware::EndAware;
-use tonic::Status;
 
 /// Metadata key of the signature.
 pub const AUTH_HEADER: &str = "x-tessera-auth";

@@ -81,18 +81,14 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.ended && self.ahead.is_none() {
-            return SizeHint::with_exact(0);
-        }
         let held = match &self.ahead {
             Some(Ok(frame)) => frame.data_ref().map_or(0, |d| d.remaining() as u64),
             _ => 0,
         };
-        let inner = if self.ended {
-            SizeHint::with_exact(0)
-        } else {
-            self.inner.size_hint()
-        };
+        if self.ended {
+            return SizeHint::with_exact(held);
+        }
+        let inner = self.inner.size_hint();
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower() + held);
         if let Some(upper) = inner.upper() {
