@@ -298,6 +298,49 @@ async fn node_down_queues_its_stripes_and_a_repair_commits_with_cas() {
     assert!(h.lease_gc(i64::MAX, 30_000).await.is_empty());
 }
 
+/// Placing a stripe reads the node states, which the state machine keeps
+/// between entries: a PUT must see a node that went down (or came back)
+/// in an entry after the PUT before it.
+#[tokio::test]
+async fn a_put_sees_the_node_states_of_the_entries_before_it() {
+    let mut h = Harness::with_object_a().await;
+    assert!(h.queue().is_empty());
+
+    h.set_state("n4", NodeState::Down, 3_000).await;
+    h.put_object(object(
+        "c",
+        vec![part(1, vec![stripe(2, &["n3", "n4", "n5"])])],
+    ))
+    .await;
+    let q = h.queue();
+    assert_eq!(q.len(), 1, "a stripe written onto a down node: {q:?}");
+    assert_eq!(q[0].stripe, StripeId([2; 16]));
+    assert_eq!(
+        q[0].reasons,
+        vec![RepairReason::NodeDown(NodeId::from("n4"))]
+    );
+
+    h.set_state("n4", NodeState::Up, 4_000).await;
+    h.put_object(object(
+        "d",
+        vec![part(1, vec![stripe(3, &["n3", "n4", "n5"])])],
+    ))
+    .await;
+    let q = h.queue();
+    assert!(
+        q.iter().all(|i| i.stripe != StripeId([3; 16])),
+        "n4 is up again: {q:?}"
+    );
+
+    // A node the map never had counts as lost until it joins.
+    h.put_object(object(
+        "e",
+        vec![part(1, vec![stripe(4, &["n3", "n5", "n9"])])],
+    ))
+    .await;
+    assert!(h.queue().iter().any(|i| i.stripe == StripeId([4; 16])));
+}
+
 #[tokio::test]
 async fn riskiest_first_short_writes_and_reports() {
     let mut h = Harness::cluster().await;

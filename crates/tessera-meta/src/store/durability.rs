@@ -9,6 +9,7 @@
 //! (a report of two bad shards, a node going down) merge into one item.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use tessera_types::meta::{MetaError, MetaReply};
 use tessera_types::repair::{
@@ -83,24 +84,22 @@ pub fn surviving(stripe: &Stripe, bad: &[(u8, NodeId)], states: &HashMap<NodeId,
 /// Repair-queue changes of one entry, by stripe (`None` = remove).
 #[derive(Default)]
 pub(crate) struct Effects {
-    states: Option<HashMap<NodeId, NodeState>>,
+    /// Node states as the entry sees them: the trees' (shared with the
+    /// cache, see [`SmTrees::node_states`]) until the entry overrides one.
+    states: Option<Arc<NodeStates>>,
     queue: BTreeMap<StripeId, Option<RepairItem>>,
 }
 
+/// The state of every node in the cluster map.
+pub(crate) type NodeStates = HashMap<NodeId, NodeState>;
+
 impl SmTrees {
-    fn states<'a>(
-        &self,
-        fx: &'a mut Effects,
-    ) -> Result<&'a HashMap<NodeId, NodeState>, MetaNodeError> {
-        if fx.states.is_none() {
-            let map = self
-                .all_nodes()?
-                .into_iter()
-                .map(|n| (n.id, n.state))
-                .collect();
-            fx.states = Some(map);
-        }
-        Ok(fx.states.get_or_insert_with(HashMap::new))
+    fn states<'a>(&self, fx: &'a mut Effects) -> Result<&'a NodeStates, MetaNodeError> {
+        let states = match fx.states.take() {
+            Some(s) => s,
+            None => self.node_states()?,
+        };
+        Ok(fx.states.insert(states))
     }
 
     /// Overrides one node's state for the rest of the entry (the entry
@@ -112,7 +111,7 @@ impl SmTrees {
         state: Option<NodeState>,
     ) -> Result<(), MetaNodeError> {
         self.states(fx)?;
-        if let Some(map) = fx.states.as_mut() {
+        if let Some(map) = fx.states.as_mut().map(Arc::make_mut) {
             match state {
                 Some(s) => {
                     map.insert(id.clone(), s);

@@ -48,6 +48,10 @@ impl TreeWrites {
         self.0.push((key.into(), None));
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &(IVec, Option<IVec>)> {
         self.0.iter()
     }
