@@ -17,11 +17,10 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
-use tessera_benches::criterion_config;
+use tessera_benches::{criterion_config, data_seeded};
 use tessera_meta::store::{open_db, StateMachineStore};
 use tessera_meta::TypeConfig;
 use tessera_types::meta::{MetaCommand, WriteCondition};
@@ -100,16 +99,6 @@ fn node(i: usize) -> NodeInfo {
     }
 }
 
-/// Pseudo-random bytes (xorshift), so hashes and ids do not compress.
-fn noise(seed: &mut u64, out: &mut [u8]) {
-    for b in out.iter_mut() {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        *b = *seed as u8;
-    }
-}
-
 fn manifest(n: u64, data: ObjectData, size: u64) -> ObjectManifest {
     let mut checksums = BTreeMap::new();
     checksums.insert("CRC64NVME".to_string(), "AAAAAAAAAAA=".to_string());
@@ -129,20 +118,18 @@ fn manifest(n: u64, data: ObjectData, size: u64) -> ObjectManifest {
     }
 }
 
-fn inline_put(n: u64, seed: &mut u64) -> MetaCommand {
-    let mut body = vec![0u8; 4096];
-    noise(seed, &mut body);
-    put(manifest(n, ObjectData::Inline(Bytes::from(body)), 4096))
+fn inline_put(n: u64) -> MetaCommand {
+    put(manifest(n, ObjectData::Inline(data_seeded(4096, n)), 4096))
 }
 
-fn striped_put(n: u64, seed: &mut u64) -> MetaCommand {
+fn striped_put(n: u64) -> MetaCommand {
     let mut id = [0u8; 16];
-    noise(seed, &mut id);
+    id.copy_from_slice(&data_seeded(16, n));
     let first = (n as usize) % NODES;
     let shards = (0..6u8)
         .map(|index| {
             let mut blake3 = [0u8; 32];
-            noise(seed, &mut blake3);
+            blake3.copy_from_slice(&data_seeded(32, n << 3 | u64::from(index)));
             ShardEntry {
                 index,
                 node: node((first + index as usize) % NODES).id,
@@ -176,7 +163,7 @@ fn put(manifest: ObjectManifest) -> MetaCommand {
 }
 
 fn meta_apply(c: &mut Criterion) {
-    type Make = fn(u64, &mut u64) -> MetaCommand;
+    type Make = fn(u64) -> MetaCommand;
     let cases: [(&str, Make, usize, usize); 5] = [
         ("inline_4KiB/x1", inline_put, 1, NODES),
         ("inline_4KiB/x8", inline_put, 8, NODES),
@@ -188,7 +175,6 @@ fn meta_apply(c: &mut Criterion) {
     for (name, make, per_entry, nodes) in cases {
         let mut sm = Sm::new(nodes);
         let mut n = 0u64;
-        let mut seed = 0x7E55_E4A0_u64;
         g.throughput(Throughput::Elements(per_entry as u64));
         g.bench_function(name, |b| {
             b.iter_batched(
@@ -196,7 +182,7 @@ fn meta_apply(c: &mut Criterion) {
                     let cmds: Vec<MetaCommand> = (0..per_entry)
                         .map(|_| {
                             n += 1;
-                            make(n, &mut seed)
+                            make(n)
                         })
                         .collect();
                     match per_entry {

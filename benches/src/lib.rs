@@ -27,7 +27,17 @@ pub fn class(k: u8, m: u8) -> StorageClass {
 
 /// `len` bytes of deterministic, incompressible-looking data (xorshift).
 pub fn data(len: usize) -> Bytes {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ len as u64;
+    data_seeded(len, 0)
+}
+
+/// [`data`] from another starting point: different `seed`s give different
+/// bytes of the same length (ids, hashes, bodies that must not repeat).
+pub fn data_seeded(len: usize, seed: u64) -> Bytes {
+    let mut state: u64 =
+        0x9E37_79B9_7F4A_7C15 ^ len as u64 ^ seed.wrapping_mul(0xA24B_AED4_963E_E407);
+    if state == 0 {
+        state = 1;
+    }
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         state ^= state << 13;
