@@ -9,6 +9,7 @@
 //! and path shape.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -190,10 +191,12 @@ fn op_from_shape(method: &http::Method, path: &str, query: Option<&str>) -> &'st
     }
 }
 
-/// A body that counts the data bytes that pass through it.
+/// A body that counts the data bytes that pass through it and, for a
+/// request body, notes when it has been read to its end.
 pub struct Counted<B> {
     inner: Pin<Box<B>>,
     counter: Counter,
+    ended: Option<Arc<AtomicBool>>,
 }
 
 impl<B> Body for Counted<B>
@@ -211,6 +214,11 @@ where
         if let Poll::Ready(Some(Ok(f))) = &r {
             if let Some(d) = f.data_ref() {
                 self.counter.add(&[], d.len() as u64);
+            }
+        }
+        if let Some(ended) = &self.ended {
+            if matches!(r, Poll::Ready(None)) || self.inner.is_end_stream() {
+                ended.store(true, Ordering::Relaxed);
             }
         }
         r
@@ -258,9 +266,17 @@ impl hyper::service::Service<http::Request<Incoming>> for Metered {
         let head = req.method() == http::Method::HEAD;
         // Presigned-URL rules s3s leaves open (see `s3::presign`).
         let refused = crate::s3::presign::check_query(req.uri().query()).err();
+        // An HTTP/1 request whose body is not read to its end (a PUT refused
+        // on its headers): hyper then closes the connection after the
+        // response, but says nothing in it, so a client may already be
+        // sending its next request on that connection and lose it. Answer
+        // with `Connection: close` instead (h2 streams end on their own).
+        let ended = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+        let close_unless_read = (req.version() < http::Version::HTTP_2).then(|| ended.clone());
         let mut req = req.map(|b| Counted {
             inner: Box::pin(b),
             counter: metrics.bytes_in.clone(),
+            ended: Some(ended),
         });
         req.extensions_mut().insert(slot.clone());
         Box::pin(async move {
@@ -279,10 +295,17 @@ impl hyper::service::Service<http::Request<Incoming>> for Metered {
                 .latency
                 .observe(&[op], start.elapsed().as_secs_f64());
             let counter = metrics.bytes_out.clone();
-            r.map(|resp| {
+            r.map(|mut resp| {
+                if close_unless_read.is_some_and(|e| !e.load(Ordering::Relaxed)) {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 resp.map(|b| Counted {
                     inner: Box::pin(if head { s3s::Body::empty() } else { b }),
                     counter,
+                    ended: None,
                 })
             })
         })

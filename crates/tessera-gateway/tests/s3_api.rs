@@ -280,6 +280,8 @@ async fn bad_puts_change_nothing() {
         )
         .await;
     assert_eq!((r.status, r.code().as_str()), (400, "BadDigest"));
+    // The body was read to its end: the connection stays open.
+    assert_eq!(r.headers.get("connection"), None);
     let r = alice
         .send(
             "PUT",
@@ -290,6 +292,13 @@ async fn bad_puts_change_nothing() {
         )
         .await;
     assert_eq!((r.status, r.code().as_str()), (400, "InvalidDigest"));
+    // Refused on its headers, body unread: hyper closes the connection after
+    // the answer, which must say so, or the client sends its next request
+    // (the next one here) on a connection that is going away.
+    assert_eq!(
+        r.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     // x-amz-content-sha256 of another body.
     let other = hex::encode(sha2::Sha256::digest(b"other"));
     let r = alice
