@@ -16,8 +16,9 @@
 //! `tonic::transport::Server::layer` that answers `Unauthenticated` before
 //! the request body is read.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -98,9 +99,30 @@ pub enum AuthError {
 }
 
 /// Signs and verifies internode requests with the cluster secret.
-#[derive(Clone, Debug)]
+///
+/// A signature depends only on the method path and the second, so both
+/// sides remember their last one per path: a client signs each method once
+/// a second, and a server checks a header it has already verified with a
+/// constant-time comparison instead of a MAC. The HMAC keyed with the
+/// secret is kept too (each MAC clones it instead of hashing the key).
+/// Both maps hold at most one entry per method path that was signed or
+/// verified with the secret.
 pub struct ClusterAuth {
-    secret: ClusterSecret,
+    keyed: HmacSha256,
+    signed: Mutex<HashMap<String, (u64, http::HeaderValue)>>,
+    verified: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl fmt::Debug for ClusterAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterAuth(<redacted>)")
+    }
+}
+
+/// Whether `a` and `b` are equal, in a time that depends only on their
+/// lengths (a signature header has a fixed length).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn unix_now() -> u64 {
@@ -112,13 +134,18 @@ fn unix_now() -> u64 {
 
 impl ClusterAuth {
     pub fn new(secret: ClusterSecret) -> Arc<Self> {
-        Arc::new(ClusterAuth { secret })
+        // HMAC takes keys of any length; this cannot fail.
+        let keyed = HmacSha256::new_from_slice(secret.bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        Arc::new(ClusterAuth {
+            keyed,
+            signed: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
+        })
     }
 
     fn mac(&self, ts: u64, path: &str) -> HmacSha256 {
-        // HMAC takes keys of any length; this cannot fail.
-        let mut mac = HmacSha256::new_from_slice(self.secret.bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        let mut mac = self.keyed.clone();
         mac.update(b"v1\n");
         mac.update(ts.to_string().as_bytes());
         mac.update(b"\n");
@@ -132,11 +159,25 @@ impl ClusterAuth {
         format!("v1:{ts}:{}", hex::encode(tag))
     }
 
+    /// [`ClusterAuth::sign`] as a header value, computed once per path and
+    /// second.
+    pub fn sign_header(&self, path: &str, ts: u64) -> Option<http::HeaderValue> {
+        let mut signed = self.signed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, v)) = signed.get(path) {
+            if *at == ts {
+                return Some(v.clone());
+            }
+        }
+        let v = http::HeaderValue::from_str(&self.sign(path, ts)).ok()?;
+        signed.insert(path.to_string(), (ts, v.clone()));
+        Some(v)
+    }
+
     /// Checks `header` for a call of `path` at unix time `now`.
     pub fn verify(&self, header: Option<&[u8]>, path: &str, now: u64) -> Result<(), AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
-        let header = std::str::from_utf8(header).map_err(|_| AuthError::Malformed)?;
-        let mut parts = header.splitn(3, ':');
+        let text = std::str::from_utf8(header).map_err(|_| AuthError::Malformed)?;
+        let mut parts = text.splitn(3, ':');
         let (Some("v1"), Some(ts), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(AuthError::Malformed);
         };
@@ -144,11 +185,30 @@ impl ClusterAuth {
         if now.abs_diff(ts) > MAX_SKEW.as_secs() {
             return Err(AuthError::Stale);
         }
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        // The same bytes verified before for this path: the same MAC over
+        // the same timestamp and path, so valid (the skew was checked above).
+        if verified
+            .get(path)
+            .is_some_and(|known| constant_time_eq(known, header))
+        {
+            return Ok(());
+        }
         let tag = hex::decode(tag).map_err(|_| AuthError::Malformed)?;
         // `verify_slice` compares in constant time.
         self.mac(ts, path)
             .verify_slice(&tag)
-            .map_err(|_| AuthError::BadSignature)
+            .map_err(|_| AuthError::BadSignature)?;
+        match verified.get_mut(path) {
+            Some(known) => {
+                known.clear();
+                known.extend_from_slice(header);
+            }
+            None => {
+                verified.insert(path.to_string(), header.to_vec());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -179,8 +239,7 @@ impl tower::Service<http::Request<Body>> for AuthChannel {
         // The last DATA frame carries END_STREAM (see `end_aware`).
         let mut req = req.map(|body| Body::new(EndAware::new(body)));
         if let Some(auth) = &self.auth {
-            let value = auth.sign(req.uri().path(), unix_now());
-            if let Ok(v) = http::HeaderValue::from_str(&value) {
+            if let Some(v) = auth.sign_header(req.uri().path(), unix_now()) {
                 req.headers_mut().insert(AUTH_HEADER, v);
             }
         }
@@ -285,6 +344,53 @@ mod tests {
             Err(AuthError::BadSignature)
         );
         assert_eq!(a.verify(None, A, now), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn remembered_signatures_change_no_verdict() {
+        let a = auth("0123456789abcdef0123");
+        let now = 1_800_000_000;
+        // One header per path and second, the same as an uncached one.
+        let h = a.sign_header(A, now).unwrap();
+        assert_eq!(h.as_bytes(), a.sign(A, now).as_bytes());
+        assert_eq!(a.sign_header(A, now).unwrap(), h);
+        let next = a.sign_header(A, now + 1).unwrap();
+        assert_eq!(next.as_bytes(), a.sign(A, now + 1).as_bytes());
+        assert_ne!(next, h);
+        assert_eq!(
+            a.sign_header(B, now).unwrap().as_bytes(),
+            a.sign(B, now).as_bytes()
+        );
+        // Verified twice (the second time from memory), and still refused
+        // once stale, for another path, or with any byte of it changed.
+        for _ in 0..2 {
+            assert_eq!(a.verify(Some(h.as_bytes()), A, now), Ok(()));
+        }
+        assert_eq!(
+            a.verify(Some(h.as_bytes()), A, now + 301),
+            Err(AuthError::Stale)
+        );
+        assert_eq!(
+            a.verify(Some(h.as_bytes()), B, now),
+            Err(AuthError::BadSignature)
+        );
+        let good = h.as_bytes().to_vec();
+        for i in 3..good.len() {
+            let mut bad = good.clone();
+            bad[i] = if bad[i] == b'0' { b'1' } else { b'0' };
+            assert!(a.verify(Some(&bad), A, now).is_err(), "byte {i}");
+            assert_eq!(a.verify(Some(&good), A, now), Ok(()));
+        }
+        // A newer header for the path replaces the remembered one; the
+        // older one still verifies (by its MAC) within the skew.
+        assert_eq!(a.verify(Some(next.as_bytes()), A, now), Ok(()));
+        assert_eq!(a.verify(Some(h.as_bytes()), A, now), Ok(()));
+        // Another secret remembers nothing of this one's headers.
+        let other = auth("another-secret-of-enough-length");
+        assert_eq!(
+            other.verify(Some(h.as_bytes()), A, now),
+            Err(AuthError::BadSignature)
+        );
     }
 
     #[test]
