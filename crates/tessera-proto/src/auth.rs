@@ -185,13 +185,13 @@ impl ClusterAuth {
         if now.abs_diff(ts) > MAX_SKEW.as_secs() {
             return Err(AuthError::Stale);
         }
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         // The same bytes verified before for this path: the same MAC over
         // the same timestamp and path, so valid (the skew was checked above).
-        if verified
-            .get(path)
-            .is_some_and(|known| constant_time_eq(known, header))
-        {
+        let known = |v: &HashMap<String, Vec<u8>>| {
+            v.get(path)
+                .is_some_and(|known| constant_time_eq(known, header))
+        };
+        if known(&self.verified.lock().unwrap_or_else(|p| p.into_inner())) {
             return Ok(());
         }
         let tag = hex::decode(tag).map_err(|_| AuthError::Malformed)?;
@@ -199,6 +199,7 @@ impl ClusterAuth {
         self.mac(ts, path)
             .verify_slice(&tag)
             .map_err(|_| AuthError::BadSignature)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         match verified.get_mut(path) {
             Some(known) => {
                 known.clear();
