@@ -19,8 +19,10 @@ via PR_SET_PDEATHSIG if this script is SIGKILLed). See README.md here.
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
+import traceback
 import sys
 import tempfile
 import time
@@ -99,6 +101,37 @@ def settle_after_cleanup(workdir):
         f"without a journal new files pay for recently deleted inodes for {RECENTLY_DELETED_S} s "
         f"(--no-settle to skip)")
     time.sleep(wait)
+
+
+# Free space a round must leave on the work directory's file system. Every
+# PUT is kept (`--keep`), so the rounds add up: the default matrix writes
+# about 25 GB per round here (Tessera stores 1.5x: RS(4,2)).
+MIN_FREE_BYTES = 8 << 30
+MIN_FREE_FRACTION = 0.05
+
+
+def seconds(text):
+    """`12s`, `500ms`, `2m` (the `tessera bench` duration forms used here)."""
+    for suffix, scale in (("ms", 0.001), ("s", 1), ("m", 60)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * scale
+    return float(text)
+
+
+def room_for_round(workdir, rows, cell, workload, span_s):
+    """Whether another round of a PUT cell fits on disk: its last round's
+    MB/s per system over `span_s`, at 1.5x, must leave MIN_FREE_BYTES and
+    MIN_FREE_FRACTION of the file system free. Returns (fits, message)."""
+    usage = shutil.disk_usage(workdir)
+    last = {}
+    for r in rows:
+        if r["cell"] == cell and r["workload"] == workload:
+            last[r["system"]] = r
+    need = sum(r["mb_s"] * 1e6 * span_s * 1.5 for r in last.values())
+    floor = max(MIN_FREE_BYTES, usage.total * MIN_FREE_FRACTION)
+    fits = usage.free - need >= floor
+    return fits, (f"{usage.free / 1e9:.1f} GB free, the round needs about {need / 1e9:.1f} GB "
+                  f"and {floor / 1e9:.1f} GB must stay free")
 
 
 def remove_workdir(workdir):
@@ -388,7 +421,8 @@ def main():
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     results = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "duration": args.duration,
-               "warmup": args.warmup, "rounds": args.rounds, "cpus": os.cpu_count(), "rows": [], "degraded": []}
+               "warmup": args.warmup, "rounds": args.rounds,
+               "skipped": [], "failures": [], "cpus": os.cpu_count(), "rows": [], "degraded": []}
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -423,20 +457,38 @@ def main():
         order = list(targets)
         for i, (label, size, conc, objects) in enumerate(cells):
             for workload in workloads:
+                span = seconds(args.duration) + (seconds(args.warmup) if args.warmup else 0)
                 for rnd in range(args.rounds):
-                    for name in (order if (i + rnd) % 2 == 0 else list(reversed(order))):
-                        log(f"{label} {workload} c{conc}: {name} (round {rnd + 1}/{args.rounds})")
-                        rep = bench(binary, targets[name], workload, size, conc, args.duration,
-                                    warmup=args.warmup, objects=objects if workload == "get" else None)
-                        row = row_of(name, label, workload, rep)
-                        row["round"] = rnd + 1
-                        results["rows"].append(row)
+                    if rnd > 0 and workload == "put":
+                        fits, why = room_for_round(workdir, results["rows"], label, workload, span)
+                        if not fits:
+                            log(f"{label} {workload}: no round {rnd + 1}: {why}")
+                            results["skipped"].append({"cell": label, "workload": workload,
+                                                       "round": rnd + 1, "why": why})
+                            break
+                    try:
+                        for name in (order if (i + rnd) % 2 == 0 else list(reversed(order))):
+                            log(f"{label} {workload} c{conc}: {name} (round {rnd + 1}/{args.rounds})")
+                            rep = bench(binary, targets[name], workload, size, conc, args.duration,
+                                        warmup=args.warmup, objects=objects if workload == "get" else None)
+                            row = row_of(name, label, workload, rep)
+                            row["round"] = rnd + 1
+                            results["rows"].append(row)
+                    except RuntimeError as e:
+                        # Keep what was measured; the table says which runs there are.
+                        log(f"{label} {workload} round {rnd + 1} failed, no more rounds of it: {e}")
+                        results["failures"].append({"cell": label, "workload": workload,
+                                                    "round": rnd + 1, "error": str(e)[-3000:]})
+                        break
             print(render(results["rows"]), file=sys.stderr, flush=True)
 
         if not args.no_degraded:
             results["degraded"] = degraded(binary, tess, targets["tessera"], args)
     except KeyboardInterrupt:
         log("interrupted")
+    except Exception:  # noqa: BLE001 - report what was measured, then clean up
+        log(f"stopped by an error:\n{traceback.format_exc()}")
+        results["failures"].append({"error": traceback.format_exc()[-3000:]})
     finally:
         log("stopping the clusters")
         if sw is not None:
@@ -451,6 +503,10 @@ def main():
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     log(f"results: {out}")
+    for f in results["failures"]:
+        log(f"FAILED: {f.get('cell', '')} {f.get('workload', '')} round {f.get('round', '-')}")
+    for k in results["skipped"]:
+        log(f"skipped: {k['cell']} {k['workload']} round {k['round']} ({k['why']})")
     if not args.keep and not args.json:
         # The data can be large; the JSON goes next to the script's cwd instead.
         keep_json = os.path.abspath("compare.json")
@@ -460,6 +516,8 @@ def main():
         log(f"removed {workdir}; results in {keep_json}")
     elif not args.keep:
         remove_workdir(workdir)
+    if results["failures"]:
+        sys.exit(1)
 
 
 def degraded(binary, tess, target, args):
