@@ -14,10 +14,12 @@ use crate::RpcError;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest HTTP/2 frame a node accepts (the protocol's default is 16 KiB):
-/// shard bytes arrive in a few large DATA frames instead of 64 per MiB,
-/// each a wake-up and a pass through h2's flow control. Node servers accept
-/// the same (`max_frame_size` on their tonic server builder).
-pub const MAX_FRAME_SIZE: u32 = 256 << 10;
+/// a shard of up to 1 MiB arrives as one DATA frame instead of 64, each a
+/// wake-up and a pass through h2's flow control, and the shard stream hands
+/// it over as it came, without gathering frames into one buffer (measured
+/// against 256 KiB frames, 64 MiB GET: 9% less server CPU per MiB). Storage
+/// servers accept the same (`max_frame_size` on their tonic server builder).
+pub const MAX_FRAME_SIZE: u32 = 1 << 20;
 
 /// A lazily connecting channel to `addr` (`host:port` or a URL).
 pub fn lazy_channel(addr: &str) -> Result<Channel, RpcError> {
