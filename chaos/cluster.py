@@ -3,7 +3,8 @@ and the repair benchmark: start it, kill / stop / restart its nodes with the
 exact command lines recorded in cluster.json, read `tessera admin status
 --json`, and clean up every process, network namespace and mount it made.
 
-The `tessera dev` supervisor never restarts a child. A node killed here is
+The `tessera dev` supervisor never restarts a killed child (only a meta node
+that exits with status 75 after a failed disk write). A node killed here is
 restarted here, as a child of this process, with the argv recorded in
 cluster.json (`nodes[].argv`), no inherited TESSERA_* variable, and the cluster
 secret from DIR/cluster-secret in $TESSERA_CLUSTER_SECRET (cluster.json names

@@ -230,6 +230,9 @@ impl From<ApiError> for S3Error {
                 C::BucketAlreadyOwnedByYou,
                 "Your previous request to create the named bucket succeeded and you already own it",
             ),
+            ApiError::MetaUnavailable(RpcError::NoSpace(why)) => {
+                s3(C::ServiceUnavailable, format!("The metadata service refused the write: {why}"))
+            }
             ApiError::MetaUnavailable(_) => s3(
                 C::ServiceUnavailable,
                 "The metadata service is unavailable; please retry",
@@ -418,6 +421,19 @@ mod tests {
             assert_eq!(c, code);
             assert_eq!(s.map(|s| s.as_u16()), Some(status), "{code}");
         }
+    }
+
+    #[test]
+    fn a_full_meta_disk_is_a_503_that_says_so() {
+        let err = ApiError::MetaUnavailable(RpcError::NoSpace(
+            "meta disk nearly full: 3.0 MiB free".into(),
+        ));
+        let e = S3Error::from(err);
+        assert_eq!(e.code().as_str(), "ServiceUnavailable");
+        let status = e.status_code().or_else(|| e.code().status_code());
+        assert_eq!(status.map(|s| s.as_u16()), Some(503));
+        let msg = e.message().unwrap_or_default();
+        assert!(msg.contains("meta disk nearly full"), "{msg}");
     }
 
     #[test]

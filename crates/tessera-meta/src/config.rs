@@ -51,6 +51,11 @@ pub struct MetaConfig {
     /// Raft writes the leader keeps in flight at once; writes arriving
     /// meanwhile wait and are coalesced into the next one.
     pub writes_in_flight: usize,
+    /// Free space kept on the data directory's file system: below it,
+    /// writes that add data are refused (deletes still go until a quarter
+    /// of it is left); 0 = automatic, 5% of the file system up to 1 GiB.
+    /// See [`crate::space`].
+    pub min_free_bytes: u64,
     /// The cluster secret that signs and checks every internode call.
     /// Required; never serialized.
     #[serde(skip_serializing)]
@@ -76,6 +81,7 @@ impl Default for MetaConfig {
             write_batch_commands: 64,
             write_batch_bytes: 1 << 20,
             writes_in_flight: 2,
+            min_free_bytes: 0,
             cluster_secret: None,
         }
     }

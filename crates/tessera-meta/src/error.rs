@@ -20,6 +20,11 @@ pub enum MetaNodeError {
     /// Openraft refused to start or stopped with a fatal error.
     #[error("raft: {0}")]
     Raft(String),
+    /// Raft stopped while the node was serving (a storage error such as a
+    /// full disk, or a bug). The node stops instead of lingering with a
+    /// dead Raft core; restarted, it recovers from its data directory.
+    #[error("raft stopped: {0}; restart the node once the cause is fixed (it recovers from its data directory)")]
+    RaftStopped(String),
     /// The gRPC server failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),

@@ -19,6 +19,7 @@ pub(crate) mod reads;
 pub mod rebalance;
 pub mod server;
 pub mod service;
+pub mod space;
 pub mod store;
 
 pub use config::MetaConfig;

@@ -9,6 +9,7 @@
 //! predecessor did not; nodes returning from down trigger nothing (their
 //! stripes were repaired elsewhere, and moving them back would only churn).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -16,6 +17,7 @@ use tessera_types::meta::{MetaCommand, MetaReply};
 use tokio_util::sync::CancellationToken;
 
 use crate::network::MetaRaft;
+use crate::space::SpaceGuard;
 use crate::store::{RaftNodeId, SmTrees};
 
 /// How often the leader looks for new nodes.
@@ -25,7 +27,13 @@ pub const BATCH: u32 = 512;
 /// Pause between batches, so a pass never crowds out client writes.
 const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
-pub async fn run(raft: MetaRaft, id: RaftNodeId, trees: SmTrees, shutdown: CancellationToken) {
+pub async fn run(
+    raft: MetaRaft,
+    id: RaftNodeId,
+    trees: SmTrees,
+    space: Arc<SpaceGuard>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -47,7 +55,7 @@ pub async fn run(raft: MetaRaft, id: RaftNodeId, trees: SmTrees, shutdown: Cance
                 done,
                 "new storage nodes: queueing every stripe for rebalance"
             );
-            match pass(&raft, id, &shutdown).await {
+            match pass(&raft, id, &space, &shutdown).await {
                 Ok(n) => tracing::info!(batches = n, "rebalance pass queued"),
                 Err(e) => tracing::warn!(error = %e, "rebalance pass stopped"),
             }
@@ -65,6 +73,7 @@ fn leading(raft: &MetaRaft, id: RaftNodeId) -> bool {
 async fn pass(
     raft: &MetaRaft,
     id: RaftNodeId,
+    space: &SpaceGuard,
     shutdown: &CancellationToken,
 ) -> Result<u64, String> {
     let mut after = None;
@@ -78,6 +87,7 @@ async fn pass(
             max: BATCH,
             at: tessera_types::now_millis(),
         };
+        space.check(&cmd).map_err(|s| s.message().to_string())?;
         let reply = raft.client_write(cmd).await.map_err(|e| e.to_string())?;
         batches += 1;
         match reply.data {

@@ -87,8 +87,30 @@ async fn stand_for_election_again(log: &mut store::LogStore, id: u64) -> Result<
     Ok(())
 }
 
+/// Resolves when the Raft core has stopped on its own, with why.
+///
+/// openraft stops its core on a fatal error (a log or state machine write
+/// that failed, e.g. on a full disk) and then refuses every call, while
+/// the process, its gRPC server and a stale leader state in its metrics
+/// live on: without this, such a node would be a zombie until someone
+/// restarted it by hand.
+async fn raft_stopped(raft: &MetaRaft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "the raft core is gone".to_string();
+        }
+    }
+}
+
 /// Serves the meta node (Raft + meta service) on `listener` until
-/// `shutdown` is cancelled.
+/// `shutdown` is cancelled, or until Raft stops on its own
+/// ([`MetaNodeError::RaftStopped`], returned at once with the node's
+/// tasks still running: the caller should end the process without
+/// dropping them, see `tessera_server::EXIT_RESTART`).
 pub async fn serve(
     config: MetaConfig,
     listener: tokio::net::TcpListener,
@@ -112,6 +134,7 @@ pub async fn serve(
         .or_else(|| config.peers.get(&config.id).cloned())
         .unwrap_or_else(|| local.to_string());
     let raft_cfg = Arc::new(raft_config(&config)?);
+    store::arm_crash_stop();
     let (mut log_store, sm) = store::open(&config.data_dir).await?;
     stand_for_election_again(&mut log_store, config.id).await?;
     let trees = sm.trees();
@@ -138,6 +161,10 @@ pub async fn serve(
         ));
     }
 
+    let space = Arc::new(crate::space::SpaceGuard::new(
+        &config.data_dir,
+        config.min_free_bytes,
+    ));
     let liveness = Arc::new(Liveness::default());
     let meta = MetaService::new(
         config.id,
@@ -150,6 +177,7 @@ pub async fn serve(
             in_flight: config.writes_in_flight,
         },
         read_lease(&raft_cfg),
+        space.clone(),
         shutdown.child_token(),
     );
     let server_stop = shutdown.child_token();
@@ -190,6 +218,7 @@ pub async fn serve(
         raft.clone(),
         config.id,
         trees.clone(),
+        space,
         shutdown.clone(),
     ));
     let detector = tokio::spawn(detector::run(
@@ -208,6 +237,15 @@ pub async fn serve(
     let mut result = Ok(());
     tokio::select! {
         _ = shutdown.cancelled() => {}
+        why = raft_stopped(&raft) => {
+            // No graceful shutdown: after the I/O error that stops Raft,
+            // sled cannot flush, and dropping its last handle panics (an
+            // abort, seen on a full disk). The caller ends the process as
+            // a crash would; a restart rebuilds the state from the synced
+            // Raft log.
+            tracing::error!(error = %why, "raft stopped; the meta node stops too");
+            return Err(MetaNodeError::RaftStopped(why));
+        }
         res = &mut server => {
             // The server stopped on its own: report why, then stop the rest.
             result = match res {
@@ -244,8 +282,17 @@ pub async fn serve(
         tracing::warn!("rebalancer did not stop in time");
     }
     drop(raft);
-    store::flush_db(&db).await?;
-    result
+    let flushed = store::flush_db(&db).await;
+    match (result, flushed) {
+        (Ok(()), flushed) => flushed,
+        // Why the node stopped matters more (after a full disk sled cannot
+        // flush either).
+        (Err(e), Err(flush)) => {
+            tracing::error!(error = %flush, "final flush of the state failed");
+            Err(e)
+        }
+        (Err(e), Ok(())) => Err(e),
+    }
 }
 
 /// Initializes the group if this node is the lowest id among the peers

@@ -31,6 +31,7 @@ use tracing::instrument;
 use crate::detector::Liveness;
 use crate::network::MetaRaft;
 use crate::reads::{LeaderEpoch, ReadBarrier, ReadLease};
+use crate::space::SpaceGuard;
 use crate::store::{query, RaftNodeId, SmTrees};
 
 /// The meta service of one node.
@@ -43,6 +44,8 @@ pub struct MetaService {
     lease: ReadLease,
     server_metrics: watch::Receiver<RaftServerMetrics<RaftNodeId, BasicNode>>,
     writes: Proposer,
+    /// Refuses writes while the data directory is nearly full.
+    space: Arc<SpaceGuard>,
 }
 
 /// Bounds of the group commit.
@@ -200,7 +203,9 @@ async fn client_write(raft: &MetaRaft, cmd: MetaCommand) -> Result<MetaReply, St
 impl MetaService {
     /// The service; its group commit task runs until `shutdown`. Reads
     /// within `read_lease` after a confirmed leader check need no other
-    /// (zero: every read batch confirms; see [`crate::reads`]).
+    /// (zero: every read batch confirms; see [`crate::reads`]). Client
+    /// writes pass `space` first.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: RaftNodeId,
         raft: MetaRaft,
@@ -208,6 +213,7 @@ impl MetaService {
         liveness: Arc<Liveness>,
         limits: BatchLimits,
         read_lease: std::time::Duration,
+        space: Arc<SpaceGuard>,
         shutdown: CancellationToken,
     ) -> Self {
         MetaService {
@@ -219,6 +225,7 @@ impl MetaService {
             liveness,
             reads: ReadBarrier::default(),
             lease: ReadLease::new(read_lease),
+            space,
         }
     }
 
@@ -312,6 +319,7 @@ impl Meta for MetaService {
             return Err(Status::invalid_argument("command batches are not accepted"));
         }
         tracing::debug!(cmd = cmd.name(), "meta write");
+        self.space.check(&cmd)?;
         let reply = self.propose(cmd, payload.len()).await?;
         Ok(envelope(&reply))
     }

@@ -145,6 +145,12 @@ pub struct MetaArgs {
     /// Raft election timeout (more than twice the heartbeat). [default: 800]
     #[arg(long, env = "TESSERA_ELECTION_TIMEOUT_MS", value_name = "MS")]
     pub election_timeout_ms: Option<u64>,
+    /// Free space kept on the data directory's file system: below it,
+    /// writes that add data are refused with a 503 (deletes still work
+    /// until a quarter of it is left); 0 = 5% of the file system, at most
+    /// 1 GiB. [default: 0]
+    #[arg(long, env = "TESSERA_META_MIN_FREE_BYTES", value_name = "BYTES")]
+    pub min_free_bytes: Option<u64>,
 }
 
 /// `tessera storage`.

@@ -169,6 +169,9 @@ impl MetaSettings {
         if let Some(v) = args.election_timeout_ms {
             c.election_timeout_ms = v;
         }
+        if let Some(v) = args.min_free_bytes {
+            c.min_free_bytes = v;
+        }
         c.cluster_secret = resolve_secret(&args.secret, c.cluster_secret.take())?;
         if let Some(v) = &args.admin_listen {
             c.admin_listen = Some(v.clone());

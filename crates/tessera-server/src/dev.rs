@@ -35,8 +35,12 @@
 //! Every node's admin address is in cluster.json (`admin_addr`).
 //! Restarting on the same directory reuses the same ports, ids and data.
 //!
-//! The supervisor never restarts a child: tests kill nodes on purpose and
-//! count on them staying dead. Children get SIGTERM when the supervisor dies
+//! The supervisor restarts only a meta node that exits with
+//! [`crate::EXIT_RESTART`] (its Raft core stopped, e.g. on a full disk:
+//! restarted, it recovers once the cause is gone), after a
+//! backoff (1 s, doubling up to 30 s; back to 1 s once it has run a minute).
+//! Any other exit, a kill above all, is final: tests kill nodes on purpose
+//! and count on them staying dead. Children get SIGTERM when the supervisor dies
 //! (PR_SET_PDEATHSIG), even by SIGKILL, and run in their own process group,
 //! so a terminal's Ctrl-C reaches only the supervisor, which then stops them
 //! in order: gateway and storage first, meta last.
@@ -73,6 +77,10 @@ pub const SECRET_FILE: &str = "cluster-secret";
 pub const ROOT_KEY_NAME: &str = "root";
 
 const POLL: Duration = Duration::from_millis(200);
+/// First and longest wait before restarting a child that asked for it.
+const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+/// A restarted child that runs this long starts its backoff over.
+const RESTART_RESET: Duration = Duration::from_secs(60);
 const LOOPBACK: &str = "127.0.0.1";
 /// The gateway's virtual-host base domain: `Host: bucket.localhost:PORT`
 /// addresses `bucket` (a client must resolve `bucket.localhost` to
@@ -236,7 +244,8 @@ pub struct NodeEntry {
     #[serde(default)]
     pub admin_addr: String,
     /// The exact command line it was started with, binary first. The
-    /// supervisor never restarts a child; a harness that kills one restarts
+    /// supervisor never restarts a killed child (only a meta node that
+    /// asks to be, see the module doc); a harness that kills one restarts
     /// it with this argv, the environment variables named in `env` and no
     /// other `TESSERA_*` variable.
     #[serde(default)]
@@ -296,6 +305,7 @@ impl Role {
 }
 
 /// One child to start.
+#[derive(Clone)]
 struct ChildSpec {
     role: Role,
     /// `meta-1`, `storage-4`, `gateway-1`.
@@ -310,6 +320,13 @@ struct ChildProc {
     name: String,
     addr: String,
     admin_addr: String,
+    /// What it was started from, to start it again.
+    spec: ChildSpec,
+    started: Instant,
+    /// Restarts in a row without a [`RESTART_RESET`] run between them.
+    restarts: u32,
+    /// When a child that asked for a restart gets it.
+    restart_at: Option<Instant>,
     /// Binary and arguments, for cluster.json.
     argv: Vec<String>,
     log: PathBuf,
@@ -348,6 +365,7 @@ impl ChildProc {
 /// [`DevCluster::stop`] for a graceful stop.
 pub struct DevCluster {
     opts: DevOptions,
+    binary: PathBuf,
     secret: ClusterSecret,
     data_dir: PathBuf,
     info: ClusterInfo,
@@ -410,6 +428,7 @@ impl DevCluster {
                 s3_domain: vec![DEV_S3_DOMAIN.to_string()],
             },
             opts,
+            binary: binary.clone(),
             secret,
             data_dir,
             children: Vec::new(),
@@ -494,22 +513,91 @@ impl DevCluster {
         out
     }
 
-    /// Watches the children until `shutdown`, logging unexpected exits.
-    /// Nothing is restarted.
+    /// Watches the children until `shutdown`, logging unexpected exits
+    /// and restarting the children that ask for it (see the module doc).
     pub async fn supervise(&mut self, shutdown: &CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {
-                    for (name, status) in self.reap() {
-                        let log = self.log_of(&name);
-                        warn!(node = %name, %status, log = %log.display(),
-                              "node exited unexpectedly; it will not be restarted");
-                    }
-                }
+                _ = tick.tick() => self.supervise_once(),
             }
         }
+    }
+
+    /// One look at the children: reaps, schedules and performs restarts.
+    fn supervise_once(&mut self) {
+        for (name, status) in self.reap() {
+            let log = self.log_of(&name);
+            let Some(c) = self.children.iter_mut().find(|c| c.name == name) else {
+                continue;
+            };
+            // Only meta nodes exit so on purpose (crash failpoints' `exit`
+            // uses the same status and must stay final). A node being
+            // restarted that fails again at startup (its disk still full)
+            // is tried again too; a kill is always final.
+            let asked = status.code() == Some(i32::from(crate::EXIT_RESTART));
+            let retrying =
+                c.restarts > 0 && c.started.elapsed() < RESTART_RESET && status.code().is_some();
+            if c.role != Role::Meta || !(asked || retrying) {
+                warn!(node = %name, %status, log = %log.display(),
+                      "node exited unexpectedly; it will not be restarted");
+                continue;
+            }
+            if c.started.elapsed() >= RESTART_RESET {
+                c.restarts = 0;
+            }
+            let wait = restart_backoff(c.restarts);
+            c.restarts += 1;
+            c.restart_at = Some(Instant::now() + wait);
+            warn!(node = %name, %status, log = %log.display(), ?wait,
+                  "node stopped and asked to be restarted; restarting it");
+        }
+        let due: Vec<usize> = (0..self.children.len())
+            .filter(|&i| {
+                self.children[i]
+                    .restart_at
+                    .is_some_and(|at| at <= Instant::now())
+            })
+            .collect();
+        for i in due {
+            if let Err(e) = self.restart_child(i) {
+                warn!(node = %self.children[i].name, "restart failed: {e:#}");
+                let c = &mut self.children[i];
+                c.restart_at = Some(Instant::now() + restart_backoff(c.restarts));
+                c.restarts += 1;
+            }
+        }
+    }
+
+    /// Starts child `i` again with its original command line, and records
+    /// its new pid in `cluster.json`.
+    fn restart_child(&mut self, i: usize) -> Result<()> {
+        let old = &self.children[i];
+        let mut child = spawn_child(
+            &self.binary,
+            &self.data_dir,
+            old.spec.clone(),
+            self.opts.log_level.as_deref(),
+            self.opts
+                .worker_threads
+                .unwrap_or_else(default_child_workers),
+            &text_of(&self.data_dir)?,
+        )?;
+        child.restarts = old.restarts;
+        let pid = child.child.id();
+        info!(node = %child.name, pid, "node restarted");
+        if let Some(n) = self.info.nodes.iter_mut().find(|n| n.addr == child.addr) {
+            n.pid = pid;
+        }
+        self.children[i] = child;
+        // The node runs: a cluster.json that cannot be rewritten (its disk
+        // may be the full one) only leaves a stale pid in it.
+        let json = serde_json::to_vec_pretty(&self.info)?;
+        if let Err(e) = write_atomic(&self.cluster_file(), &json, 0o600) {
+            warn!(file = %self.cluster_file().display(), "cannot record the restarted node's pid: {e}");
+        }
+        Ok(())
     }
 
     /// Stops every child: SIGTERM, up to [`STOP_GRACE`], then SIGKILL.
@@ -1120,12 +1208,13 @@ fn spawn_child(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    writeln!(
+    // Best effort: the disk may be full (the child starts anyway).
+    let _ = writeln!(
         log,
         "===== tessera dev: starting {} at unix-ms {} =====",
         spec.name,
         tessera_types::now_millis()
-    )?;
+    );
     let mut cmd = Command::new(binary);
     let mut argv = vec![binary.display().to_string()];
     if let Some(level) = log_level {
@@ -1158,14 +1247,24 @@ fn spawn_child(
         .with_context(|| format!("starting {} ({})", spec.name, binary.display()))?;
     Ok(ChildProc {
         role: spec.role,
-        name: spec.name,
-        addr: spec.addr,
-        admin_addr: spec.admin_addr,
+        name: spec.name.clone(),
+        addr: spec.addr.clone(),
+        admin_addr: spec.admin_addr.clone(),
+        spec,
+        started: Instant::now(),
+        restarts: 0,
+        restart_at: None,
         argv,
         log: log_path,
         child,
         exit: None,
     })
+}
+
+/// Wait before a child's restart number `n` (0 = first).
+fn restart_backoff(n: u32) -> Duration {
+    let (first, most) = RESTART_BACKOFF;
+    first.saturating_mul(1u32 << n.min(16)).min(most)
 }
 
 /// Runs in the child between fork and exec: only async-signal-safe calls.
@@ -1249,6 +1348,13 @@ fn log_tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_backoff_doubles_up_to_its_cap() {
+        let waits: Vec<u64> = (0..8).map(|n| restart_backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(restart_backoff(u32::MAX), RESTART_BACKOFF.1);
+    }
 
     #[test]
     fn port_ranges_never_collide() {

@@ -37,6 +37,13 @@ pub fn default_log_filter(command: &Command) -> &'static str {
     }
 }
 
+/// Exit status of a node that stopped for a cause a restart may cure
+/// (`EX_TEMPFAIL`): a meta node whose Raft log or state machine write
+/// failed, e.g. on a full disk. Supervisors restart it (systemd
+/// `Restart=on-failure`, Kubernetes, compose `restart: unless-stopped`;
+/// `tessera dev` too, with a backoff).
+pub const EXIT_RESTART: u8 = tessera_meta::store::EXIT_RESTART as u8;
+
 /// Runs the parsed command until it finishes or `shutdown` is cancelled.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
     match cli.command {
@@ -45,7 +52,23 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
             if args.print_config {
                 print!("{}", config::render_toml(&s.listen, &s.config)?);
             } else {
-                roles::run_meta(s, shutdown).await?;
+                if let Err(e) = roles::run_meta(s, shutdown).await {
+                    let raft_stopped = e.chain().any(|c| {
+                        matches!(
+                            c.downcast_ref::<tessera_meta::MetaNodeError>(),
+                            Some(tessera_meta::MetaNodeError::RaftStopped(_))
+                        )
+                    });
+                    if !raft_stopped {
+                        return Err(e);
+                    }
+                    // At once, like a crash: the node's tasks still hold
+                    // sled, which cannot be dropped after the I/O error
+                    // that stopped Raft (see `tessera_meta::serve`).
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stderr().lock(), "tessera: error: {e:#}");
+                    std::process::exit(i32::from(EXIT_RESTART));
+                }
             }
         }
         Command::Storage(args) => {

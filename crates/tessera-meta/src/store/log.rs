@@ -177,6 +177,7 @@ impl Syncer {
         match &res {
             Ok(()) => write_committed(jobs.iter().rev().find_map(|j| j.committed.clone())),
             Err(e) => {
+                super::crash_stop("raft log fdatasync", e);
                 tracing::error!(error = %e, "raft log: fdatasync failed; no more writes until restart");
                 shared.log.fail();
             }
@@ -578,6 +579,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let file = match blocking(move || shared.log.write(&batch)).await {
             Ok(file) => file,
             Err(e) => {
+                super::crash_stop("raft log write", &e);
                 let err = StorageIOError::write_logs(&e);
                 callback.log_io_completed(Err(e));
                 return Err(err.into());

@@ -99,6 +99,45 @@ pub fn open_db(db: sled::Db, dir: &Path) -> Result<(LogStore, StateMachineStore)
     Ok((log, sm))
 }
 
+/// Exit status of a meta node that stopped itself after a failed write
+/// to its Raft log or state machine (`EX_TEMPFAIL`): a restart may cure
+/// it, once the disk has room again.
+pub const EXIT_RESTART: i32 = 75;
+
+static CRASH_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes a failed log or state machine write end the process (see
+/// [`crash_stop`]); a serving node arms it, unit tests of the stores do not.
+pub fn arm_crash_stop() {
+    CRASH_STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Ends the process, as a crash would, after a write to the Raft log or
+/// the state machine failed (when armed; otherwise returns and the caller
+/// reports the error to openraft).
+///
+/// Why not stop gracefully. openraft treats such an error as fatal: its
+/// core stops and the node serves nothing until it restarts, even once
+/// the cause (a full disk, say) is gone. And sled, after an I/O error,
+/// cannot flush, and dropping it panics: the graceful path ended in an
+/// abort (seen on a full disk). Exiting at once is a crash, which the
+/// node is built to survive: everything acknowledged is in the synced Raft
+/// log, and the state machine catches up from it at restart.
+pub(crate) fn crash_stop(what: &str, err: &dyn std::fmt::Display) {
+    if !CRASH_STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    tracing::error!(error = %err, "{what} failed: the meta node stops here, as a crash would, and recovers from its Raft log when restarted");
+    // Not eprintln!, which panics when stderr cannot be written: stderr
+    // may be a log file on the very disk that is full.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "tessera: {what} failed: {err}; exiting with status {EXIT_RESTART} (restart me)"
+    );
+    std::process::exit(EXIT_RESTART);
+}
+
 /// Flushes the whole database on the blocking pool.
 pub(crate) async fn flush(db: &sled::Db) -> Result<(), sled::Error> {
     let db = db.clone();

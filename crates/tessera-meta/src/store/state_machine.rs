@@ -1401,9 +1401,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // applying does not flush" in the module docs).
         let mut replies = Vec::new();
         for entry in entries {
-            let reply = self
-                .apply_entry(&entry)
-                .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
+            let reply = self.apply_entry(&entry).map_err(|e| {
+                super::crash_stop("applying a committed log entry", &e);
+                StorageIOError::apply(entry.log_id, &e)
+            })?;
             replies.push(reply);
         }
         Ok(replies)
