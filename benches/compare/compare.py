@@ -128,9 +128,16 @@ def room_for_round(workdir, rows, cell, workload, span_s):
         if r["cell"] == cell and r["workload"] == workload:
             last[r["system"]] = r
     need = sum(r["mb_s"] * 1e6 * span_s * 1.5 for r in last.values())
+    return room_for(workdir, need, "the round")
+
+
+def room_for(workdir, need, what):
+    """Whether writing `need` bytes leaves MIN_FREE_BYTES and
+    MIN_FREE_FRACTION of the file system free. Returns (fits, message)."""
+    usage = shutil.disk_usage(workdir)
     floor = max(MIN_FREE_BYTES, usage.total * MIN_FREE_FRACTION)
     fits = usage.free - need >= floor
-    return fits, (f"{usage.free / 1e9:.1f} GB free, the round needs about {need / 1e9:.1f} GB "
+    return fits, (f"{usage.free / 1e9:.1f} GB free, {what} needs about {need / 1e9:.1f} GB "
                   f"and {floor / 1e9:.1f} GB must stay free")
 
 
@@ -483,7 +490,7 @@ def main():
             print(render(results["rows"]), file=sys.stderr, flush=True)
 
         if not args.no_degraded:
-            results["degraded"] = degraded(binary, tess, targets["tessera"], args)
+            results["degraded"] = degraded(binary, tess, targets["tessera"], args, workdir)
     except KeyboardInterrupt:
         log("interrupted")
     except Exception:  # noqa: BLE001 - report what was measured, then clean up
@@ -520,10 +527,16 @@ def main():
         sys.exit(1)
 
 
-def degraded(binary, tess, target, args):
+def degraded(binary, tess, target, args, workdir):
     """1 MiB c8 GET and PUT with one storage node down (repair paused), then
     while repair runs (rate-limited so that it lasts)."""
     rows = []
+    # 400 MiB to read back, and two PUT cells at up to ~400 MB/s, at 1.5x.
+    span = seconds(args.duration) + (seconds(args.warmup) if args.warmup else 0)
+    fits, why = room_for(workdir, (400 * MiB + 2 * 400e6 * span) * 1.5, "the degraded cells")
+    if not fits:
+        log(f"degraded: skipped: {why}")
+        return rows
     log("degraded: writing 400 x 1 MiB to read back with a node down")
     keep = bench_count(binary, target, "put", "1MiB", 8, 400, ["--keep"])
     prefix = keep["prefix"]
