@@ -1497,8 +1497,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 mod tests {
     use super::*;
 
+    /// Opens the store; retries for a while when the previous instance
+    /// of this test still holds sled's file lock (its flusher thread lets
+    /// go of it shortly after the drop: a CI run failed on that race),
+    /// as `store::open` does for a restarted node.
     fn open(dir: &std::path::Path) -> Result<StateMachineStore, MetaNodeError> {
-        let db = sled::Config::new().path(dir).open()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Other | std::io::ErrorKind::WouldBlock
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         StateMachineStore::new(db, dir)
     }
 
