@@ -263,6 +263,40 @@ async fn objects_roundtrip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_refused_by_a_full_meta_is_a_503_and_leaves_no_shards() {
+    let h = harness().await;
+    let alice = h.alice();
+    assert_eq!(alice.put("/fullbkt", vec![]).await.status, 200);
+    let data = pattern(300_000, 9);
+    assert_eq!(alice.put("/fullbkt/kept", data.clone()).await.status, 200);
+    let before = h.shards();
+    assert!(before > 0);
+
+    h.meta.full.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = alice.put("/fullbkt/refused", pattern(300_000, 10)).await;
+    assert_eq!((r.status, r.code().as_str()), (503, "ServiceUnavailable"));
+    assert!(r.text().contains("meta disk nearly full"), "{}", r.text());
+    // The shards written before the refusal are deleted (the delete is
+    // asynchronous to the answer).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.shards() != before {
+        assert!(
+            Instant::now() < deadline,
+            "{} shards, {before} before",
+            h.shards()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Deletes and reads still work.
+    assert_eq!(alice.get("/fullbkt/kept").await.body[..], data[..]);
+    assert_eq!(alice.delete("/fullbkt/kept").await.status, 204);
+    h.meta
+        .full
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(alice.put("/fullbkt/refused", data).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_puts_change_nothing() {
     let h = harness().await;
     let alice = h.alice();

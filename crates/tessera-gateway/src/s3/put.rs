@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use s3s::dto::*;
 use s3s::S3Request;
+use tessera_proto::RpcError;
 use tessera_types::manifest::MANIFEST_LAYOUT;
 use tessera_types::meta::{MetaCommand, MetaError, MetaReply, WriteCondition};
 use tessera_types::{ObjectData, ObjectManifest, Part, Stripe, StripeId};
@@ -208,6 +209,17 @@ pub(super) async fn commit_manifest(
             if let MetaReply::Replaced(Some(old)) = reply {
                 gc::delete_stripes_later(&s.dp, superseded(&old, &ours));
             }
+        }
+        Err(e @ RpcError::NoSpace(_)) => {
+            // Meta refused the write before proposing it (its disk is
+            // nearly full). Unless that was the retry of a try whose answer
+            // was lost and which was committed, nothing references the
+            // shards: the dropped guard deletes them, which also gives back
+            // the space that deletes on a full cluster need.
+            if !committed(s, &bucket, &key, &version).await {
+                return Err(ApiError::from_rpc(e));
+            }
+            disarm(guard);
         }
         Err(e) => {
             // The outcome is unknown: the manifest may be committed, so its

@@ -238,6 +238,9 @@ pub struct FakeMeta {
     pub map: Mutex<ClusterMap>,
     /// Every call fails as if meta were unreachable.
     pub dead: AtomicBool,
+    /// Object writes are refused as by a meta node whose disk is nearly
+    /// full (RESOURCE_EXHAUSTED, before anything is committed).
+    pub full: AtomicBool,
     /// A minimal repair queue: items are leased in order, whatever their
     /// lease or back-off (tests lease explicitly).
     pub repairs: Mutex<Vec<RepairItem>>,
@@ -660,6 +663,16 @@ impl Meta for MetaSvc {
         }
         let cmd: MetaCommand = codec::decode(&request.into_inner().payload)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.0.full.load(Ordering::SeqCst)
+            && matches!(
+                cmd,
+                MetaCommand::PutObject { .. } | MetaCommand::PutObjectChecked { .. }
+            )
+        {
+            return Err(Status::resource_exhausted(
+                "meta disk nearly full: 1.0 MiB free, below the 20.0 MiB kept in reserve",
+            ));
+        }
         let reply = self.0.apply(cmd);
         Ok(Response::new(Envelope {
             payload: codec::encode(&reply).into(),
