@@ -103,7 +103,11 @@ pub struct SpaceGuard {
 impl SpaceGuard {
     /// A guard of `dir` keeping `min_free` bytes free (0: automatic).
     pub fn new(dir: impl Into<PathBuf>, min_free: u64) -> Self {
-        Self::with_probe(dir, min_free, Box::new(statvfs))
+        Self::with_probe(
+            dir,
+            min_free,
+            Box::new(|dir| tessera_observe::disk::space(dir).map(|s| (s.available, s.total))),
+        )
     }
 
     /// A guard that reads free space with `probe` (tests).
@@ -155,8 +159,11 @@ impl SpaceGuard {
         };
         let reserve = self.reserve(total);
         let (limit, what) = match kind(cmd) {
-            WriteKind::Grows => (reserve, "writes that add data are refused"),
-            WriteKind::Frees => (reserve / 4, "every write is refused"),
+            WriteKind::Grows => (
+                reserve,
+                "writes that add data are refused until space is freed (deletes still work)",
+            ),
+            WriteKind::Frees => (reserve / 4, "every write is refused until space is freed"),
         };
         if avail >= limit {
             return Ok(());
@@ -164,40 +171,15 @@ impl SpaceGuard {
         tracing::warn!(cmd = cmd.name(), avail, reserve, dir = %self.dir.display(),
             "meta disk nearly full: write refused");
         Err(Status::resource_exhausted(format!(
-            "meta disk nearly full: {} free, below the {} kept in reserve; {what} until space is freed{}",
+            "meta disk nearly full: {} free, below the {} kept in reserve; {what}",
             mib(avail),
             mib(limit),
-            if what.starts_with("writes that add") {
-                " (deletes still work)"
-            } else {
-                ""
-            }
         )))
     }
 }
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-}
-
-/// Bytes available to unprivileged users, and total bytes, of the file
-/// system holding `path`.
-fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `c` is a valid C string and `st` a writable statvfs.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it filled `st`.
-    let st = unsafe { st.assume_init() };
-    // The field types differ between platforms (u32 on some 32-bit ones).
-    #[allow(clippy::unnecessary_cast)]
-    let (frsize, bavail, blocks) = (st.f_frsize as u64, st.f_bavail as u64, st.f_blocks as u64);
-    Ok((bavail.saturating_mul(frsize), blocks.saturating_mul(frsize)))
 }
 
 #[cfg(test)]
@@ -294,10 +276,13 @@ mod tests {
     }
 
     #[test]
-    fn reads_a_real_file_system() {
+    fn the_default_probe_reads_the_real_file_system() {
         let dir = tempfile::tempdir().unwrap();
-        let (avail, total) = statvfs(dir.path()).unwrap();
+        let g = SpaceGuard::new(dir.path(), 0);
+        let (avail, total) = g.reading().unwrap();
         assert!(total > 0 && avail <= total);
-        assert!(statvfs(&dir.path().join("missing")).is_err());
+        assert!(SpaceGuard::new(dir.path().join("missing"), 0)
+            .reading()
+            .is_none());
     }
 }

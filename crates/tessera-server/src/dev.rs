@@ -316,11 +316,7 @@ struct ChildSpec {
 }
 
 struct ChildProc {
-    role: Role,
-    name: String,
-    addr: String,
-    admin_addr: String,
-    /// What it was started from, to start it again.
+    /// What it was started from (role, name, addresses), to start it again.
     spec: ChildSpec,
     started: Instant,
     /// Restarts in a row without a [`RESTART_RESET`] run between them.
@@ -341,7 +337,7 @@ impl ChildProc {
             match self.child.try_wait() {
                 Ok(Some(st)) => self.exit = Some(st),
                 Ok(None) => {}
-                Err(e) => warn!(node = %self.name, "cannot poll child: {e}"),
+                Err(e) => warn!(node = %self.spec.name, "cannot poll child: {e}"),
             }
         }
         self.exit.is_none()
@@ -448,7 +444,7 @@ impl DevCluster {
                     .unwrap_or_else(default_child_workers),
                 &text_of(&cluster.data_dir)?,
             )?;
-            debug!(node = %child.name, pid = child.child.id(), "spawned");
+            debug!(node = %child.spec.name, pid = child.child.id(), "spawned");
             cluster.children.push(child);
         }
         let map = match cluster.wait_ready(&root, &cancel).await {
@@ -485,7 +481,7 @@ impl DevCluster {
     /// The child's pid, while it runs; names are `meta-1`, `storage-3`,
     /// `gateway-1`.
     pub fn pid(&mut self, name: &str) -> Option<u32> {
-        let c = self.children.iter_mut().find(|c| c.name == name)?;
+        let c = self.children.iter_mut().find(|c| c.spec.name == name)?;
         c.running().then(|| c.child.id())
     }
     /// Sends `sig` to a child (e.g. `libc::SIGKILL` to simulate a crash).
@@ -493,7 +489,7 @@ impl DevCluster {
         let c = self
             .children
             .iter_mut()
-            .find(|c| c.name == name)
+            .find(|c| c.spec.name == name)
             .ok_or_else(|| anyhow!("no node named {name}"))?;
         c.signal(sig);
         Ok(())
@@ -506,7 +502,7 @@ impl DevCluster {
             let before = c.exit.is_some();
             if !c.running() && !before {
                 if let Some(st) = c.exit {
-                    out.push((c.name.clone(), st));
+                    out.push((c.spec.name.clone(), st));
                 }
             }
         }
@@ -529,7 +525,7 @@ impl DevCluster {
     fn supervise_once(&mut self) {
         for (name, status) in self.reap() {
             let log = self.log_of(&name);
-            let Some(c) = self.children.iter_mut().find(|c| c.name == name) else {
+            let Some(c) = self.children.iter_mut().find(|c| c.spec.name == name) else {
                 continue;
             };
             // Only meta nodes exit so on purpose (crash failpoints' `exit`
@@ -539,7 +535,7 @@ impl DevCluster {
             let asked = status.code() == Some(i32::from(crate::EXIT_RESTART));
             let retrying =
                 c.restarts > 0 && c.started.elapsed() < RESTART_RESET && status.code().is_some();
-            if c.role != Role::Meta || !(asked || retrying) {
+            if c.spec.role != Role::Meta || !(asked || retrying) {
                 warn!(node = %name, %status, log = %log.display(),
                       "node exited unexpectedly; it will not be restarted");
                 continue;
@@ -562,7 +558,7 @@ impl DevCluster {
             .collect();
         for i in due {
             if let Err(e) = self.restart_child(i) {
-                warn!(node = %self.children[i].name, "restart failed: {e:#}");
+                warn!(node = %self.children[i].spec.name, "restart failed: {e:#}");
                 let c = &mut self.children[i];
                 c.restart_at = Some(Instant::now() + restart_backoff(c.restarts));
                 c.restarts += 1;
@@ -586,8 +582,13 @@ impl DevCluster {
         )?;
         child.restarts = old.restarts;
         let pid = child.child.id();
-        info!(node = %child.name, pid, "node restarted");
-        if let Some(n) = self.info.nodes.iter_mut().find(|n| n.addr == child.addr) {
+        info!(node = %child.spec.name, pid, "node restarted");
+        if let Some(n) = self
+            .info
+            .nodes
+            .iter_mut()
+            .find(|n| n.addr == child.spec.addr)
+        {
             n.pid = pid;
         }
         self.children[i] = child;
@@ -654,7 +655,7 @@ impl DevCluster {
     fn log_of(&self, name: &str) -> PathBuf {
         self.children
             .iter()
-            .find(|c| c.name == name)
+            .find(|c| c.spec.name == name)
             .map(|c| c.log.clone())
             .unwrap_or_default()
     }
@@ -666,8 +667,8 @@ impl DevCluster {
     fn addrs(&self, role: Role) -> Vec<String> {
         self.children
             .iter()
-            .filter(|c| c.role == role)
-            .map(|c| c.addr.clone())
+            .filter(|c| c.spec.role == role)
+            .map(|c| c.spec.addr.clone())
             .collect()
     }
 
@@ -678,7 +679,7 @@ impl DevCluster {
                 let status = c.exit.map(|s| s.to_string()).unwrap_or_default();
                 bail!(
                     "{} exited during startup ({status}); last lines of {}:\n{}",
-                    c.name,
+                    c.spec.name,
                     c.log.display(),
                     log_tail(&c.log, 20)
                 );
@@ -738,8 +739,8 @@ impl DevCluster {
         let gateway_admin: Vec<String> = self
             .children
             .iter()
-            .filter(|c| c.role == Role::Gateway)
-            .map(|c| c.admin_addr.clone())
+            .filter(|c| c.spec.role == Role::Gateway)
+            .map(|c| c.spec.admin_addr.clone())
             .collect();
         loop {
             self.check_alive()?;
@@ -805,7 +806,7 @@ impl DevCluster {
         self.children
             .iter()
             .map(|c| {
-                let id = match c.role {
+                let id = match c.spec.role {
                     Role::Meta => {
                         meta_i += 1;
                         meta_i.to_string()
@@ -813,17 +814,17 @@ impl DevCluster {
                     Role::Storage => map
                         .nodes
                         .iter()
-                        .find(|n| n.addr == c.addr)
+                        .find(|n| n.addr == c.spec.addr)
                         .map(|n| n.id.to_string())
                         .unwrap_or_default(),
                     Role::Gateway => "gw-1".to_string(),
                 };
                 NodeEntry {
-                    role: c.role.as_str().to_string(),
+                    role: c.spec.role.as_str().to_string(),
                     id,
                     pid: c.child.id(),
-                    addr: c.addr.clone(),
-                    admin_addr: c.admin_addr.clone(),
+                    addr: c.spec.addr.clone(),
+                    admin_addr: c.spec.admin_addr.clone(),
                     argv: c.argv.clone(),
                     env: vec![crate::config::SECRET_ENV.to_string()],
                     log: c.log.display().to_string(),
@@ -836,7 +837,7 @@ impl DevCluster {
     /// the end of `grace`.
     async fn shutdown_children(&mut self, grace: Duration) {
         let start = Instant::now();
-        let is_meta = |c: &ChildProc| c.role == Role::Meta;
+        let is_meta = |c: &ChildProc| c.spec.role == Role::Meta;
         for c in self.children.iter_mut().filter(|c| !is_meta(c)) {
             c.signal(libc::SIGTERM);
         }
@@ -847,7 +848,7 @@ impl DevCluster {
         self.wait_exit(|_| true, start + grace).await;
         for c in &mut self.children {
             if c.running() {
-                warn!(node = %c.name, "did not stop in time; killing");
+                warn!(node = %c.spec.name, "did not stop in time; killing");
                 let _ = c.child.kill();
                 if let Ok(st) = c.child.wait() {
                     c.exit = Some(st);
@@ -1246,10 +1247,6 @@ fn spawn_child(
         .spawn()
         .with_context(|| format!("starting {} ({})", spec.name, binary.display()))?;
     Ok(ChildProc {
-        role: spec.role,
-        name: spec.name.clone(),
-        addr: spec.addr.clone(),
-        admin_addr: spec.admin_addr.clone(),
         spec,
         started: Instant::now(),
         restarts: 0,

@@ -1163,7 +1163,8 @@ impl ShardStore {
                     continue;
                 }
                 seen.push(dev);
-                let (cap, used) = statvfs(dir).map_err(StorageError::io)?;
+                let fs = tessera_observe::disk::space(dir).map_err(StorageError::io)?;
+                let (cap, used) = (fs.total, fs.total.saturating_sub(fs.free));
                 usage.capacity_bytes += cap;
                 usage.used_bytes += used;
             }
@@ -1713,29 +1714,6 @@ fn load_or_create_node_id(path: &Path) -> Result<NodeId> {
         }
         Err(e) => Err(StorageError::io(e)),
     }
-}
-
-/// Total and used bytes of the file system holding `path`.
-// The statvfs field types differ between platforms (u32 on some 32-bit
-// targets): the casts are needed there.
-#[allow(clippy::unnecessary_cast)]
-fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `c` is a valid NUL-terminated string and `st` points to
-    // writable memory of the right type for the duration of the call.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it filled `st`.
-    let st = unsafe { st.assume_init() };
-    let frsize = st.f_frsize as u64;
-    let capacity = (st.f_blocks as u64).saturating_mul(frsize);
-    let free = (st.f_bfree as u64).saturating_mul(frsize);
-    Ok((capacity, capacity.saturating_sub(free)))
 }
 
 /// Fault injection at the store's I/O boundary, for tests.
