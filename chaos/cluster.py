@@ -135,7 +135,8 @@ class Cluster:
     """A `tessera dev` cluster in `data_dir` on `port_base`."""
 
     def __init__(self, data_dir, port_base, storage_nodes=8, zones=4, k=4, m=2,
-                 suspect_after_ms=None, down_after_ms=None, binary=None, log_level=None):
+                 suspect_after_ms=None, down_after_ms=None, binary=None, log_level=None,
+                 dev_env=None):
         self.dir = os.path.abspath(data_dir)
         self.base = port_base
         self.n = storage_nodes
@@ -146,6 +147,9 @@ class Cluster:
         self.down_after_ms = down_after_ms
         self.bin = binary or tessera_bin()
         self.log_level = log_level
+        # TESSERA_* settings `tessera dev` passes on to its storage nodes
+        # (e.g. TESSERA_SCRUB_PERIOD_MS); every other such variable is dropped.
+        self.dev_env = dict(dev_env or {})
         self.sup = None
         self.info = None
         self.nodes = {}
@@ -171,6 +175,7 @@ class Cluster:
         if self.down_after_ms is not None:
             args += ["--down-after-ms", str(self.down_after_ms)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+        env.update(self.dev_env)
         log = open(os.path.join(self.dir, "dev.log"), "ab")
         # SIGTERM if we die: the supervisor then stops its children in order.
         self.sup = spawn(args, log, env, sig="TERM")

@@ -439,7 +439,12 @@ def main():
         weed = None if args.no_seaweedfs else ensure_seaweedfs()
         base = free_port_base(start=21000)
         tess = Cluster(os.path.join(workdir, "tessera"), base, storage_nodes=8, zones=4, k=4, m=2,
-                       suspect_after_ms=2000, down_after_ms=5000, binary=binary)
+                       suspect_after_ms=2000, down_after_ms=5000, binary=binary,
+                       # The production scrub period (a day), not dev's 10 min:
+                       # a pass re-reads every shard at 64 MiB/s per node and
+                       # must not land inside a cell (only the first one runs,
+                       # before the cells; see wait_first_scrub).
+                       dev_env={"TESSERA_SCRUB_PERIOD_MS": str(24 * 3600 * 1000)})
         log(f"starting tessera dev (8 storage nodes, 4 zones, RS 4+2) on port base {base}")
         tess.start()
         tcj = os.path.join(tess.dir, "cluster.json")
@@ -571,9 +576,9 @@ def degraded(binary, tess, target, args, workdir):
 
 def wait_first_scrub(tess, timeout=240):
     """A Tessera storage node starts its first scrub pass 30 s after it
-    starts (then one per period: a day by default, 10 min on a dev
-    cluster), and it re-reads everything written so far, the warm-up data
-    here. Waits for it to end on every node, so that no cell measures that
+    starts (then one per period: a day here, as by default; 10 min on a
+    plain dev cluster), and it re-reads everything written so far, the
+    warm-up data here. Waits for it to end on every node, so that no cell measures that
     one-off pass."""
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -1024,35 +1024,7 @@ fn child_specs(o: &DevOptions, dir: &Path) -> Vec<ChildSpec> {
         args.extend(["--meta".into(), meta_list.clone().into()]);
         let admin = addr(storage_admin_port(o.port_base, o.storage_nodes, i));
         args.extend(["--admin-listen".into(), admin.clone().into()]);
-        // Background workers visibly at work on a dev cluster: a scrub pass
-        // every 10 minutes, orphans collected after 10 minutes.
-        // The same variables as `tessera storage` reads win (tests).
-        for (flag, env, value) in [
-            (
-                "--scrub-period-ms",
-                "TESSERA_SCRUB_PERIOD_MS",
-                DEV_SCRUB_PERIOD_MS,
-            ),
-            (
-                "--orphan-scan-interval-ms",
-                "TESSERA_ORPHAN_SCAN_INTERVAL_MS",
-                DEV_ORPHAN_MS,
-            ),
-            (
-                "--orphan-safety-age-ms",
-                "TESSERA_ORPHAN_SAFETY_AGE_MS",
-                DEV_ORPHAN_MS,
-            ),
-            (
-                "--inventory-interval-ms",
-                "TESSERA_INVENTORY_INTERVAL_MS",
-                DEV_INVENTORY_MS,
-            ),
-        ] {
-            if std::env::var_os(env).is_none() {
-                args.extend([flag.into(), value.into()]);
-            }
-        }
+        args.extend(storage_background_args(|k| std::env::var_os(k)));
         specs.push(ChildSpec {
             role: Role::Storage,
             name: format!("storage-{i}"),
@@ -1157,6 +1129,45 @@ fn load_or_create_tls(dir: &Path) -> Result<DevTls> {
         .with_context(|| format!("writing {}", t.ca.display()))?;
     info!(dir = %tls_dir.display(), "created a dev TLS certificate");
     Ok(t)
+}
+
+/// The settings of a dev storage node's background workers: a scrub pass
+/// every 10 minutes, orphans collected after 10 minutes, an inventory
+/// every 20 s, so they are visibly at work. A value the caller sets in the
+/// variable `tessera storage` reads for the same setting wins (tests, and
+/// benchmarks that want the production scrub period): the children do not
+/// inherit `TESSERA_*` variables, so it is passed on as the flag.
+fn storage_background_args(var: impl Fn(&str) -> Option<OsString>) -> Vec<OsString> {
+    let settings = [
+        (
+            "--scrub-period-ms",
+            "TESSERA_SCRUB_PERIOD_MS",
+            DEV_SCRUB_PERIOD_MS,
+        ),
+        (
+            "--orphan-scan-interval-ms",
+            "TESSERA_ORPHAN_SCAN_INTERVAL_MS",
+            DEV_ORPHAN_MS,
+        ),
+        (
+            "--orphan-safety-age-ms",
+            "TESSERA_ORPHAN_SAFETY_AGE_MS",
+            DEV_ORPHAN_MS,
+        ),
+        (
+            "--inventory-interval-ms",
+            "TESSERA_INVENTORY_INTERVAL_MS",
+            DEV_INVENTORY_MS,
+        ),
+    ];
+    let mut args = Vec::new();
+    for (flag, env, dev_value) in settings {
+        let value = var(env)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| dev_value.into());
+        args.extend([flag.into(), value]);
+    }
+    args
 }
 
 /// Scrub period of dev storage nodes (10 min).
@@ -1345,6 +1356,39 @@ fn log_tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn background_settings_take_the_callers_variables() {
+        let flags = |args: Vec<OsString>| -> Vec<String> {
+            args.into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let dev = flags(storage_background_args(|_| None));
+        assert_eq!(
+            dev,
+            [
+                "--scrub-period-ms",
+                DEV_SCRUB_PERIOD_MS,
+                "--orphan-scan-interval-ms",
+                DEV_ORPHAN_MS,
+                "--orphan-safety-age-ms",
+                DEV_ORPHAN_MS,
+                "--inventory-interval-ms",
+                DEV_INVENTORY_MS,
+            ]
+        );
+        // The children lose every TESSERA_* variable: the caller's value
+        // must reach them as the flag (it was dropped, leaving the
+        // production default).
+        let set = flags(storage_background_args(|k| match k {
+            "TESSERA_SCRUB_PERIOD_MS" => Some("86400000".into()),
+            "TESSERA_INVENTORY_INTERVAL_MS" => Some("".into()),
+            _ => None,
+        }));
+        assert_eq!(set[..2], ["--scrub-period-ms", "86400000"]);
+        assert_eq!(set[6..], ["--inventory-interval-ms", DEV_INVENTORY_MS]);
+    }
 
     #[test]
     fn restart_backoff_doubles_up_to_its_cap() {
