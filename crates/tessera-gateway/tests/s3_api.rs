@@ -296,6 +296,82 @@ async fn a_put_refused_by_a_full_meta_is_a_503_and_leaves_no_shards() {
     assert_eq!(alice.put("/fullbkt/refused", data).await.status, 200);
 }
 
+/// Waits (up to 10 s) for the storage nodes to hold `want` shards.
+async fn wait_for_shards(h: &Harness, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.shards() != want {
+        assert!(
+            Instant::now() < deadline,
+            "{} shards, want {want}",
+            h.shards()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_refused_by_a_full_meta_is_a_503_and_leaves_no_shards() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let h = harness().await;
+    let alice = h.alice();
+    assert_eq!(alice.put("/fullparts", vec![]).await.status, 200);
+    let r = alice
+        .send("POST", "/fullparts/mp", &[("uploads", "")], &[], vec![])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = between_all(&r.text(), "<UploadId>", "</UploadId>")
+        .pop()
+        .expect("UploadId");
+    let part = |n: u32, data: Vec<u8>| {
+        let (alice, id) = (alice.clone(), id.clone());
+        async move {
+            let n = n.to_string();
+            alice
+                .send(
+                    "PUT",
+                    "/fullparts/mp",
+                    &[("partNumber", &n), ("uploadId", &id)],
+                    &[],
+                    data,
+                )
+                .await
+        }
+    };
+    assert_eq!(part(1, pattern(300_000, 11)).await.status, 200);
+    let before = h.shards();
+    assert!(before > 0);
+
+    // Refused before anything is recorded: a 503, and the part's shards
+    // go at once (they stayed until the orphan scan).
+    h.meta.full.store(true, SeqCst);
+    let r = part(2, pattern(300_000, 12)).await;
+    assert_eq!((r.status, r.code().as_str()), (503, "ServiceUnavailable"));
+    assert!(r.text().contains("meta disk nearly full"), "{}", r.text());
+    wait_for_shards(&h, before).await;
+
+    // Refused after the part was recorded (a retry whose first answer was
+    // lost): the part stands, so its shards stay and the upload succeeds.
+    h.meta.full_after_commit.store(true, SeqCst);
+    let r = part(2, pattern(300_000, 13)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    h.meta.full.store(false, SeqCst);
+    h.meta.full_after_commit.store(false, SeqCst);
+    // Part 2 is the size of part 1: as many shards, none deleted (a
+    // wrongful delete would start at once; the first one above took far
+    // less than this wait).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.shards(), 2 * before);
+    let r = alice
+        .send("GET", "/fullparts/mp", &[("uploadId", &id)], &[], vec![])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        between_all(&r.text(), "<PartNumber>", "</PartNumber>"),
+        ["1", "2"]
+    );
+    assert_eq!(part(3, pattern(300_000, 14)).await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_puts_change_nothing() {
     let h = harness().await;

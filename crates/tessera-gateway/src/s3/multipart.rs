@@ -24,6 +24,7 @@ use std::ops::Range;
 use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::S3Request;
+use tessera_proto::RpcError;
 use tessera_types::manifest::MANIFEST_LAYOUT;
 use tessera_types::meta::{
     ListUploadsQuery, MetaCommand, MetaError, MetaQuery, MetaReply, PartRecord, QueryReply, Upload,
@@ -299,11 +300,48 @@ async fn store_part(
             release(s, &reply);
             Ok(record)
         }
+        Err(e @ RpcError::NoSpace(_)) => {
+            // Meta refused the write before proposing it (its disk is
+            // nearly full): as for a PUT, unless this was the retry of a
+            // try whose answer was lost and which was recorded, nothing
+            // references the shards, and the dropped guard deletes them
+            // now (retried parts would otherwise eat the space deletes
+            // need until the orphan scan).
+            if !part_recorded(s, upload, &record.part).await {
+                return Err(ApiError::from_rpc(e));
+            }
+            guard.disarm();
+            Ok(record)
+        }
         Err(e) => {
             // Maybe recorded: keep the shards (GC finds them if not).
             guard.disarm();
             Err(ApiError::from_rpc(e))
         }
+    }
+}
+
+/// Whether `part` (this write of it: its stripes are new) is the one
+/// meta has for its number. When meta cannot be asked, it may be: true.
+async fn part_recorded(s: &Tessera, upload: &Upload, part: &Part) -> bool {
+    let q = MetaQuery::ListParts {
+        bucket: upload.bucket.clone(),
+        key: upload.key.clone(),
+        upload_id: upload.upload_id.clone(),
+        marker: part.number.saturating_sub(1),
+        max_parts: 1,
+    };
+    match s.meta.query(&q).await {
+        Ok(QueryReply::Parts(page)) => page.parts.first().is_some_and(|r| {
+            r.part.number == part.number
+                && r.part
+                    .stripes
+                    .iter()
+                    .map(|st| st.id)
+                    .eq(part.stripes.iter().map(|st| st.id))
+        }),
+        Ok(_) => false,
+        Err(_) => true,
     }
 }
 

@@ -23,7 +23,7 @@ use tessera_proto::storage::{
 use tessera_types::codec;
 use tessera_types::meta::{
     ListObjectsPage, ListObjectsQuery, MetaCommand, MetaError, MetaQuery, MetaReply, ObjectSummary,
-    QueryReply, WriteCondition,
+    PartRecord, PartsPage, QueryReply, Upload, WriteCondition,
 };
 use tessera_types::repair::{
     GcLease, RepairConfig, RepairItem, RepairOutcome, RepairTask, ShardProblem, StripeOwner,
@@ -229,18 +229,28 @@ async fn serve_grpc(
     addr
 }
 
+/// An upload in progress in [`FakeMeta`] and its parts by number.
+pub type FakeUpload = (Upload, BTreeMap<u32, PartRecord>);
+
 /// A meta node with an in-memory state machine (no Raft).
 #[derive(Default)]
 pub struct FakeMeta {
     pub buckets: Mutex<BTreeMap<String, Bucket>>,
     pub objects: Mutex<BTreeMap<(String, String), ObjectManifest>>,
+    /// Multipart uploads in progress by id, with their parts (no completion).
+    pub uploads: Mutex<BTreeMap<String, FakeUpload>>,
     pub keys: Mutex<HashMap<String, AccessKey>>,
     pub map: Mutex<ClusterMap>,
     /// Every call fails as if meta were unreachable.
     pub dead: AtomicBool,
-    /// Object writes are refused as by a meta node whose disk is nearly
-    /// full (RESOURCE_EXHAUSTED, before anything is committed).
+    /// Object, upload and part writes are refused as by a meta node whose
+    /// disk is nearly full (RESOURCE_EXHAUSTED, before anything is
+    /// committed).
     pub full: AtomicBool,
+    /// With `full`: the write is applied, then refused as above (the
+    /// meta client's retry of a try that committed and whose answer was
+    /// lost, refused once the disk filled up).
+    pub full_after_commit: AtomicBool,
     /// A minimal repair queue: items are leased in order, whatever their
     /// lease or back-off (tests lease explicitly).
     pub repairs: Mutex<Vec<RepairItem>>,
@@ -547,6 +557,34 @@ impl FakeMeta {
                 self.keys.lock().unwrap().insert(k.id.clone(), k);
                 MetaReply::Ok
             }
+            MetaCommand::CreateUpload { upload } => {
+                if !buckets.contains_key(&upload.bucket) {
+                    return MetaReply::Err(MetaError::NoSuchBucket);
+                }
+                let id = upload.upload_id.clone();
+                self.uploads
+                    .lock()
+                    .unwrap()
+                    .insert(id, (upload, BTreeMap::new()));
+                MetaReply::Ok
+            }
+            MetaCommand::PutPart {
+                upload_id, part, ..
+            } => {
+                let mut uploads = self.uploads.lock().unwrap();
+                let Some((_, parts)) = uploads.get_mut(&upload_id) else {
+                    return MetaReply::Err(MetaError::NoSuchUpload);
+                };
+                let new: Vec<StripeId> = part.part.stripes.iter().map(|s| s.id).collect();
+                let old = parts.insert(part.part.number, part);
+                MetaReply::Released(
+                    old.map(|o| o.part.stripes)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|s| !new.contains(&s.id))
+                        .collect(),
+                )
+            }
             _ => MetaReply::Ok,
         }
     }
@@ -591,6 +629,42 @@ impl FakeMeta {
                     };
                     (b.clone(), grant)
                 }))
+            }
+            MetaQuery::GetUpload { upload_id, .. } => QueryReply::Upload(
+                self.uploads
+                    .lock()
+                    .unwrap()
+                    .get(&upload_id)
+                    .map(|(u, _)| u.clone()),
+            ),
+            MetaQuery::ListParts {
+                upload_id,
+                marker,
+                max_parts,
+                ..
+            } => {
+                let uploads = self.uploads.lock().unwrap();
+                let Some((_, parts)) = uploads.get(&upload_id) else {
+                    return QueryReply::Err(MetaError::NoSuchUpload);
+                };
+                let max = if max_parts == 0 {
+                    usize::MAX
+                } else {
+                    max_parts as usize
+                };
+                let after: Vec<&PartRecord> = parts
+                    .range(marker.saturating_add(1)..)
+                    .map(|(_, r)| r)
+                    .collect();
+                let page: Vec<PartRecord> = after.iter().take(max).map(|r| (*r).clone()).collect();
+                let is_truncated = after.len() > page.len();
+                QueryReply::Parts(PartsPage {
+                    next_marker: is_truncated
+                        .then(|| page.last().map(|r| r.part.number))
+                        .flatten(),
+                    parts: page,
+                    is_truncated,
+                })
             }
             _ => QueryReply::Err(MetaError::Invalid("unsupported by the fake".into())),
         }
@@ -666,9 +740,15 @@ impl Meta for MetaSvc {
         if self.0.full.load(Ordering::SeqCst)
             && matches!(
                 cmd,
-                MetaCommand::PutObject { .. } | MetaCommand::PutObjectChecked { .. }
+                MetaCommand::PutObject { .. }
+                    | MetaCommand::PutObjectChecked { .. }
+                    | MetaCommand::CreateUpload { .. }
+                    | MetaCommand::PutPart { .. }
             )
         {
+            if self.0.full_after_commit.load(Ordering::SeqCst) {
+                self.0.apply(cmd);
+            }
             return Err(Status::resource_exhausted(
                 "meta disk nearly full: 1.0 MiB free, below the 20.0 MiB kept in reserve",
             ));
