@@ -302,6 +302,8 @@ def row_of(system, cell, workload, report):
         "ops": p["ops"], "errors": p["errors"], "ops_s": p["ops_s"], "mb_s": p["mb_s"],
         "p50_ms": p["p50_ms"], "p99_ms": p["p99_ms"],
         "cpu_ms_per_op": p["server_cpu_ms_per_op"], "cpu_ms_per_mib": p["server_cpu_ms_per_mib"],
+        # Per server role where the bench knows them (a Tessera cluster.json).
+        "cpu_ms_per_mib_by_role": p.get("server_cpu_ms_per_mib_by_role") or {},
         "command": report["command"],
     }
 
@@ -388,6 +390,23 @@ def render(rows):
         lines.append("  ".join(c.ljust(widths[j]) if j < 3 else c.rjust(widths[j]) for j, c in enumerate(r)))
         if i == 0:
             lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def render_roles(rows):
+    """Tessera's server CPU per MiB by role (median of the rounds), a line
+    per cell; empty if the bench reported no roles."""
+    cells = {}
+    for r in rows:
+        if r["system"] == "tessera" and r.get("cpu_ms_per_mib_by_role"):
+            cells.setdefault((r["cell"], r["workload"]), []).append(r["cpu_ms_per_mib_by_role"])
+    if not cells:
+        return ""
+    names = sorted({n for runs in cells.values() for run in runs for n in run})
+    lines = ["tessera cpu ms/MiB by role: " + "  ".join(names)]
+    for (cell, workload), runs in cells.items():
+        meds = [median([run.get(n) for run in runs]) for n in names]
+        lines.append(f"  {cell} {workload.upper()}: " + "  ".join(fmt(m, 2) for m in meds))
     return "\n".join(lines)
 
 
@@ -509,6 +528,9 @@ def main():
             tess.close()
 
     table = render(results["rows"] + results["degraded"])
+    roles = render_roles(results["rows"] + results["degraded"])
+    if roles:
+        table += "\n\n" + roles
     print(table)
     out = args.json or os.path.join(workdir, "compare.json")
     results["table"] = table
