@@ -278,15 +278,7 @@ async fn a_put_refused_by_a_full_meta_is_a_503_and_leaves_no_shards() {
     assert!(r.text().contains("meta disk nearly full"), "{}", r.text());
     // The shards written before the refusal are deleted (the delete is
     // asynchronous to the answer).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while h.shards() != before {
-        assert!(
-            Instant::now() < deadline,
-            "{} shards, {before} before",
-            h.shards()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_shards(&h, before).await;
     // Deletes and reads still work.
     assert_eq!(alice.get("/fullbkt/kept").await.body[..], data[..]);
     assert_eq!(alice.delete("/fullbkt/kept").await.status, 204);
