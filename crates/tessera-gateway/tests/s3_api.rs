@@ -264,6 +264,7 @@ async fn objects_roundtrip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_refused_by_a_full_meta_is_a_503_and_leaves_no_shards() {
+    use std::sync::atomic::Ordering::SeqCst;
     let h = harness().await;
     let alice = h.alice();
     assert_eq!(alice.put("/fullbkt", vec![]).await.status, 200);
@@ -272,19 +273,34 @@ async fn a_put_refused_by_a_full_meta_is_a_503_and_leaves_no_shards() {
     let before = h.shards();
     assert!(before > 0);
 
-    h.meta.full.store(true, std::sync::atomic::Ordering::SeqCst);
+    h.meta.full.store(true, SeqCst);
     let r = alice.put("/fullbkt/refused", pattern(300_000, 10)).await;
     assert_eq!((r.status, r.code().as_str()), (503, "ServiceUnavailable"));
     assert!(r.text().contains("meta disk nearly full"), "{}", r.text());
     // The shards written before the refusal are deleted (the delete is
     // asynchronous to the answer).
     wait_for_shards(&h, before).await;
+
+    // Refused after it committed (the retry of a try whose answer was
+    // lost), and meta cannot then be asked: the outcome is unknown to the
+    // gateway, so the client is not told the PUT succeeded, and the shards
+    // stay (GC judges them). It was told success before: a 200 whose
+    // object might not exist.
+    h.meta.full_after_commit.store(true, SeqCst);
+    h.meta.reads_fail_after_refusal.store(true, SeqCst);
+    let r = alice.put("/fullbkt/unknown", pattern(300_000, 15)).await;
+    assert_eq!(r.status / 100, 5, "{} {}", r.status, r.text());
+    h.meta.full_after_commit.store(false, SeqCst);
+    h.meta.reads_fail_after_refusal.store(false, SeqCst);
+    h.meta.reads_fail.store(false, SeqCst);
+    // Its shards stay: a wrongful delete would start at once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.shards(), 2 * before);
+
     // Deletes and reads still work.
     assert_eq!(alice.get("/fullbkt/kept").await.body[..], data[..]);
     assert_eq!(alice.delete("/fullbkt/kept").await.status, 204);
-    h.meta
-        .full
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    h.meta.full.store(false, SeqCst);
     assert_eq!(alice.put("/fullbkt/refused", data).await.status, 200);
 }
 
@@ -361,7 +377,21 @@ async fn a_part_refused_by_a_full_meta_is_a_503_and_leaves_no_shards() {
         between_all(&r.text(), "<PartNumber>", "</PartNumber>"),
         ["1", "2"]
     );
-    assert_eq!(part(3, pattern(300_000, 14)).await.status, 200);
+
+    // Recorded, refused, and meta cannot then be asked: unknown, so an
+    // error (never a success that may not be), and the shards stay.
+    h.meta.full.store(true, SeqCst);
+    h.meta.full_after_commit.store(true, SeqCst);
+    h.meta.reads_fail_after_refusal.store(true, SeqCst);
+    let r = part(3, pattern(300_000, 14)).await;
+    assert_eq!(r.status / 100, 5, "{} {}", r.status, r.text());
+    h.meta.full.store(false, SeqCst);
+    h.meta.full_after_commit.store(false, SeqCst);
+    h.meta.reads_fail_after_refusal.store(false, SeqCst);
+    h.meta.reads_fail.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.shards(), 3 * before);
+    assert_eq!(part(4, pattern(300_000, 16)).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

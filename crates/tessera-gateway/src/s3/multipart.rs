@@ -307,11 +307,18 @@ async fn store_part(
             // references the shards, and the dropped guard deletes them
             // now (retried parts would otherwise eat the space deletes
             // need until the orphan scan).
-            if !part_recorded(s, upload, &record.part).await {
-                return Err(ApiError::from_rpc(e));
+            match part_recorded(s, upload, &record.part).await {
+                Ok(true) => {
+                    guard.disarm();
+                    Ok(record)
+                }
+                Ok(false) => Err(ApiError::from_rpc(e)),
+                Err(_) => {
+                    // Unknown: keep the shards, never claim success.
+                    guard.disarm();
+                    Err(ApiError::from_rpc(e))
+                }
             }
-            guard.disarm();
-            Ok(record)
         }
         Err(e) => {
             // Maybe recorded: keep the shards (GC finds them if not).
@@ -322,8 +329,8 @@ async fn store_part(
 }
 
 /// Whether `part` (this write of it: its stripes are new) is the one
-/// meta has for its number. When meta cannot be asked, it may be: true.
-async fn part_recorded(s: &Tessera, upload: &Upload, part: &Part) -> bool {
+/// meta has for its number; an error when meta cannot be asked.
+async fn part_recorded(s: &Tessera, upload: &Upload, part: &Part) -> Result<bool, RpcError> {
     let q = MetaQuery::ListParts {
         bucket: upload.bucket.clone(),
         key: upload.key.clone(),
@@ -331,8 +338,8 @@ async fn part_recorded(s: &Tessera, upload: &Upload, part: &Part) -> bool {
         marker: part.number.saturating_sub(1),
         max_parts: 1,
     };
-    match s.meta.query(&q).await {
-        Ok(QueryReply::Parts(page)) => page.parts.first().is_some_and(|r| {
+    Ok(match s.meta.query(&q).await? {
+        QueryReply::Parts(page) => page.parts.first().is_some_and(|r| {
             r.part.number == part.number
                 && r.part
                     .stripes
@@ -340,9 +347,8 @@ async fn part_recorded(s: &Tessera, upload: &Upload, part: &Part) -> bool {
                     .map(|st| st.id)
                     .eq(part.stripes.iter().map(|st| st.id))
         }),
-        Ok(_) => false,
-        Err(_) => true,
-    }
+        _ => false,
+    })
 }
 
 /// Limits of a part's write: never inline, at most one object's size.
@@ -602,9 +608,16 @@ pub(super) async fn complete_multipart_upload(
         condition,
     };
     match s.meta.write(&cmd).await.map_err(ApiError::from_rpc)? {
-        // A retried command whose first try committed finds no upload.
-        MetaReply::Err(MetaError::NoSuchUpload)
-            if committed(s, &input.bucket, &input.key, &version).await => {}
+        // A retried command whose first try committed finds no upload;
+        // when meta cannot tell, the outcome is unknown: an error, never
+        // a success that may not be.
+        MetaReply::Err(MetaError::NoSuchUpload) => {
+            match committed(s, &input.bucket, &input.key, &version).await {
+                Ok(true) => {}
+                Ok(false) => return Err(MetaError::NoSuchUpload.into()),
+                Err(e) => return Err(ApiError::from_rpc(e)),
+            }
+        }
         MetaReply::Err(e) => return Err(e.into()),
         reply => release(s, &reply),
     }

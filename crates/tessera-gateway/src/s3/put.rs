@@ -192,16 +192,25 @@ pub(super) async fn commit_manifest(
         Ok(MetaReply::Err(e)) => {
             // The meta client retries a write whose answer was lost, so a
             // refusal (e.g. If-None-Match) may follow our own commit.
-            if committed(s, &bucket, &key, &version).await {
-                disarm(guard);
-            } else {
-                if matches!(e, MetaError::NoSuchBucket | MetaError::AccessDenied) {
-                    // The early check's answer is stale.
-                    s.access_cache.forget(caller, &bucket);
+            match committed(s, &bucket, &key, &version).await {
+                Ok(true) => disarm(guard),
+                Ok(false) => {
+                    if matches!(e, MetaError::NoSuchBucket | MetaError::AccessDenied) {
+                        // The early check's answer is stale.
+                        s.access_cache.forget(caller, &bucket);
+                    }
+                    // Nothing references the shards; the dropped guard
+                    // deletes them.
+                    return Err(e.into());
                 }
-                // Nothing references the shards; the dropped guard
-                // deletes them.
-                return Err(e.into());
+                Err(q) => {
+                    // Meta cannot say: the outcome is unknown, so the
+                    // client gets the error of the check, neither success
+                    // nor the refusal, and the shards stay (GC finds them
+                    // if nothing references them).
+                    disarm(guard);
+                    return Err(ApiError::from_rpc(q));
+                }
             }
         }
         Ok(reply) => {
@@ -216,10 +225,15 @@ pub(super) async fn commit_manifest(
             // was lost and which was committed, nothing references the
             // shards: the dropped guard deletes them, which also gives back
             // the space that deletes on a full cluster need.
-            if !committed(s, &bucket, &key, &version).await {
-                return Err(ApiError::from_rpc(e));
+            match committed(s, &bucket, &key, &version).await {
+                Ok(true) => disarm(guard),
+                Ok(false) => return Err(ApiError::from_rpc(e)),
+                Err(_) => {
+                    // Unknown: keep the shards, never claim success.
+                    disarm(guard);
+                    return Err(ApiError::from_rpc(e));
+                }
             }
-            disarm(guard);
         }
         Err(e) => {
             // The outcome is unknown: the manifest may be committed, so its
@@ -244,16 +258,20 @@ fn superseded<'a>(
 
 /// Whether the current version of `bucket/key` is `version` (when in
 /// doubt, true: keeping stray shards is safe, deleting live ones is not).
-pub(super) async fn committed(s: &Tessera, bucket: &str, key: &str, version: &str) -> bool {
+pub(super) async fn committed(
+    s: &Tessera,
+    bucket: &str,
+    key: &str,
+    version: &str,
+) -> Result<bool, RpcError> {
     let q = tessera_types::meta::MetaQuery::GetObject {
         bucket: bucket.to_string(),
         key: key.to_string(),
     };
-    match s.meta.query(&q).await {
-        Ok(tessera_types::meta::QueryReply::Object(Some(m))) => m.version_id == version,
-        Ok(_) => false,
-        Err(_) => true,
-    }
+    Ok(match s.meta.query(&q).await? {
+        tessera_types::meta::QueryReply::Object(Some(m)) => m.version_id == version,
+        _ => false,
+    })
 }
 
 /// Decodes Content-MD5 (base64 of 16 bytes).

@@ -251,6 +251,12 @@ pub struct FakeMeta {
     /// meta client's retry of a try that committed and whose answer was
     /// lost, refused once the disk filled up).
     pub full_after_commit: AtomicBool,
+    /// With `full`: once a write is refused, every read fails (not retried)
+    /// until cleared, so the gateway cannot ask whether an earlier try of
+    /// the write committed.
+    pub reads_fail_after_refusal: AtomicBool,
+    /// Every read fails with INTERNAL (armed by `reads_fail_after_refusal`).
+    pub reads_fail: AtomicBool,
     /// A minimal repair queue: items are leased in order, whatever their
     /// lease or back-off (tests lease explicitly).
     pub repairs: Mutex<Vec<RepairItem>>,
@@ -749,6 +755,9 @@ impl Meta for MetaSvc {
             if self.0.full_after_commit.load(Ordering::SeqCst) {
                 self.0.apply(cmd);
             }
+            if self.0.reads_fail_after_refusal.load(Ordering::SeqCst) {
+                self.0.reads_fail.store(true, Ordering::SeqCst);
+            }
             return Err(Status::resource_exhausted(
                 "meta disk nearly full: 1.0 MiB free, below the 20.0 MiB kept in reserve",
             ));
@@ -762,6 +771,9 @@ impl Meta for MetaSvc {
     async fn read(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         if self.0.dead.load(Ordering::SeqCst) {
             return Err(Status::unavailable("meta down"));
+        }
+        if self.0.reads_fail.load(Ordering::SeqCst) {
+            return Err(Status::internal("meta read failed"));
         }
         let q: MetaQuery = codec::decode(&request.into_inner().payload)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
