@@ -395,6 +395,63 @@ async fn a_part_refused_by_a_full_meta_is_a_503_and_leaves_no_shards() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_whose_outcome_is_unknown_is_not_acknowledged() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let h = harness().await;
+    let alice = h.alice();
+    assert_eq!(alice.put("/completes", vec![]).await.status, 200);
+    // One upload of one part; returns the part's data and its ETag.
+    let upload = |key: &'static str, seed: u8| {
+        let alice = alice.clone();
+        async move {
+            let path = format!("/completes/{key}");
+            let r = alice
+                .send("POST", &path, &[("uploads", "")], &[], vec![])
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let id = between_all(&r.text(), "<UploadId>", "</UploadId>")
+                .pop()
+                .expect("UploadId");
+            let data = pattern(300_000, seed);
+            let q = [("partNumber", "1"), ("uploadId", id.as_str())];
+            let r = alice.send("PUT", &path, &q, &[], data.clone()).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let etag = r.headers["etag"].to_str().unwrap().to_string();
+            let xml = format!(
+                "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber>\
+                 <ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+            );
+            (path, id, data, xml)
+        }
+    };
+
+    // The first try commits and its answer is lost; the retry finds no
+    // upload, and meta confirms the commit: a success.
+    let (path, id, data, xml) = upload("confirmed", 21).await;
+    h.meta.lose_first_answer.store(true, SeqCst);
+    let r = alice
+        .send("POST", &path, &[("uploadId", &id)], &[], xml.into_bytes())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    h.meta.lose_first_answer.store(false, SeqCst);
+    assert_eq!(alice.get(&path).await.body[..], data[..]);
+
+    // The same, but meta cannot then be asked: unknown, so an error (it
+    // answered success), though the object is there.
+    let (path, id, data, xml) = upload("unknown", 22).await;
+    h.meta.lose_first_answer.store(true, SeqCst);
+    h.meta.reads_fail_after_refusal.store(true, SeqCst);
+    let r = alice
+        .send("POST", &path, &[("uploadId", &id)], &[], xml.into_bytes())
+        .await;
+    assert_eq!(r.status / 100, 5, "{} {}", r.status, r.text());
+    h.meta.lose_first_answer.store(false, SeqCst);
+    h.meta.reads_fail_after_refusal.store(false, SeqCst);
+    h.meta.reads_fail.store(false, SeqCst);
+    assert_eq!(alice.get(&path).await.body[..], data[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_puts_change_nothing() {
     let h = harness().await;
     let alice = h.alice();

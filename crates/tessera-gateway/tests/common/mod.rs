@@ -257,6 +257,10 @@ pub struct FakeMeta {
     pub reads_fail_after_refusal: AtomicBool,
     /// Every read fails with INTERNAL (armed by `reads_fail_after_refusal`).
     pub reads_fail: AtomicBool,
+    /// Every write is applied twice and answered with the second reply, as
+    /// the meta client's retry of a try whose answer was lost; with
+    /// `reads_fail_after_refusal`, a refusal so answered arms `reads_fail`.
+    pub lose_first_answer: AtomicBool,
     /// A minimal repair queue: items are leased in order, whatever their
     /// lease or back-off (tests lease explicitly).
     pub repairs: Mutex<Vec<RepairItem>>,
@@ -574,6 +578,19 @@ impl FakeMeta {
                     .insert(id, (upload, BTreeMap::new()));
                 MetaReply::Ok
             }
+            MetaCommand::CompleteUpload {
+                upload_id,
+                manifest,
+                ..
+            } => {
+                // The parts are taken as the manifest names them (no checks).
+                if self.uploads.lock().unwrap().remove(&upload_id).is_none() {
+                    return MetaReply::Err(MetaError::NoSuchUpload);
+                }
+                let k = (manifest.bucket.clone(), manifest.key.clone());
+                objects.insert(k, manifest);
+                MetaReply::Released(Vec::new())
+            }
             MetaCommand::PutPart {
                 upload_id, part, ..
             } => {
@@ -762,7 +779,18 @@ impl Meta for MetaSvc {
                 "meta disk nearly full: 1.0 MiB free, below the 20.0 MiB kept in reserve",
             ));
         }
-        let reply = self.0.apply(cmd);
+        let reply = if self.0.lose_first_answer.load(Ordering::SeqCst) {
+            self.0.apply(cmd.clone());
+            let reply = self.0.apply(cmd);
+            if matches!(reply, MetaReply::Err(_))
+                && self.0.reads_fail_after_refusal.load(Ordering::SeqCst)
+            {
+                self.0.reads_fail.store(true, Ordering::SeqCst);
+            }
+            reply
+        } else {
+            self.0.apply(cmd)
+        };
         Ok(Response::new(Envelope {
             payload: codec::encode(&reply).into(),
         }))
