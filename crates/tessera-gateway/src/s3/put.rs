@@ -256,8 +256,10 @@ fn superseded<'a>(
     old.stripes().filter(|st| !ours.contains(&st.id))
 }
 
-/// Whether the current version of `bucket/key` is `version` (when in
-/// doubt, true: keeping stray shards is safe, deleting live ones is not).
+/// Whether the current version of `bucket/key` is `version`; an error when
+/// meta cannot be asked. Callers treat that as unknown: they keep the
+/// shards (keeping stray shards is safe, deleting live ones is not) and
+/// answer an error (claiming a success that may not be is not).
 pub(super) async fn committed(
     s: &Tessera,
     bucket: &str,

@@ -71,13 +71,9 @@ pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), MetaNodeE
         .map_err(|e| MetaNodeError::Io(std::io::Error::other(e)))?;
         match res {
             Ok(db) => break db,
-            // sled reports a held file lock as `Other`/`WouldBlock`; real
-            // I/O failures (permissions, missing disk) fail at once.
-            Err(MetaNodeError::Storage(sled::Error::Io(e)))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::Other | std::io::ErrorKind::WouldBlock
-                ) && tokio::time::Instant::now() < deadline =>
+            // Real I/O failures (permissions, missing disk) fail at once.
+            Err(MetaNodeError::Storage(e))
+                if lock_held(&e) && tokio::time::Instant::now() < deadline =>
             {
                 tracing::debug!(error = %e, "sled open failed, retrying (lock held?)");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -144,6 +140,16 @@ pub(crate) async fn flush(db: &sled::Db) -> Result<(), sled::Error> {
     tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
         .await
         .map_err(|e| sled::Error::Io(std::io::Error::other(e)))?
+}
+
+/// Whether a failed sled open is another instance still holding the
+/// database's file lock (sled reports it as `Other`/`WouldBlock`), which
+/// lets go shortly after that instance is dropped.
+pub(crate) fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if matches!(
+        io.kind(),
+        std::io::ErrorKind::Other | std::io::ErrorKind::WouldBlock
+    ))
 }
 
 /// Encodes a value for sled.

@@ -1506,12 +1506,7 @@ mod tests {
         let db = loop {
             match sled::Config::new().path(dir).open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::Other | std::io::ErrorKind::WouldBlock
-                    ) && std::time::Instant::now() < deadline =>
-                {
+                Err(e) if crate::store::lock_held(&e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => return Err(e.into()),
