@@ -8,8 +8,10 @@
 //! The cluster is owned by a `DevCluster`, whose Drop kills its children if
 //! an assertion fails half-way; the temporary directory goes with it.
 
+mod common;
+
+use common::free_port_base;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
@@ -28,27 +30,6 @@ use tessera_server::dev::{ClusterInfo, DevCluster, DevOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 const MIB: usize = 1 << 20;
-
-/// A port base whose whole range is free right now, below the kernel's
-/// ephemeral range (32768..), picked pseudo-randomly so that concurrent
-/// test runs rarely meet.
-fn free_port_base() -> u16 {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    let seed =
-        nanos ^ (u64::from(std::process::id()) << 16) ^ CALLS.fetch_add(1, Ordering::Relaxed);
-    for attempt in 0..120u64 {
-        let slot = (seed.wrapping_add(attempt * 7919)) % 120;
-        let base = 20_000 + (slot as u16) * 100;
-        if (0..=40).all(|off| std::net::TcpListener::bind(("127.0.0.1", base + off)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
 
 /// Deterministic, incompressible-enough bytes.
 fn payload(len: usize, seed: u64) -> Vec<u8> {
@@ -126,7 +107,7 @@ async fn aws_sdk_s3_workload_against_tessera_dev() {
     let tmp = tempfile::tempdir().unwrap();
     let cluster = DevCluster::start(DevOptions {
         data_dir: tmp.path().join("data"),
-        port_base: free_port_base(),
+        port_base: free_port_base(DevOptions::default().storage_nodes),
         binary: Some(PathBuf::from(BIN)),
         ready_timeout: Duration::from_secs(90),
         ..DevOptions::default()

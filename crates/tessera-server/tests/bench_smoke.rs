@@ -6,9 +6,11 @@
 //! The cluster is owned by a `DevCluster`, whose Drop kills its children
 //! if a test fails half-way.
 
+mod common;
+
+use common::free_port_base;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tessera_server::bench::report::{BenchReport, PhaseReport};
@@ -16,28 +18,6 @@ use tessera_server::dev::{DevCluster, DevOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 const COUNT: u64 = 40;
-
-/// A port base whose whole range (base ..= base+20+n) is free right now,
-/// picked pseudo-randomly so that concurrent test runs rarely meet.
-fn free_port_base(storage_nodes: usize) -> u16 {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    let seed =
-        nanos ^ (u64::from(std::process::id()) << 16) ^ CALLS.fetch_add(1, Ordering::Relaxed);
-    for attempt in 0..300u64 {
-        let slot = (seed.wrapping_add(attempt * 7919)) % 300;
-        let base = 20_000 + (slot as u16) * 100;
-        let free = (0..=20 + storage_nodes as u16)
-            .all(|off| std::net::TcpListener::bind(("127.0.0.1", base + off)).is_ok());
-        if free {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
 
 /// Runs `tessera bench --cluster FILE ARGS --json` and parses its report.
 fn bench(cluster_file: &Path, args: &[&str]) -> BenchReport {

@@ -5,11 +5,13 @@
 //! Every cluster is owned by a `DevCluster`, whose Drop kills its children
 //! if a test fails half-way.
 
+mod common;
+
+use common::free_port_base;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tessera_server::admin::{CreatedKey, StatusReport};
@@ -19,29 +21,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
 /// Dev clusters are heavy (ten processes each): one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A port base whose whole range (base ..= base+20+2n) is free right now,
-/// picked pseudo-randomly so that concurrent test runs rarely meet.
-fn free_port_base(storage_nodes: usize) -> u16 {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    let seed =
-        nanos ^ (u64::from(std::process::id()) << 16) ^ CALLS.fetch_add(1, Ordering::Relaxed);
-    for attempt in 0..300u64 {
-        let slot = (seed.wrapping_add(attempt * 7919)) % 300;
-        let base = 20_000 + (slot as u16) * 100;
-        // Service ports and admin ports (B+20+2N, see `dev`).
-        let free = (0..=20 + 2 * storage_nodes as u16)
-            .all(|off| std::net::TcpListener::bind(("127.0.0.1", base + off)).is_ok());
-        if free {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
 
 fn options(dir: &Path, base: u16) -> DevOptions {
     DevOptions {
