@@ -1342,8 +1342,25 @@ async fn accepts_all(addrs: &[String]) -> bool {
     true
 }
 
+/// How much of a log file [`log_tail`] reads.
+const LOG_TAIL_BYTES: u64 = 64 << 10;
+
+/// The last `lines` lines of a log file, from its last [`LOG_TAIL_BYTES`]
+/// (a log may be large, and a log that is a device, such as `/dev/full`
+/// in a test, reads without end).
 fn log_tail(path: &Path, lines: usize) -> String {
-    match fs::read(path) {
+    let read = || -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        if len > LOG_TAIL_BYTES {
+            file.seek(SeekFrom::Start(len - LOG_TAIL_BYTES))?;
+        }
+        let mut bytes = Vec::new();
+        file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match read() {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             let all: Vec<&str> = text.lines().collect();
@@ -1356,6 +1373,26 @@ fn log_tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log's tail comes from its end, without reading the whole file,
+    /// and a log that reads without end (a device) is read in bounds.
+    #[test]
+    fn log_tail_reads_the_end_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.log");
+        let text: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        fs::write(&path, &text).unwrap();
+        assert_eq!(log_tail(&path, 2), "line 99998\nline 99999");
+        let short = dir.path().join("short.log");
+        fs::write(&short, "a\nb\n").unwrap();
+        assert_eq!(log_tail(&short, 20), "a\nb");
+        let endless = log_tail(Path::new("/dev/zero"), 20);
+        assert!(
+            endless.len() <= 4 * LOG_TAIL_BYTES as usize,
+            "{}",
+            endless.len()
+        );
+    }
 
     #[test]
     fn background_settings_take_the_callers_variables() {

@@ -111,7 +111,11 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
                 Err(_) if shutdown.is_cancelled() => return Ok(ExitCode::SUCCESS),
                 Err(e) => return Err(e),
             };
-            println!("{}", cluster.banner());
+            // Not println!, which panics when stdout cannot be written.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stdout(),
+                format_args!("{}\n", cluster.banner()),
+            );
             cluster.supervise(&shutdown).await;
             cluster.stop().await?;
         }

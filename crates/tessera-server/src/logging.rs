@@ -1,5 +1,6 @@
 //! Logging to stderr with `tracing-subscriber`: a filter from `--log-level`
-//! (or RUST_LOG, or a per-command default), text or JSON lines.
+//! (or RUST_LOG, or a per-command default), text or JSON lines. Logging
+//! never fails the caller: lines that cannot be written are lost.
 
 use std::io::IsTerminal;
 
@@ -23,6 +24,13 @@ pub fn init(args: &LogArgs, default_filter: &str) -> Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written is dropped. By default the
+        // logger reports the failure with `eprintln!`, which panics when
+        // stderr cannot be written either: a node whose log file was on a
+        // full disk panicked in every task that logged (the gateway
+        // dropped each such request without an answer; a meta node could
+        // abort, panicking again while sled unwound).
+        .log_internal_errors(false)
         // Children of `tessera dev` log to files: no colour codes there.
         .with_ansi(std::io::stderr().is_terminal());
     let result = if args.log_json {
@@ -31,4 +39,12 @@ pub fn init(args: &LogArgs, default_filter: &str) -> Result<()> {
         builder.try_init()
     };
     result.map_err(|e| anyhow!("cannot install the logger: {e}"))
+}
+
+/// Writes `msg` and a newline to stderr, ignoring failure (`eprintln!`
+/// panics when stderr cannot be written, e.g. a log file on a full disk).
+pub fn report(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(msg).and_then(|()| err.write_all(b"\n"));
 }

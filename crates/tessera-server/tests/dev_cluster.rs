@@ -357,6 +357,63 @@ async fn dev_cluster_starts_reports_and_restarts_with_its_data() {
     cluster.stop().await.unwrap();
 }
 
+/// Nodes whose log cannot be written keep serving. Their log files are
+/// `/dev/full`, where every write fails with ENOSPC, as on a full disk. The
+/// logger used to report each failed write with `eprintln!`, which panics
+/// when stderr cannot be written: the gateway dropped every request it
+/// logged about without an answer (S3 clients saw closed connections
+/// instead of the 503 a full disk gets), and a meta node could abort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_whose_log_cannot_be_written_keep_serving() {
+    let _serial = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    for name in ["gateway-1", "meta-1", "meta-2", "meta-3", "storage-1"] {
+        std::os::unix::fs::symlink("/dev/full", logs.join(format!("{name}.log"))).unwrap();
+    }
+    let base = free_port_base(6);
+    let mut opts = options(&dir, base);
+    // Every node logs all the time.
+    opts.log_level = Some("debug".into());
+    let cluster = DevCluster::start(opts).await.unwrap();
+    let info = cluster.info().clone();
+
+    // Writes and reads through every role, small (inline) and large.
+    let out = Command::new(BIN)
+        .args(["bench", "--cluster"])
+        .arg(cluster.cluster_file())
+        .args(["--workload", "mixed", "--size", "4KiB:50,1MiB:50"])
+        .args(["-c", "4", "-n", "60", "--json"])
+        .env_remove("TESSERA_BENCH_ENDPOINT")
+        .env_remove("TESSERA_BENCH_ACCESS_KEY")
+        .env_remove("TESSERA_BENCH_SECRET_KEY")
+        .output()
+        .expect("run tessera bench");
+    let report: tessera_server::bench::report::BenchReport = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| {
+            panic!(
+                "bench printed no report ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(!report.phases.is_empty());
+    for p in &report.phases {
+        assert_eq!(p.errors, 0, "{}: {:?}", p.name, p.error_samples);
+        assert!(p.ops > 0, "{p:?}");
+    }
+    // A refused request, which the gateway logs, gets its S3 error.
+    let s3 = info.s3_endpoint.trim_start_matches("http://");
+    let (status, body) = http_get(s3, "/");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("<Code>AccessDenied</Code>"), "{body}");
+    for n in &info.nodes {
+        assert!(alive(n.pid), "{} exited", n.id);
+    }
+    cluster.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_supervisor_on_the_same_dir_is_refused() {
     let _serial = SERIAL.lock().await;
