@@ -66,13 +66,19 @@ pub fn hit(name: &str) {
     if armed.is_empty() {
         return;
     }
+    // Not eprintln!, which panics when stderr cannot be written (a log
+    // file on a full disk): the process would unwind instead of stopping.
+    let say = |what: &str| {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), "failpoint {name}: {what}");
+    };
     match armed.get(name) {
         Some(Action::Abort) => {
-            eprintln!("failpoint {name}: abort");
+            say("abort");
             std::process::abort();
         }
         Some(Action::Exit) => {
-            eprintln!("failpoint {name}: exit");
+            say("exit");
             std::process::exit(75);
         }
         Some(Action::On) | None => {}
