@@ -66,12 +66,8 @@ pub fn hit(name: &str) {
     if armed.is_empty() {
         return;
     }
-    // Not eprintln!, which panics when stderr cannot be written (a log
-    // file on a full disk): the process would unwind instead of stopping.
-    let say = |what: &str| {
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), "failpoint {name}: {what}");
-    };
+    // Not eprintln!: the process would unwind instead of stopping.
+    let say = |what: &str| crate::stderr_line(format_args!("failpoint {name}: {what}"));
     match armed.get(name) {
         Some(Action::Abort) => {
             say("abort");

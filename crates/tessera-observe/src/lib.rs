@@ -15,4 +15,13 @@ mod metrics;
 mod server;
 
 pub use metrics::{Counter, Gauge, Histogram, Registry, LATENCY_BUCKETS};
+
+/// Writes `msg` and a newline to stderr, ignoring failure: `eprintln!`
+/// panics when stderr cannot be written, and a node's stderr is often a
+/// log file on the disk that just filled up.
+pub fn stderr_line(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(msg).and_then(|()| err.write_all(b"\n"));
+}
 pub use server::{serve_admin, serve_admin_with, AdminReply, AdminRoutes, Readiness};

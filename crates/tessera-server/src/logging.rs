@@ -40,11 +40,3 @@ pub fn init(args: &LogArgs, default_filter: &str) -> Result<()> {
     };
     result.map_err(|e| anyhow!("cannot install the logger: {e}"))
 }
-
-/// Writes `msg` and a newline to stderr, ignoring failure (`eprintln!`
-/// panics when stderr cannot be written, e.g. a log file on a full disk).
-pub fn report(msg: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_fmt(msg).and_then(|()| err.write_all(b"\n"));
-}

@@ -18,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = logging::init(&cli.log, default_log_filter(&cli.command)) {
-        logging::report(format_args!("tessera: {e:#}"));
+        tessera_observe::stderr_line(format_args!("tessera: {e:#}"));
         return ExitCode::FAILURE;
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -28,7 +28,9 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            logging::report(format_args!("tessera: cannot start the async runtime: {e}"));
+            tessera_observe::stderr_line(format_args!(
+                "tessera: cannot start the async runtime: {e}"
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -42,7 +44,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            logging::report(format_args!("tessera: error: {e:#}"));
+            tessera_observe::stderr_line(format_args!("tessera: error: {e:#}"));
             ExitCode::FAILURE
         }
     }

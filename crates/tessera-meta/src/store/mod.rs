@@ -124,13 +124,9 @@ pub(crate) fn crash_stop(what: &str, err: &dyn std::fmt::Display) {
         return;
     }
     tracing::error!(error = %err, "{what} failed: the meta node stops here, as a crash would, and recovers from its Raft log when restarted");
-    // Not eprintln!, which panics when stderr cannot be written: stderr
-    // may be a log file on the very disk that is full.
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr().lock(),
+    tessera_observe::stderr_line(format_args!(
         "tessera: {what} failed: {err}; exiting with status {EXIT_RESTART} (restart me)"
-    );
+    ));
     std::process::exit(EXIT_RESTART);
 }
 
