@@ -167,7 +167,12 @@ def test_crash_at_failpoint_loses_nothing_and_leaves_nothing(failpoint):
 
         # The armed nodes serve before the write that must crash them: an
         # error of theirs would otherwise pass for the crash.
-        early = wait_serving(info)
+        try:
+            early = wait_serving(info)
+        except AssertionError as e:
+            # Say why the gateway did not come up (seen once, unexplained).
+            log = c.gateway().log
+            raise AssertionError(f"{e}\nlast lines of {log}:\n{tail(log)}") from None
         if early:
             print(f"\n[crash] {failpoint}: refused before serving: {early}")
 
