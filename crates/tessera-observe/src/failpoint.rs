@@ -3,7 +3,7 @@
 //! `TESSERA_FAILPOINTS=name=action,...` (read once per process) makes
 //! [`hit`]`(name)` act at that point of the code: `abort` kills the process
 //! on the spot (no destructors, no flushes: a crash), `exit` exits with
-//! status 75. A few points are switches instead: armed with `on`, [`is_on`]
+//! status 75, `panic` panics (a bug's way to fail). A few points are switches instead: armed with `on`, [`is_on`]
 //! tells the code to take a path that simulates a fault (e.g. a lost
 //! answer). Unset, a failpoint costs one atomic load. Names are
 //! `<role>.<operation>.<point>`, e.g. `gateway.put.after_commit`; every
@@ -27,6 +27,8 @@ pub const NAMES: &[&str] = &[
     "gateway.put.after_commit",
     // Gateway, multipart: a part's shards durable, the part not recorded.
     "gateway.part.after_shards",
+    // Meta node, applying a committed PutObject, before any change.
+    "meta.apply.put_object",
     // A switch (`on`): the gateway sends each manifest commit twice and
     // drops the first answer, as the meta client's retry after a lost
     // answer does.
@@ -37,6 +39,7 @@ pub const NAMES: &[&str] = &[
 enum Action {
     Abort,
     Exit,
+    Panic,
     On,
 }
 
@@ -52,6 +55,7 @@ fn parse(spec: &str) -> HashMap<String, Action> {
             let action = match action.trim() {
                 "abort" => Action::Abort,
                 "exit" => Action::Exit,
+                "panic" => Action::Panic,
                 "on" => Action::On,
                 _ => return None,
             };
@@ -77,6 +81,7 @@ pub fn hit(name: &str) {
             say("exit");
             std::process::exit(75);
         }
+        Some(Action::Panic) => panic!("failpoint {name}: panic"),
         Some(Action::On) | None => {}
     }
 }
@@ -94,9 +99,10 @@ mod tests {
     #[test]
     fn parses_names_and_actions() {
         let m = parse(
-            "gateway.put.after_commit=abort, storage.put.before_fsync = exit,bad,x=nope,y=on",
+            "gateway.put.after_commit=abort, storage.put.before_fsync = exit,bad,x=nope,y=on,z=panic",
         );
-        assert_eq!(m.len(), 3);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m["z"], Action::Panic);
         assert_eq!(m["y"], Action::On);
         assert_eq!(m["gateway.put.after_commit"], Action::Abort);
         assert_eq!(m["storage.put.before_fsync"], Action::Exit);

@@ -36,8 +36,8 @@
 //! Restarting on the same directory reuses the same ports, ids and data.
 //!
 //! The supervisor restarts only a meta node that exits with
-//! [`crate::EXIT_RESTART`] (its Raft core stopped, e.g. on a full disk:
-//! restarted, it recovers once the cause is gone), after a
+//! [`crate::EXIT_RESTART`] (its Raft core stopped, e.g. on a full disk, or
+//! it panicked: restarted, it recovers once the cause is gone), after a
 //! backoff (1 s, doubling up to 30 s; back to 1 s once it has run a minute).
 //! Any other exit, a kill above all, is final: tests kill nodes on purpose
 //! and count on them staying dead. Children get SIGTERM when the supervisor dies

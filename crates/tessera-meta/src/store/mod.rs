@@ -130,6 +130,31 @@ pub(crate) fn crash_stop(what: &str, err: &dyn std::fmt::Display) {
     std::process::exit(EXIT_RESTART);
 }
 
+/// Makes any panic in this process a crash-stop: the panic is reported
+/// as usual, then the process exits with [`EXIT_RESTART`]. For the meta
+/// node binary only (tests that run nodes in-process keep the default).
+///
+/// Why. A panic ends only the task it happened in, and a meta node has
+/// tasks whose loss leaves it up but broken: openraft's state machine
+/// worker (the node stops applying, and its core notices only at the
+/// next write, or never on an idle group), the failure detector and the
+/// rebalancer (the leader would stop marking nodes down, silently).
+/// Supervisors restart a process that exits, not one that limps; a
+/// restarted meta node rebuilds its state from the synced Raft log. A
+/// panic is a bug or a broken invariant: going on with the state it left
+/// is the risk, a restart is not.
+pub fn crash_stop_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(panic = %info, "panic: the meta node stops here, as a crash would, and recovers from its Raft log when restarted");
+        tessera_observe::stderr_line(format_args!(
+            "tessera: a panic in the meta node; exiting with status {EXIT_RESTART} (restart me)"
+        ));
+        std::process::exit(EXIT_RESTART);
+    }));
+}
+
 /// Flushes the whole database on the blocking pool.
 pub(crate) async fn flush(db: &sled::Db) -> Result<(), sled::Error> {
     let db = db.clone();

@@ -638,6 +638,7 @@ impl SmTrees {
                 condition,
                 ..
             } => {
+                tessera_observe::failpoint::hit("meta.apply.put_object");
                 let refused = match cmd {
                     MetaCommand::PutObjectChecked { access_key, .. } => {
                         self.write_refusal(&manifest.bucket, access_key)?
