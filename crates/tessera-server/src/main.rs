@@ -16,6 +16,7 @@ use tessera_server::{default_log_filter, logging, shutdown};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    no_transparent_huge_pages();
     let cli = Cli::parse();
     if let Err(e) = logging::init(&cli.log, default_log_filter(&cli.command)) {
         tessera_observe::stderr_line(format_args!("tessera: {e:#}"));
@@ -47,5 +48,28 @@ fn main() -> ExitCode {
             tessera_observe::stderr_line(format_args!("tessera: error: {e:#}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Turns transparent huge pages off for this process and its children
+/// (what `MIMALLOC_ALLOW_THP=0` does).
+///
+/// mimalloc asks for them on its arenas (`madvise(MADV_HUGEPAGE)`) and
+/// gives memory idle for a second back to the kernel; the next touch of
+/// such a range faults in a whole 2 MiB page and zeroes it, and so does
+/// the first allocation of every new thread (tokio's blocking pool
+/// retires idle threads after 10 s and starts new ones under the next
+/// burst). Seen on storage nodes collecting garbage after a burst of
+/// deletes: 77% of their CPU samples in `clear_page_erms` under
+/// `do_huge_pmd_anonymous_page`; the storage CPU of collecting 3600
+/// shards was 1.6-1.8 s with huge pages off against 2.5-3.6 s with them
+/// on (`benches/compare/README.md`, session 21). PUT and GET cost the
+/// same either way, within the noise.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes
+    // a flag of this process; nothing of ours is read or written.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }

@@ -115,6 +115,18 @@ fn check_cluster_json(cluster: &DevCluster, base: u16) -> ClusterInfo {
     assert_eq!(ids.len(), 6, "storage ids are distinct");
     assert!(ids.iter().all(|id| !id.is_empty()));
     assert!(info.nodes.iter().all(|n| n.pid > 0));
+    for n in &info.nodes {
+        // Huge pages off (see `no_transparent_huge_pages` in main.rs).
+        let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid)).unwrap();
+        assert!(
+            status
+                .lines()
+                .any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])),
+            "{} {} runs with transparent huge pages on",
+            n.role,
+            n.id
+        );
+    }
     info
 }
 
