@@ -272,7 +272,15 @@ async fn real_meta_repair_race_gc_and_hopeless_stripes() {
             _ => assert!(matches!(attempt, Attempt::LostRace), "{attempt:?}"),
         }
     }
-    assert!(queue(&meta).await.is_empty(), "every item dropped");
+    // Every leased item is dropped. (The overwrite may add items of its
+    // own: a gateway whose map, refreshed every 200 ms, still had the
+    // victim up wrote that stripe without it; seen once in CI under load.)
+    let left: Vec<RepairItem> = queue(&meta)
+        .await
+        .into_iter()
+        .filter(|i| queued.contains(&i.stripe))
+        .collect();
+    assert!(left.is_empty(), "leased items left in the queue: {left:?}");
     let d = durability(&meta).await;
     assert_eq!(d.repaired_stripes, on1.len() as u64);
     let after = manifest(&meta, "obj1").await;
