@@ -3,9 +3,9 @@
 //! `TESSERA_FAILPOINTS=name=action,...` (read once per process) makes
 //! [`hit`]`(name)` act at that point of the code: `abort` kills the process
 //! on the spot (no destructors, no flushes: a crash), `exit` exits with
-//! status 75, `panic` panics (a bug's way to fail). A few points are switches instead: armed with `on`, [`is_on`]
-//! tells the code to take a path that simulates a fault (e.g. a lost
-//! answer). Unset, a failpoint costs one atomic load. Names are
+//! status 75, `panic` panics (a bug's way to fail). A few points are
+//! switches instead: armed with `on`, [`is_on`] tells the code to take a
+//! path that simulates a fault (e.g. a lost answer). Unset, a failpoint costs one atomic load. Names are
 //! `<role>.<operation>.<point>`, e.g. `gateway.put.after_commit`; every
 //! name is listed in [`NAMES`] so tests can cover them all.
 

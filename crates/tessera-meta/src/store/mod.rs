@@ -137,8 +137,11 @@ pub(crate) fn crash_stop(what: &str, err: &dyn std::fmt::Display) {
 /// Why. A panic ends only the task it happened in, and a meta node has
 /// tasks whose loss leaves it up but broken: openraft's state machine
 /// worker (the node stops applying, and its core notices only at the
-/// next write, or never on an idle group), the failure detector and the
-/// rebalancer (the leader would stop marking nodes down, silently).
+/// next entry to apply, or never on an idle group), the failure detector
+/// and the rebalancer (the leader would stop marking nodes down,
+/// silently). And a panic while openraft replays committed entries at
+/// start (inside `Raft::new`, on the main thread) ended the process with
+/// status 101, which `tessera dev` does not restart.
 /// Supervisors restart a process that exits, not one that limps; a
 /// restarted meta node rebuilds its state from the synced Raft log. A
 /// panic is a bug or a broken invariant: going on with the state it left
