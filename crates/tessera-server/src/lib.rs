@@ -66,8 +66,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
                     // At once, like a crash: the node's tasks still hold
                     // sled, which cannot be dropped after the I/O error
                     // that stopped Raft (see `tessera_meta::serve`).
-                    use std::io::Write as _;
-                    let _ = writeln!(std::io::stderr().lock(), "tessera: error: {e:#}");
+                    tessera_observe::stderr_line(format_args!("tessera: error: {e:#}"));
                     std::process::exit(i32::from(EXIT_RESTART));
                 }
             }

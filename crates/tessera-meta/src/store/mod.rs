@@ -123,9 +123,15 @@ pub(crate) fn crash_stop(what: &str, err: &dyn std::fmt::Display) {
     if !CRASH_STOP.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    tracing::error!(error = %err, "{what} failed: the meta node stops here, as a crash would, and recovers from its Raft log when restarted");
+    stop_for_restart(format_args!("{what} failed: {err}"));
+}
+
+/// Says why in the log and on stderr (which may be unwritable), then
+/// exits with [`EXIT_RESTART`].
+fn stop_for_restart(cause: std::fmt::Arguments<'_>) -> ! {
+    tracing::error!("{cause}: the meta node stops here, as a crash would, and recovers from its Raft log when restarted");
     tessera_observe::stderr_line(format_args!(
-        "tessera: {what} failed: {err}; exiting with status {EXIT_RESTART} (restart me)"
+        "tessera: {cause}; exiting with status {EXIT_RESTART} (restart me)"
     ));
     std::process::exit(EXIT_RESTART);
 }
@@ -150,11 +156,7 @@ pub fn crash_stop_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         report(info);
-        tracing::error!(panic = %info, "panic: the meta node stops here, as a crash would, and recovers from its Raft log when restarted");
-        tessera_observe::stderr_line(format_args!(
-            "tessera: a panic in the meta node; exiting with status {EXIT_RESTART} (restart me)"
-        ));
-        std::process::exit(EXIT_RESTART);
+        stop_for_restart(format_args!("a panic in the meta node ({info})"));
     }));
 }
 
