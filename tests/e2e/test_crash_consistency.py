@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 import boto3
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "chaos"))
-from cluster import Cluster, free_port_base, tail  # noqa: E402
+from cluster import Cluster, free_port_base, scrape, tail  # noqa: E402
 
 FAILPOINTS = [
     "storage.put.before_fsync",
@@ -298,6 +298,21 @@ def test_a_commit_retried_after_a_lost_answer_keeps_its_shards():
         assert s3.get_object(Bucket="crash", Key="retried")["Body"].read() == body[:2 * 1024 * 1024]
 
 
+def wait_exit(node, timeout=30):
+    """The exit status of a node restarted by the test; fails with its
+    log's tail if it is still running after `timeout` seconds."""
+    try:
+        return node.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{node.name} did not exit; last lines of {node.log}:\n"
+                             f"{tail(node.log)}") from None
+
+
+def read_log(node):
+    with open(node.log, errors="replace") as f:
+        return f.read()
+
+
 def test_a_meta_node_that_panics_exits_to_be_restarted():
     """A panic in a meta node is a crash-stop: the process says so and
     exits with 75, which supervisors (`tessera dev` too) restart. Armed with
@@ -320,13 +335,8 @@ def test_a_meta_node_that_panics_exits_to_be_restarted():
 
         body = os.urandom(200_000)
         s3.put_object(Bucket="crash", Key="during", Body=body)  # leader + the other follower
-        try:
-            code = node.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{node.name} panicked but did not exit; last lines of {node.log}:\n"
-                                 f"{tail(node.log)}") from None
-        with open(node.log, errors="replace") as f:
-            log = f.read()
+        code = wait_exit(node)
+        log = read_log(node)
         assert code == 75, f"{node.name} exited with {code}; last lines:\n{tail(node.log)}"
         assert "failpoint meta.apply.put_object: panic" in log, tail(node.log)
         assert "exiting with status 75" in log, tail(node.log)
@@ -349,3 +359,84 @@ def test_a_meta_node_that_panics_exits_to_be_restarted():
         assert s3.get_object(Bucket="crash", Key="during")["Body"].read() == body
         assert s3.get_object(Bucket="crash", Key="before")["Body"].read() == b"b" * 1000
         assert s3.get_object(Bucket="crash", Key="after")["Body"].read() == b"a" * 1000
+
+
+def test_a_gateway_fails_a_request_that_panics_and_stops_on_any_other_panic():
+    """A panic in a gateway's S3 request handling fails that request with
+    500 InternalError and the gateway serves on (one bad request must not
+    take the endpoint away from every client); a panic anywhere else (here
+    its cluster map refresh, a background task) is a crash-stop: status 75,
+    which supervisors restart. Before, a request's panic closed the
+    connection without an answer, and a background task's panic left a
+    gateway that looked alive with a map that never changed again."""
+    with crash_cluster("tessera-gw-panic-") as (data_dir, c, info, s3):
+        s3.put_object(Bucket="crash", Key="before", Body=b"b" * 1000)
+        gw = c.gateway()
+        restart(c, [gw], {"TESSERA_FAILPOINTS": "gateway.put.after_shards=panic"})
+        wait_serving(info)
+        once = client(info, retries=1)
+        with pytest.raises(ClientError) as err:
+            once.put_object(Bucket="crash", Key="during", Body=os.urandom(300_000))
+        assert err.value.response["Error"]["Code"] == "InternalError", err.value.response
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+        # The same process serves on, and counted the panic.
+        assert gw.proc.poll() is None, tail(gw.log)
+        assert once.get_object(Bucket="crash", Key="before")["Body"].read() == b"b" * 1000
+        # (botocore may send the PUT again: one panic and one 500 each.)
+        panics = scrape(gw.admin_addr, "tessera_gateway_panics_total")
+        log = read_log(gw)
+        assert panics and panics >= 1, panics
+        assert "failpoint gateway.put.after_shards: panic" in log, tail(gw.log)
+        assert log.count("answered 500 InternalError") == panics, tail(gw.log)
+        assert "exiting with status" not in log, tail(gw.log)
+
+        # The cluster map refresh runs every 2 s: the first one panics.
+        restart(c, [gw], {"TESSERA_FAILPOINTS": "gateway.map.refresh=panic"})
+        code = wait_exit(gw)
+        log = read_log(gw)
+        assert code == 75, f"the gateway exited with {code}; last lines:\n{tail(gw.log)}"
+        assert "failpoint gateway.map.refresh: panic" in log, tail(gw.log)
+        assert "a panic in the gateway node" in log and "exiting with status 75" in log, tail(gw.log)
+        gw.state = "killed"
+
+        c.extra_env = {}
+        c.restart(gw)
+        wait_serving(info)
+        s3 = client(info, retries=5)
+        assert s3.get_object(Bucket="crash", Key="before")["Body"].read() == b"b" * 1000
+        with pytest.raises(ClientError) as err:
+            s3.head_object(Bucket="crash", Key="during")
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def test_a_storage_node_that_panics_exits_to_be_restarted():
+    """A panic in a storage node (here while it writes a shard, on its
+    blocking pool) is a crash-stop: status 75, which supervisors restart.
+    Restarted unarmed, the node serves again and nothing acknowledged is
+    lost."""
+    with crash_cluster("tessera-st-panic-") as (data_dir, c, info, s3):
+        before = os.urandom(1 << 20)
+        s3.put_object(Bucket="crash", Key="before", Body=before)
+        node = c.storage()[0]
+        restart(c, [node], {"TESSERA_FAILPOINTS": "storage.put.before_fsync=panic"})
+        # Six storage nodes, RS 4+2: every stripe has a shard on it.
+        try:
+            client(info, retries=1).put_object(Bucket="crash", Key="during",
+                                               Body=os.urandom(1 << 20))
+        except (BotoCoreError, ClientError) as e:
+            print(f"\n[panic] the PUT during the panic failed: {e!r}")
+        code = wait_exit(node)
+        log = read_log(node)
+        assert code == 75, f"{node.name} exited with {code}; last lines:\n{tail(node.log)}"
+        assert "failpoint storage.put.before_fsync: panic" in log, tail(node.log)
+        assert "a panic in the storage node" in log and "exiting with status 75" in log, \
+            tail(node.log)
+        node.state = "killed"
+
+        c.extra_env = {}
+        c.restart(node)
+        c.wait_all_storage_up(60)
+        after = os.urandom(1 << 20)
+        s3.put_object(Bucket="crash", Key="after", Body=after)
+        assert read_after_restart(s3, "before") == before
+        assert read_after_restart(s3, "after") == after

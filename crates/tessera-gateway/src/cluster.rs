@@ -158,6 +158,7 @@ impl ClusterView {
                 }
             }
             last = Instant::now();
+            tessera_observe::failpoint::hit("gateway.map.refresh");
             if let Err(e) = self.refresh().await {
                 tracing::warn!(error = %e, "cluster map refresh failed");
             }

@@ -17,6 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use s3s::service::S3Service;
+use tessera_observe::crash::Contained;
 use tessera_observe::{Counter, Gauge, Histogram, Registry, LATENCY_BUCKETS};
 
 /// The gateway's metric families.
@@ -28,6 +29,7 @@ pub struct GatewayMetrics {
     latency: Histogram,
     bytes_in: Counter,
     bytes_out: Counter,
+    panics: Counter,
 }
 
 impl Default for GatewayMetrics {
@@ -53,6 +55,12 @@ impl Default for GatewayMetrics {
             bytes_out: r.counter(
                 "tessera_gateway_s3_sent_bytes_total",
                 "Response body bytes sent to S3 clients.",
+                &[],
+            ),
+            panics: r.counter(
+                "tessera_gateway_panics_total",
+                "Panics in S3 request handling, each contained to its request \
+                 (500 InternalError, or a response body cut short); see tessera_observe::crash.",
                 &[],
             ),
             repair: RepairMetrics::new(&r),
@@ -233,6 +241,52 @@ where
     }
 }
 
+/// What a response body fails with (s3s's error type).
+type StdError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A response body whose polls run in [`tessera_observe::crash::contain`]:
+/// a panic while producing it (a GET's stream) fails that response, which
+/// hyper then cuts short (the client sees fewer bytes than
+/// `Content-Length`), instead of stopping the gateway.
+pub struct ContainedBody {
+    inner: s3s::Body,
+    panics: Counter,
+    failed: bool,
+}
+
+impl Body for ContainedBody {
+    type Data = Bytes;
+    type Error = StdError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StdError>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        let this = &mut *self;
+        let inner = Pin::new(&mut this.inner);
+        match tessera_observe::crash::contain(|| inner.poll_frame(cx)) {
+            Ok(r) => r,
+            Err(p) => {
+                this.failed = true;
+                this.panics.inc(&[]);
+                tracing::error!(error = %p, "an S3 response body panicked; the response is cut short");
+                Poll::Ready(Some(Err(Box::new(p))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The s3s service with metrics.
 #[derive(Clone)]
 pub(crate) struct Metered {
@@ -249,7 +303,7 @@ impl Metered {
 type Incoming = hyper::body::Incoming;
 
 impl hyper::service::Service<http::Request<Incoming>> for Metered {
-    type Response = http::Response<Counted<s3s::Body>>;
+    type Response = http::Response<Counted<ContainedBody>>;
     type Error = s3s::HttpError;
     type Future =
         Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
@@ -282,7 +336,22 @@ impl hyper::service::Service<http::Request<Incoming>> for Metered {
         Box::pin(async move {
             let r = match refused {
                 Some(message) => Ok(crate::s3::presign::error_response(message)),
-                None => tower::Service::call(&mut inner, req).await,
+                None => {
+                    let handled = async { tower::Service::call(&mut inner, req).await };
+                    match Contained::new(handled).await {
+                        Ok(r) => r,
+                        Err(p) => {
+                            metrics.panics.inc(&[]);
+                            tracing::error!(error = %p, op = shape,
+                                "an S3 request handler panicked; answered 500 InternalError");
+                            Ok(crate::s3::presign::xml_error(
+                                http::StatusCode::INTERNAL_SERVER_ERROR,
+                                "InternalError",
+                                "We encountered an internal error. Please try again.",
+                            ))
+                        }
+                    }
+                }
             };
             let op = slot.get().unwrap_or_else(|| shape.to_string());
             let op = op.as_str();
@@ -294,7 +363,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Metered {
             metrics
                 .latency
                 .observe(&[op], start.elapsed().as_secs_f64());
-            let counter = metrics.bytes_out.clone();
+            let (counter, panics) = (metrics.bytes_out.clone(), metrics.panics.clone());
             r.map(|mut resp| {
                 if close_unless_read.is_some_and(|e| !e.load(Ordering::Relaxed)) {
                     resp.headers_mut().insert(
@@ -303,7 +372,11 @@ impl hyper::service::Service<http::Request<Incoming>> for Metered {
                     );
                 }
                 resp.map(|b| Counted {
-                    inner: Box::pin(if head { s3s::Body::empty() } else { b }),
+                    inner: Box::pin(ContainedBody {
+                        inner: if head { s3s::Body::empty() } else { b },
+                        panics,
+                        failed: false,
+                    }),
                     counter,
                     ended: None,
                 })

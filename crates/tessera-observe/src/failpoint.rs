@@ -3,7 +3,8 @@
 //! `TESSERA_FAILPOINTS=name=action,...` (read once per process) makes
 //! [`hit`]`(name)` act at that point of the code: `abort` kills the process
 //! on the spot (no destructors, no flushes: a crash), `exit` exits with
-//! status 75, `panic` panics (a bug's way to fail). A few points are
+//! status 75 (a node asking to be restarted), `panic` panics (a bug's way
+//! to fail; see [`crate::crash`]). A few points are
 //! switches instead: armed with `on`, [`is_on`] tells the code to take a
 //! path that simulates a fault (e.g. a lost answer). Unset, a failpoint costs one atomic load. Names are
 //! `<role>.<operation>.<point>`, e.g. `gateway.put.after_commit`; every
@@ -33,6 +34,9 @@ pub const NAMES: &[&str] = &[
     // drops the first answer, as the meta client's retry after a lost
     // answer does.
     "gateway.commit.lose_answer",
+    // Gateway, a background task: each periodic refresh of its cluster
+    // map, after the first (for `panic`: a panic outside any request).
+    "gateway.map.refresh",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +83,7 @@ pub fn hit(name: &str) {
         }
         Some(Action::Exit) => {
             say("exit");
-            std::process::exit(75);
+            std::process::exit(crate::crash::EXIT_RESTART);
         }
         Some(Action::Panic) => panic!("failpoint {name}: panic"),
         Some(Action::On) | None => {}

@@ -2,13 +2,14 @@
 //! histograms with labels, rendered in the text exposition format) and the
 //! admin HTTP server every role runs (`/metrics`, `/health/live`,
 //! `/health/ready`, plus read-only routes a role adds, such as the
-//! gateway's console), crash failpoints for tests ([`failpoint`]), and file
-//! system space ([`disk`]).
+//! gateway's console), crash failpoints for tests ([`failpoint`]), the crash-stop on a panic
+//! ([`crash`]), and file system space ([`disk`]).
 //!
 //! It depends on nothing of Tessera's: services create their metrics here
 //! and update them; the registry renders them on scrape. Metric names follow
 //! `tessera_<component>_<thing>_<unit>`.
 
+pub mod crash;
 pub mod disk;
 pub mod failpoint;
 mod metrics;

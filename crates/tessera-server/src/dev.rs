@@ -35,9 +35,9 @@
 //! Every node's admin address is in cluster.json (`admin_addr`).
 //! Restarting on the same directory reuses the same ports, ids and data.
 //!
-//! The supervisor restarts only a meta node that exits with
-//! [`crate::EXIT_RESTART`] (its Raft core stopped, e.g. on a full disk, or
-//! it panicked: restarted, it recovers once the cause is gone), after a
+//! The supervisor restarts only a node that exits with
+//! [`crate::EXIT_RESTART`] (it panicked, or a meta node's Raft core stopped,
+//! e.g. on a full disk: restarted, it recovers once the cause is gone), after a
 //! backoff (1 s, doubling up to 30 s; back to 1 s once it has run a minute).
 //! Any other exit, a kill above all, is final: tests kill nodes on purpose
 //! and count on them staying dead. Children get SIGTERM when the supervisor dies
@@ -244,7 +244,7 @@ pub struct NodeEntry {
     #[serde(default)]
     pub admin_addr: String,
     /// The exact command line it was started with, binary first. The
-    /// supervisor never restarts a killed child (only a meta node that
+    /// supervisor never restarts a killed child (only a node that
     /// asks to be, see the module doc); a harness that kills one restarts
     /// it with this argv, the environment variables named in `env` and no
     /// other `TESSERA_*` variable.
@@ -528,14 +528,12 @@ impl DevCluster {
             let Some(c) = self.children.iter_mut().find(|c| c.spec.name == name) else {
                 continue;
             };
-            // Only meta nodes exit so on purpose (crash failpoints' `exit`
-            // uses the same status and must stay final). A node being
-            // restarted that fails again at startup (its disk still full)
-            // is tried again too; a kill is always final.
+            // A node being restarted that fails again at startup (its
+            // disk still full) is tried again too; a kill is always final.
             let asked = status.code() == Some(i32::from(crate::EXIT_RESTART));
             let retrying =
                 c.restarts > 0 && c.started.elapsed() < RESTART_RESET && status.code().is_some();
-            if c.spec.role != Role::Meta || !(asked || retrying) {
+            if !(asked || retrying) {
                 warn!(node = %name, %status, log = %log.display(),
                       "node exited unexpectedly; it will not be restarted");
                 continue;

@@ -38,11 +38,12 @@ pub fn default_log_filter(command: &Command) -> &'static str {
 }
 
 /// Exit status of a node that stopped for a cause a restart may cure
-/// (`EX_TEMPFAIL`): a meta node whose Raft log or state machine write
-/// failed, e.g. on a full disk, or that panicked. Supervisors restart it (systemd
-/// `Restart=on-failure`, Kubernetes, compose `restart: unless-stopped`;
-/// `tessera dev` too, with a backoff).
-pub const EXIT_RESTART: u8 = tessera_meta::store::EXIT_RESTART as u8;
+/// (`EX_TEMPFAIL`): a node of any role that panicked (outside a gateway's
+/// request handlers, see `tessera_observe::crash`), or a meta node whose
+/// Raft log or state machine write failed, e.g. on a full disk.
+/// Supervisors restart it (systemd `Restart=on-failure`, Kubernetes,
+/// compose `restart: unless-stopped`; `tessera dev` too, with a backoff).
+pub const EXIT_RESTART: u8 = tessera_observe::crash::EXIT_RESTART as u8;
 
 /// Runs the parsed command until it finishes or `shutdown` is cancelled.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
@@ -52,7 +53,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
             if args.print_config {
                 print!("{}", config::render_toml(&s.listen, &s.config)?);
             } else {
-                tessera_meta::store::crash_stop_on_panic();
+                tessera_observe::crash::crash_stop_on_panic("meta");
                 if let Err(e) = roles::run_meta(s, shutdown).await {
                     let raft_stopped = e.chain().any(|c| {
                         matches!(
@@ -76,6 +77,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
             if args.print_config {
                 print!("{}", config::render_toml(&s.listen, &s.config)?);
             } else {
+                tessera_observe::crash::crash_stop_on_panic("storage");
                 roles::run_storage(s, shutdown).await?;
             }
         }
@@ -84,6 +86,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<ExitCode> {
             if args.print_config {
                 print!("{}", config::render_toml(&s.listen, &s.config)?);
             } else {
+                tessera_observe::crash::crash_stop_on_panic("gateway");
                 roles::run_gateway(s, shutdown).await?;
             }
         }

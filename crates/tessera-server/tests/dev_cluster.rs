@@ -426,6 +426,87 @@ async fn nodes_whose_log_cannot_be_written_keep_serving() {
     cluster.stop().await.unwrap();
 }
 
+/// A node that panics exits with status 75 (`tessera_observe::crash`), and
+/// the supervisor restarts it, whatever its role (before, only meta nodes
+/// were). storage-1's first start runs armed with a panic where it writes
+/// a shard, through a wrapper binary (`tessera dev` passes no `TESSERA_*`
+/// variable on); a bench's PUTs set it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_restarts_a_node_that_panicked() {
+    let _serial = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let wrapper = tmp.path().join("tessera-armed");
+    let armed_once = tmp.path().join("armed-once");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" storage \"*/storage-1\" \"*)\n  if [ ! -e {mark} ]; then\n    : > {mark}\n    export TESSERA_FAILPOINTS=storage.put.before_fsync=panic\n  fi;;\nesac\nexec {BIN} \"$@\"\n",
+            mark = armed_once.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = free_port_base(6);
+    let mut opts = options(&dir, base);
+    opts.binary = Some(wrapper);
+    let mut cluster = DevCluster::start(opts).await.unwrap();
+    assert!(armed_once.exists(), "the wrapper did not arm storage-1");
+    let file = cluster.cluster_file();
+    let storage_1 = |info: &ClusterInfo| {
+        info.nodes
+            .iter()
+            .find(|n| n.role == "storage" && n.argv.iter().any(|a| a.ends_with("/storage-1")))
+            .map(|n| (n.pid, n.admin_addr.clone()))
+            .unwrap()
+    };
+    let (first, admin_addr) = storage_1(&ClusterInfo::load(&file).unwrap());
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let supervising = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            cluster.supervise(&stop).await;
+            cluster
+        })
+    };
+    // Every 1 MiB object has a shard on each of the six nodes. Its errors
+    // are expected: only the restart matters here.
+    let bench = Command::new(BIN)
+        .args(["bench", "--cluster"])
+        .arg(&file)
+        .args(["--workload", "put", "--size", "1MiB", "-n", "4", "--json"])
+        .output()
+        .expect("run tessera bench");
+    eprintln!("bench: {}", String::from_utf8_lossy(&bench.stderr));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let restarted = loop {
+        let (pid, _) = storage_1(&ClusterInfo::load(&file).unwrap());
+        if pid != first && alive(pid) && health(&admin_addr).status.success() {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "storage-1 was not restarted; see {}",
+            dir.join("logs").display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!alive(first));
+    let log = std::fs::read_to_string(dir.join("logs").join("storage-1.log")).unwrap();
+    assert!(
+        log.contains("failpoint storage.put.before_fsync: panic")
+            && log.contains("a panic in the storage node")
+            && log.contains("exiting with status 75"),
+        "{log}"
+    );
+    stop.cancel();
+    let cluster = supervising.await.unwrap();
+    let (pid, _) = storage_1(&ClusterInfo::load(&file).unwrap());
+    assert_eq!(pid, restarted, "restarted more than once");
+    cluster.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_supervisor_on_the_same_dir_is_refused() {
     let _serial = SERIAL.lock().await;

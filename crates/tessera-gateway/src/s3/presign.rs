@@ -50,11 +50,25 @@ pub fn check_query(query: Option<&str>) -> Result<(), &'static str> {
 
 /// The S3 XML error response for a refused presigned URL.
 pub fn error_response(message: &str) -> http::Response<s3s::Body> {
+    xml_error(
+        http::StatusCode::BAD_REQUEST,
+        "AuthorizationQueryParametersError",
+        message,
+    )
+}
+
+/// An S3 XML error response that the gateway answers itself, outside
+/// s3s: `message` must not need XML escaping.
+pub(crate) fn xml_error(
+    status: http::StatusCode,
+    code: &str,
+    message: &str,
+) -> http::Response<s3s::Body> {
     let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AuthorizationQueryParametersError</Code><Message>{message}</Message></Error>"
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>"
     );
     let mut resp = http::Response::new(s3s::Body::from(Bytes::from(body)));
-    *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/xml"),

@@ -98,7 +98,7 @@ pub fn open_db(db: sled::Db, dir: &Path) -> Result<(LogStore, StateMachineStore)
 /// Exit status of a meta node that stopped itself after a failed write
 /// to its Raft log or state machine (`EX_TEMPFAIL`): a restart may cure
 /// it, once the disk has room again.
-pub const EXIT_RESTART: i32 = 75;
+pub const EXIT_RESTART: i32 = tessera_observe::crash::EXIT_RESTART;
 
 static CRASH_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -123,41 +123,7 @@ pub(crate) fn crash_stop(what: &str, err: &dyn std::fmt::Display) {
     if !CRASH_STOP.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    stop_for_restart(format_args!("{what} failed: {err}"));
-}
-
-/// Says why in the log and on stderr (which may be unwritable), then
-/// exits with [`EXIT_RESTART`].
-fn stop_for_restart(cause: std::fmt::Arguments<'_>) -> ! {
-    tracing::error!("{cause}: the meta node stops here, as a crash would, and recovers from its Raft log when restarted");
-    tessera_observe::stderr_line(format_args!(
-        "tessera: {cause}; exiting with status {EXIT_RESTART} (restart me)"
-    ));
-    std::process::exit(EXIT_RESTART);
-}
-
-/// Makes any panic in this process a crash-stop: the panic is reported
-/// as usual, then the process exits with [`EXIT_RESTART`]. For the meta
-/// node binary only (tests that run nodes in-process keep the default).
-///
-/// Why. A panic ends only the task it happened in, and a meta node has
-/// tasks whose loss leaves it up but broken: openraft's state machine
-/// worker (the node stops applying, and its core notices only at the
-/// next entry to apply, or never on an idle group), the failure detector
-/// and the rebalancer (the leader would stop marking nodes down,
-/// silently). And a panic while openraft replays committed entries at
-/// start (inside `Raft::new`, on the main thread) ended the process with
-/// status 101, which `tessera dev` does not restart.
-/// Supervisors restart a process that exits, not one that limps; a
-/// restarted meta node rebuilds its state from the synced Raft log. A
-/// panic is a bug or a broken invariant: going on with the state it left
-/// is the risk, a restart is not.
-pub fn crash_stop_on_panic() {
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        stop_for_restart(format_args!("a panic in the meta node ({info})"));
-    }));
+    tessera_observe::crash::stop_for_restart("meta", format_args!("{what} failed: {err}"));
 }
 
 /// Flushes the whole database on the blocking pool.
