@@ -389,6 +389,45 @@ impl hyper::service::Service<http::Request<Incoming>> for Metered {
 mod tests {
     use super::*;
 
+    /// A body that yields one frame, then panics.
+    struct PanicsOnSecondFrame(bool);
+
+    impl Body for PanicsOnSecondFrame {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            assert!(!self.0, "a bug in the body's stream");
+            self.0 = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_body_that_panics_fails_without_stopping_the_gateway() {
+        use http_body_util::BodyExt;
+        let metrics = GatewayMetrics::default();
+        let mut body = ContainedBody {
+            inner: s3s::Body::http_body(PanicsOnSecondFrame(false)),
+            panics: metrics.panics.clone(),
+            failed: false,
+        };
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"first"));
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(
+            err.to_string().contains("a bug in the body's stream"),
+            "{err}"
+        );
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none(), "polled again after the panic");
+        let text = metrics.registry.render();
+        assert!(text.contains("tessera_gateway_panics_total 1\n"), "{text}");
+    }
+
     #[test]
     fn shapes_name_operations() {
         let g = http::Method::GET;
