@@ -24,7 +24,6 @@ use std::cell::Cell;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 /// Exit status of a node that stopped for a cause a restart may cure
@@ -36,9 +35,6 @@ thread_local! {
     /// How many [`contain`] calls are running on this thread.
     static CONTAINED: Cell<u32> = const { Cell::new(0) };
 }
-
-/// Panics [`contain`] turned into errors, since the process started.
-static CONTAINED_PANICS: AtomicU64 = AtomicU64::new(0);
 
 /// Says why in the log and on stderr (which may be unwritable), then exits
 /// with [`EXIT_RESTART`].
@@ -59,17 +55,12 @@ pub fn crash_stop_on_panic(role: &'static str) {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         report(info);
+        // Contained: the caller gets the panic as an error (and counts it).
         if CONTAINED.with(Cell::get) > 0 {
-            CONTAINED_PANICS.fetch_add(1, Ordering::Relaxed);
             return;
         }
         stop_for_restart(role, format_args!("a panic in the {role} node ({info})"));
     }));
-}
-
-/// Panics that [`contain`] turned into errors in this process.
-pub fn contained_panics() -> u64 {
-    CONTAINED_PANICS.load(Ordering::Relaxed)
 }
 
 /// A panic that [`contain`] caught: its message.

@@ -95,11 +95,6 @@ pub fn open_db(db: sled::Db, dir: &Path) -> Result<(LogStore, StateMachineStore)
     Ok((log, sm))
 }
 
-/// Exit status of a meta node that stopped itself after a failed write
-/// to its Raft log or state machine (`EX_TEMPFAIL`): a restart may cure
-/// it, once the disk has room again.
-pub const EXIT_RESTART: i32 = tessera_observe::crash::EXIT_RESTART;
-
 static CRASH_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Makes a failed log or state machine write end the process (see
