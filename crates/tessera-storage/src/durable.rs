@@ -141,8 +141,8 @@ impl TempFile {
     /// Creates an anonymous file in `dir` (`O_TMPFILE`), or a named temp
     /// file where that is not supported; with `O_DIRECT` if `direct` asks
     /// for it and the file system accepts it ([`Self::is_direct`]).
-    /// Commit it with [`Self::commit_new`]: it never replaces an existing
-    /// file.
+    /// Commit it with [`Self::commit_new_unless_exists`]: it never
+    /// replaces an existing file.
     pub(crate) fn create_anonymous(dir: &Path, stem: &str, direct: Direct) -> io::Result<TempFile> {
         if !NO_TMPFILE.load(Ordering::Relaxed) && proc_fd_available() {
             let mut want_direct = direct != Direct::Off;
@@ -236,7 +236,6 @@ impl TempFile {
     }
 
     /// Whether this file has no name (`O_TMPFILE`).
-    #[cfg(test)]
     pub(crate) fn is_anonymous(&self) -> bool {
         self.path.is_none()
     }
@@ -262,19 +261,41 @@ impl TempFile {
     /// and the size needed to read it back; timestamps need not survive),
     /// give it the name, fsync the directory. `failpoint` is hit between
     /// the data sync and the naming (crash-consistency tests).
-    pub(crate) fn commit_new(mut self, target: &Path, failpoint: Option<&str>) -> io::Result<()> {
-        let file = self.take_file()?;
-        file.sync_data()?;
+    #[cfg(test)]
+    pub(crate) fn commit_new(self, target: &Path, failpoint: Option<&str>) -> io::Result<()> {
+        match self.commit_new_unless_exists(target, failpoint)? {
+            None => Ok(()),
+            Some(_) => Err(io::ErrorKind::AlreadyExists.into()),
+        }
+    }
+
+    /// [`TempFile::commit_new`] for a caller that has not looked whether
+    /// `target` exists (a lookup of a name not there costs as much as the
+    /// link, which looks anyway): when it does, the file comes back with
+    /// its data synced and without a name, for the caller to compare and
+    /// try again. Only an anonymous file can tell; a named one is renamed,
+    /// which replaces `target`.
+    pub(crate) fn commit_new_unless_exists(
+        mut self,
+        target: &Path,
+        failpoint: Option<&str>,
+    ) -> io::Result<Option<TempFile>> {
+        self.file()?.sync_data()?;
         if let Some(name) = failpoint {
             tessera_observe::failpoint::hit(name);
         }
         if self.path.is_some() {
-            drop(file);
+            drop(self.take_file()?);
             self.rename_to(target)?;
         } else {
-            link_anonymous(&file, target)?;
+            match link_anonymous(self.file()?, target) {
+                Ok(()) => drop(self.take_file()?),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Some(self)),
+                Err(e) => return Err(e),
+            }
         }
-        fsync_parent(target)
+        fsync_parent(target)?;
+        Ok(None)
     }
 
     fn take_file(&mut self) -> io::Result<File> {
@@ -530,6 +551,29 @@ mod tests {
         let err = second.commit_new(&target, None).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&target).unwrap(), b"first");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_taken_name_hands_the_file_back_for_another_try() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("s");
+        fs::write(&target, b"old").unwrap();
+        let mut tmp = TempFile::create_anonymous(dir.path(), "s", Direct::Off).unwrap();
+        tmp.file().unwrap().write_all(b"new").unwrap();
+        let back = tmp
+            .commit_new_unless_exists(&target, None)
+            .unwrap()
+            .expect("the name is taken: the file comes back");
+        assert!(back.is_anonymous());
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+
+        fs::remove_file(&target).unwrap();
+        assert!(back
+            .commit_new_unless_exists(&target, None)
+            .unwrap()
+            .is_none());
+        assert_eq!(fs::read(&target).unwrap(), b"new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 

@@ -43,8 +43,10 @@
 //! first trip) to an anonymous temp file in the shard's directory and
 //! hashes them. [`ShardWriter::finish`] checks length and hash, and
 //! commits: `fdatasync`, link under the shard's name (never over another
-//! file), fsync the directory. A retried put of an identical shard finds
-//! the stored copy and succeeds without writing it again.
+//! file), fsync the directory. The name is not looked up first: with one
+//! data directory the link's `EEXIST` is what finds a stored copy. A
+//! retried put of an identical shard then finds it and succeeds without
+//! keeping the new file.
 //!
 //! The temp file is opened with `O_DIRECT` (config `direct-io`, on by
 //! default): written once and read rarely, shard bytes gain nothing from
@@ -1192,27 +1194,60 @@ impl ShardStore {
     fn commit(&self, key: ShardKey, header: ShardHeader, tmp: TempFile) -> Result<()> {
         let target = self.home_path(&key);
         let _guard = self.lock_name(&key);
-        if let Some(existing) = self.locate(&key) {
-            match self.check_existing(key, &existing, &header)? {
-                Existing::Same => {
-                    // The write is acknowledged as if it stored the shard,
-                    // so the stored copy must count as new: refresh its
-                    // mtime, or an orphan scan that asked meta before this
-                    // write was committed could still delete it.
-                    touch(&existing).map_err(StorageError::io)?;
+        // A copy in the home directory is found by the link itself
+        // (`EEXIST`), which spares a lookup per shard (3-4% of a storage
+        // node's CPU under 1 MiB PUTs, measured in session 23). Other
+        // directories, and a named temp file (its rename would replace the
+        // copy), are looked at first.
+        let mut look_first = self.dirs.len() > 1 || !tmp.is_anonymous();
+        let mut tmp = Some(tmp);
+        let mut failpoint = true;
+        for _ in 0..3 {
+            if look_first {
+                if let Some(existing) = self.locate(&key) {
+                    match self.check_existing(key, &existing, &header)? {
+                        Existing::Same => {
+                            // The write is acknowledged as if it stored the
+                            // shard, so the stored copy must count as new:
+                            // refresh its mtime, or an orphan scan that
+                            // asked meta before this write was committed
+                            // could still delete it.
+                            touch(&existing).map_err(StorageError::io)?;
+                            return Ok(());
+                        }
+                        Existing::Different => return Err(StorageError::Conflict { shard: key }),
+                        Existing::Gone => {}
+                    }
+                }
+            }
+            if std::mem::take(&mut failpoint) {
+                tessera_observe::failpoint::hit("storage.put.before_fsync");
+            }
+            let file = tmp
+                .take()
+                .ok_or_else(|| StorageError::Task("shard commit lost its temp file".into()))?;
+            match file
+                .commit_new_unless_exists(&target, Some("storage.put.before_rename"))
+                .map_err(StorageError::io)?
+            {
+                None => {
+                    self.shard_count.fetch_add(1, Ordering::Relaxed);
+                    self.shard_bytes
+                        .fetch_add(file_len(header.length), Ordering::Relaxed);
                     return Ok(());
                 }
-                Existing::Different => return Err(StorageError::Conflict { shard: key }),
-                Existing::Gone => {}
+                // A copy is there: compare it (under the name lock, so
+                // nothing else changes it meanwhile), then link again if it
+                // was quarantined.
+                Some(back) => {
+                    tmp = Some(back);
+                    look_first = true;
+                }
             }
         }
-        tessera_observe::failpoint::hit("storage.put.before_fsync");
-        tmp.commit_new(&target, Some("storage.put.before_rename"))
-            .map_err(StorageError::io)?;
-        self.shard_count.fetch_add(1, Ordering::Relaxed);
-        self.shard_bytes
-            .fetch_add(file_len(header.length), Ordering::Relaxed);
-        Ok(())
+        Err(StorageError::Task(format!(
+            "shard {key}: its name stayed taken by a copy that was neither kept nor quarantined"
+        )))
     }
 
     /// Compares a stored shard with an incoming one of the same name. A
