@@ -11,6 +11,7 @@ pub mod error;
 pub mod meta_client;
 pub mod raw;
 pub mod shard_codec;
+pub mod shard_http1;
 pub mod shard_stream;
 pub mod storage_client;
 

@@ -18,8 +18,10 @@
 //! HTTP/2 as they are and reach the other side as the frames HTTP/2
 //! received: perf put those two copies at 8% of a storage node's and 7% of
 //! the gateway's CPU under 1 MiB GETs. Only reads for a caller that
-//! verifies the bytes itself use `Get` (the gateway's reads); everything
-//! else, and any node that does not know these paths, stays on gRPC.
+//! verifies the bytes itself use `Get` (the gateway's reads, when a node
+//! does not serve them over HTTP/1.1, see [`crate::shard_http1`]);
+//! everything else, and any node that does not know these paths, stays
+//! on gRPC.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

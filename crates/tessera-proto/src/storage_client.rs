@@ -10,6 +10,7 @@ use tessera_types::StripeId;
 
 use crate::auth::{AuthChannel, ClusterAuth};
 use crate::channel::ChannelPool;
+use crate::shard_http1::{Http1Error, Http1Reads};
 use crate::storage::storage_client::StorageClient;
 use crate::storage::{
     put_shard_request, GetShardRequest, NodeInfoRequest, NodeInfoResponse, PutShardHeader,
@@ -26,6 +27,7 @@ pub const SMALL_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub struct StoragePool {
     pool: ChannelPool,
+    http1: Http1Reads,
 }
 
 fn shard_ref(stripe: StripeId, index: u8) -> ShardRef {
@@ -57,8 +59,14 @@ impl StoragePool {
     /// A pool whose requests are signed with the cluster secret.
     pub fn with_auth(auth: Arc<ClusterAuth>) -> Self {
         StoragePool {
-            pool: ChannelPool::with_auth(auth),
+            pool: ChannelPool::with_auth(auth.clone()),
+            http1: Http1Reads::new(Some(auth)),
         }
+    }
+
+    /// Idle HTTP/1.1 read connections kept for `addr` (tests).
+    pub fn http1_idle_connections(&self, addr: &str) -> usize {
+        self.http1.idle_connections(addr)
     }
 
     fn client(&self, addr: &str) -> Result<StorageClient<AuthChannel>, RpcError> {
@@ -169,13 +177,26 @@ impl StoragePool {
     /// Reads one shard that the caller hashes itself against the
     /// manifest: the node checks only the file's header and length, so
     /// the bytes are hashed once on the way, not twice. The caller must
-    /// verify them before use and report a mismatch.
+    /// verify them before use and report a mismatch. Over HTTP/1.1, where
+    /// the node sends the file with `sendfile` ([`crate::shard_http1`]).
     pub async fn get_shard_unverified(
         &self,
         addr: &str,
         stripe: StripeId,
         index: u8,
     ) -> Result<Bytes, RpcError> {
+        let sent = timed(addr, SHARD_TIMEOUT, async {
+            match self.http1.get(addr, stripe, index).await {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(Http1Error::Rpc(e)) => Err(e),
+                Err(Http1Error::Unsupported) => Ok(None),
+            }
+        })
+        .await?;
+        if let Some(bytes) = sent {
+            return Ok(bytes);
+        }
+        // A node from before the HTTP/1.1 read: over HTTP/2.
         let streamed = self.get_shard_stream(addr, stripe, index).await;
         if !lacks_stream(&streamed) {
             return streamed;

@@ -26,6 +26,7 @@ pub mod config;
 mod durable;
 pub mod error;
 mod heartbeat;
+mod http1;
 pub mod inventory;
 pub mod meta_api;
 pub mod metrics;
@@ -46,8 +47,7 @@ use std::time::Duration;
 use tessera_proto::auth::{RequireAuthLayer, MISSING_SECRET_HELP};
 use tessera_proto::storage::storage_server::StorageServer;
 use tessera_proto::{ClusterAuth, MetaClient, MAX_MESSAGE_BYTES};
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::StorageConfig;
@@ -187,6 +187,17 @@ pub async fn serve(
         (None, _) => None,
     };
 
+    // HTTP/1.1 connections are shard reads served with sendfile; the
+    // HTTP/2 ones go on to the gRPC server.
+    let incoming = ReceiverStream::new(http1::split(
+        listener,
+        http1::Http1Reads {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            auth: auth.clone(),
+            stop: tasks.clone(),
+        },
+    ));
     let stream_service = ShardStreamService::new(store.clone(), metrics.clone());
     let service = StorageServer::new(StorageService::with_metrics(
         store,
@@ -195,13 +206,6 @@ pub async fn serve(
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(s) = &conn {
-            // Shard frames are latency-sensitive; never wait for Nagle.
-            let _ = s.set_nodelay(true);
-        }
-        conn
-    });
     let stop = tasks.clone();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()

@@ -732,6 +732,54 @@ impl ShardStore {
         })
     }
 
+    /// Opens a shard and gives `send` the file, where its bytes start and
+    /// how many there are, in one blocking-pool trip: for `sendfile(2)`,
+    /// which sends them from the page cache without their entering this
+    /// process (so no read budget is taken). Checks what a
+    /// [`ReadCheck::CallerVerifies`] read checks (the header and the
+    /// length; a file that fails is quarantined), not the hash: the
+    /// caller hashes what it receives. The outer error is the store's
+    /// (nothing was sent), the inner one `send`'s.
+    pub async fn send_shard<T, F>(self: &Arc<Self>, key: ShardKey, send: F) -> Result<io::Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&File, u64, u64) -> io::Result<T> + Send + 'static,
+    {
+        use std::os::unix::fs::FileExt;
+        let store = self.clone();
+        blocking(move || {
+            let (file, path, size) = store.open_shard(key)?;
+            let limit = store
+                .max_shard_bytes
+                .max(tessera_proto::MAX_MESSAGE_BYTES as u64);
+            let mut head = [0u8; HEADER_LEN];
+            let checked = match file.read_exact_at(&mut head, 0) {
+                Ok(()) => ShardHeader::parse_sized(&head, size).and_then(|(h, format)| {
+                    if h.length > limit {
+                        Err(format!(
+                            "header says {} bytes, more than any shard",
+                            h.length
+                        ))
+                    } else {
+                        Ok((format.data_offset(), h.length))
+                    }
+                }),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    Err(format!("file of {size} bytes is shorter than a header"))
+                }
+                Err(e) => return Err(StorageError::io(e)),
+            };
+            match checked {
+                Ok((offset, len)) => Ok(send(&file, offset, len)),
+                Err(reason) => {
+                    store.quarantine(key, &path, &file, &reason, false);
+                    Err(StorageError::Corrupt { shard: key, reason })
+                }
+            }
+        })
+        .await
+    }
+
     /// Read budget units a file of `len` bytes takes.
     fn budget_units(&self, len: u64) -> u32 {
         len.div_ceil(BUDGET_UNIT).clamp(1, self.read_budget_units) as u32

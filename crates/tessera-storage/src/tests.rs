@@ -301,6 +301,67 @@ async fn a_caller_that_verifies_gets_the_bytes_unhashed() {
     t.node.stop().await;
 }
 
+/// Reads for a caller that verifies go over HTTP/1.1 (sent with
+/// `sendfile`): one connection serves read after read, errors included,
+/// and unsigned or malformed requests are refused.
+#[tokio::test]
+async fn http1_reads_keep_their_connection_and_refuse_unsigned_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = OneShard::put(2, 300_000).await;
+    let addr = t.node.addr.clone();
+    for _ in 0..3 {
+        let got = t
+            .pool
+            .get_shard_unverified(&addr, t.stripe, 2)
+            .await
+            .unwrap();
+        assert!(got == t.data);
+    }
+    assert_eq!(t.pool.http1_idle_connections(&addr), 1);
+    let err = t
+        .pool
+        .get_shard_unverified(&addr, t.stripe, 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::NotFound(_)), "{err:?}");
+    assert_eq!(
+        t.pool.http1_idle_connections(&addr),
+        1,
+        "kept after an error"
+    );
+    let got = t
+        .pool
+        .get_shard_unverified(&addr, t.stripe, 2)
+        .await
+        .unwrap();
+    assert!(got == t.data);
+
+    // Unsigned: refused, as gRPC calls are.
+    let err = StoragePool::new()
+        .get_shard_unverified(&addr, t.stripe, 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Unauthenticated(_)), "{err:?}");
+
+    // By hand: a request that is not a shard read, and one too long.
+    for (req, want) in [
+        (b"DELETE / HTTP/1.1\r\n\r\n".to_vec(), "HTTP/1.1 501"),
+        (
+            [b"GET /".as_slice(), &[b'a'; 9000]].concat(),
+            "HTTP/1.1 400",
+        ),
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(&req).await.unwrap();
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with(want), "{answer}");
+        assert!(answer.contains("grpc-status: "), "{answer}");
+    }
+    t.node.stop().await;
+}
+
 #[tokio::test]
 async fn flipped_byte_is_reported_corrupt_and_quarantined() {
     let t = OneShard::put(2, 100_000).await;
