@@ -290,6 +290,18 @@ impl Http1Reads {
     }
 }
 
+/// An answer with more bytes than its `content-length`: its connection
+/// cannot be trusted again.
+fn overlong() -> Attempt {
+    Attempt::Done(
+        Err(Http1Error::Rpc(RpcError::Remote {
+            code: tonic::Code::Internal,
+            message: "HTTP/1.1 shard read answered more bytes than its length".into(),
+        })),
+        None,
+    )
+}
+
 /// Sends `request` and reads the answer on `conn`.
 async fn exchange(mut conn: TcpStream, request: &[u8]) -> Attempt {
     if let Err(e) = conn.write_all(request).await {
@@ -365,13 +377,7 @@ async fn exchange(mut conn: TcpStream, request: &[u8]) -> Attempt {
         );
     }
     if buf.len() > len {
-        return Attempt::Done(
-            Err(Http1Error::Rpc(RpcError::Remote {
-                code: tonic::Code::Internal,
-                message: "HTTP/1.1 shard read answered more bytes than its length".into(),
-            })),
-            None,
-        );
+        return overlong();
     }
     // One buffer of the shard's size; what came with the head first.
     let mut body = BytesMut::with_capacity(len);
@@ -386,13 +392,7 @@ async fn exchange(mut conn: TcpStream, request: &[u8]) -> Attempt {
         }
     }
     if body.len() > len {
-        return Attempt::Done(
-            Err(Http1Error::Rpc(RpcError::Remote {
-                code: tonic::Code::Internal,
-                message: "HTTP/1.1 shard read answered more bytes than its length".into(),
-            })),
-            None,
-        );
+        return overlong();
     }
     Attempt::Done(Ok(body.freeze()), Some(conn))
 }

@@ -309,32 +309,19 @@ async fn http1_reads_keep_their_connection_and_refuse_unsigned_requests() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let t = OneShard::put(2, 300_000).await;
     let addr = t.node.addr.clone();
+    let read = |index: u8| t.pool.get_shard_unverified(&addr, t.stripe, index);
     for _ in 0..3 {
-        let got = t
-            .pool
-            .get_shard_unverified(&addr, t.stripe, 2)
-            .await
-            .unwrap();
-        assert!(got == t.data);
+        assert!(read(2).await.unwrap() == t.data);
     }
     assert_eq!(t.pool.http1_idle_connections(&addr), 1);
-    let err = t
-        .pool
-        .get_shard_unverified(&addr, t.stripe, 0)
-        .await
-        .unwrap_err();
+    let err = read(0).await.unwrap_err();
     assert!(matches!(err, RpcError::NotFound(_)), "{err:?}");
     assert_eq!(
         t.pool.http1_idle_connections(&addr),
         1,
         "kept after an error"
     );
-    let got = t
-        .pool
-        .get_shard_unverified(&addr, t.stripe, 2)
-        .await
-        .unwrap();
-    assert!(got == t.data);
+    assert!(read(2).await.unwrap() == t.data);
 
     // Unsigned: refused, as gRPC calls are.
     let err = StoragePool::new()
