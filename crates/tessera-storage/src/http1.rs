@@ -28,7 +28,7 @@ const SEND_STALL: Duration = Duration::from_secs(30);
 
 /// What the HTTP/1.1 side needs.
 #[derive(Clone)]
-pub(crate) struct Http1Reads {
+pub(crate) struct Http1Server {
     pub store: Arc<ShardStore>,
     pub metrics: Arc<StorageMetrics>,
     pub auth: Arc<ClusterAuth>,
@@ -40,7 +40,7 @@ pub(crate) struct Http1Reads {
 /// (for the gRPC server), the others are served here.
 pub(crate) fn split(
     listener: TcpListener,
-    reads: Http1Reads,
+    reads: Http1Server,
 ) -> mpsc::Receiver<io::Result<TcpStream>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -95,7 +95,7 @@ async fn peek_exact(conn: &TcpStream, buf: &mut [u8]) -> io::Result<()> {
 
 /// Serves requests on one HTTP/1.1 connection until it closes, idles,
 /// breaks or the node stops.
-async fn serve(mut conn: TcpStream, reads: Http1Reads) {
+async fn serve(mut conn: TcpStream, reads: Http1Server) {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         let end = tokio::select! {

@@ -191,7 +191,7 @@ pub async fn serve(
     // HTTP/2 ones go on to the gRPC server.
     let incoming = ReceiverStream::new(http1::split(
         listener,
-        http1::Http1Reads {
+        http1::Http1Server {
             store: store.clone(),
             metrics: metrics.clone(),
             auth: auth.clone(),

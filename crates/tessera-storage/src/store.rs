@@ -509,6 +509,14 @@ impl ShardStore {
         self.max_shard_bytes
     }
 
+    /// The longest shard a read hands out: the largest that could have
+    /// been written. A header that says more is damage, not a reason to
+    /// run out of memory.
+    fn longest_readable(&self) -> u64 {
+        self.max_shard_bytes
+            .max(tessera_proto::MAX_MESSAGE_BYTES as u64)
+    }
+
     pub fn shard_count(&self) -> u64 {
         self.shard_count.load(Ordering::Relaxed)
     }
@@ -749,9 +757,7 @@ impl ShardStore {
         let store = self.clone();
         blocking(move || {
             let (file, path, size) = store.open_shard(key)?;
-            let limit = store
-                .max_shard_bytes
-                .max(tessera_proto::MAX_MESSAGE_BYTES as u64);
+            let limit = store.longest_readable();
             let mut head = [0u8; HEADER_LEN];
             let checked = match file.read_exact_at(&mut head, 0) {
                 Ok(()) => ShardHeader::parse_sized(&head, size).and_then(|(h, format)| {
@@ -898,12 +904,7 @@ impl ShardStore {
         check: ReadCheck,
         nowait: bool,
     ) -> io::Result<std::result::Result<Bytes, String>> {
-        // Never load more than the largest shard that could have been
-        // written: a longer file is damaged, not a reason to run out of
-        // memory.
-        let limit = self
-            .max_shard_bytes
-            .max(tessera_proto::MAX_MESSAGE_BYTES as u64);
+        let limit = self.longest_readable();
         // The size is known: read into a buffer of that size with one
         // read per chunk (read_to_end would start at 8 KiB reads), each
         // chunk hashed while it is still in the CPU cache. The first
